@@ -1,0 +1,1 @@
+//! Shared helpers for the offheap benchmark suites (see `benches/benches/`).
