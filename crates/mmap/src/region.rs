@@ -1,0 +1,1195 @@
+//! [`Region`]: the mapping, its header, growth, and the block allocator inside it.
+
+use core::cell::Cell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::AtomicU64;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::layout::*;
+use crate::sync::{publish_size, refresh_view};
+use crate::{os, Error, Offset};
+
+const FREE: u64 = 1;
+const FLAG_MASK: u64 = GRANULE - 1;
+/// Free-list link fields inside a free block.
+const NEXT: u64 = 16;
+const PREV: u64 = 24;
+
+/// Options for creating (and, for `max_size`, opening) a region. Builder-style.
+///
+/// ```
+/// use offheap_mmap::{Region, RegionOptions};
+/// let opts = RegionOptions::new().initial_size(1 << 20).max_size(1 << 30);
+/// let region = Region::anonymous_with(&opts)?;
+/// assert!(region.mapped_len() >= 1 << 20);
+/// # Ok::<(), offheap_mmap::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RegionOptions {
+    max_size: u64,
+    initial_size: u64,
+    growth_step: u64,
+    release_threshold: u64,
+}
+
+impl Default for RegionOptions {
+    fn default() -> Self {
+        RegionOptions {
+            // Address space only (PROT_NONE / MAP_NORESERVE), so generous is cheap. Miri
+            // really allocates an anonymous map, so it gets a small one.
+            max_size: if cfg!(miri) { 8 << 20 } else { 64 << 30 },
+            initial_size: if cfg!(miri) { 64 << 10 } else { 1 << 20 },
+            growth_step: 1 << 20,
+            release_threshold: 64 << 10,
+        }
+    }
+}
+
+impl RegionOptions {
+    /// The defaults: 64 GiB of reserved address space, 1 MiB initial size, growth steps of
+    /// at least 1 MiB, free runs of 64 KiB or more given back to the OS.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Address space reserved for the region: the most it can grow to in this process.
+    /// Reserving costs no memory. When opening a file larger than this, the file's size
+    /// is reserved instead.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// Size of a new region (rounded up to whole pages; at least header + one page).
+    pub fn initial_size(mut self, bytes: u64) -> Self {
+        self.initial_size = bytes;
+        self
+    }
+
+    /// Smallest growth step. The region grows by a quarter of its size, at least this,
+    /// at most 1 GiB (and at least what the allocation needs).
+    pub fn growth_step(mut self, bytes: u64) -> Self {
+        self.growth_step = bytes;
+        self
+    }
+
+    /// Free blocks at least this large have their whole pages given back to the OS
+    /// (`MADV_DONTNEED` for anonymous regions, a punched hole for files).
+    /// `u64::MAX` disables give-back.
+    pub fn release_threshold(mut self, bytes: u64) -> Self {
+        self.release_threshold = bytes;
+        self
+    }
+
+    /// (initial, max) rounded to pages and checked.
+    fn sizes(&self, page: u64) -> Result<(u64, u64), Error> {
+        let hdr = header_size(page);
+        let initial = round_up(self.initial_size.max(hdr + page), page)
+            .ok_or(Error::InvalidOptions("initial_size too large"))?;
+        let max = self.max_size & !(page - 1);
+        if max < initial {
+            return Err(Error::InvalidOptions(
+                "max_size is smaller than initial_size",
+            ));
+        }
+        if max > 1 << 47 {
+            return Err(Error::InvalidOptions("max_size exceeds the address space"));
+        }
+        Ok((initial, max))
+    }
+}
+
+fn round_up(v: u64, to: u64) -> Option<u64> {
+    Some(v.checked_add(to - 1)? & !(to - 1))
+}
+
+fn round_down(v: u64, to: u64) -> u64 {
+    v & !(to - 1)
+}
+
+/// Usage figures of a region (see [`Region::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionStats {
+    /// Size of the region in bytes (header + blocks); for a file, its logical length.
+    pub size: u64,
+    /// Bytes this process has mapped (equal to `size` once the view is current).
+    pub mapped: u64,
+    /// Address space reserved in this process (the most the region can grow to here).
+    pub reserved: u64,
+    /// Bytes in allocated blocks, block headers included.
+    pub in_use: u64,
+    /// Bytes in free blocks, block headers included.
+    pub free: u64,
+    /// Number of live allocations.
+    pub allocations: u64,
+    /// Number of free blocks.
+    pub free_blocks: u64,
+    /// Largest allocation that fits without growing (payload bytes, alignment <= 16).
+    pub largest_free: u64,
+    /// Bytes the file really occupies on its filesystem (`st_blocks * 512`), for files.
+    pub file_bytes: Option<u64>,
+}
+
+/// What [`Region::check`] verified.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Size of the region in bytes.
+    pub size: u64,
+    /// Blocks walked (allocated + free).
+    pub blocks: u64,
+    /// Allocated blocks.
+    pub allocations: u64,
+    /// Free blocks (each found exactly once in the free lists).
+    pub free_blocks: u64,
+    /// Bytes in allocated blocks.
+    pub in_use: u64,
+    /// Bytes in free blocks.
+    pub free: u64,
+    /// Largest free block in bytes (header included).
+    pub largest_free_block: u64,
+    /// Root slots in use.
+    pub roots: u64,
+}
+
+enum Backing {
+    /// Anonymous memory: one memmap2 map of the whole reservation (MAP_NORESERVE).
+    Anon(memmap2::MmapMut),
+    /// A file mapped MAP_SHARED at the start of a PROT_NONE reservation.
+    File { file: File, path: PathBuf },
+}
+
+/// A memory region: anonymous memory or a memory-mapped file, holding a header with
+/// named roots and a block allocator whose whole state lives in the region.
+///
+/// The base address never moves while the region is open; the region grows in place
+/// inside a reservation of address space. Everything stored inside links by
+/// [`Offset`]. `Region` is `Send` but not `Sync`: use one per thread, or lock.
+///
+/// ```
+/// use offheap_mmap::Region;
+/// let region = Region::anonymous()?;
+/// let off = region.alloc(64, 8)?;
+/// let p = region.ptr(off, 64)?;
+/// // SAFETY: `p` points to 64 bytes that this allocation owns.
+/// unsafe { p.as_ptr().write_bytes(7, 64) };
+/// region.set_root("my-root", Some(off))?;
+/// assert_eq!(region.root("my-root"), Some(off));
+/// region.free(off)?;
+/// # Ok::<(), offheap_mmap::Error>(())
+/// ```
+pub struct Region {
+    base: NonNull<u8>,
+    /// Bytes of address space reserved at `base`.
+    reserved: u64,
+    /// Bytes of the region this process has mapped: its view.
+    mapped: Cell<u64>,
+    data_start: u64,
+    /// Growth and give-back granule: max(OS page, file page size).
+    page: u64,
+    growth_step: u64,
+    release_threshold: u64,
+    backing: Backing,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+// SAFETY: the region owns its mapping; nothing in it is tied to the creating thread.
+// It is not Sync (the PhantomData<Cell<()>> marker): methods mutate through &self.
+unsafe impl Send for Region {}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Region");
+        match &self.backing {
+            Backing::Anon(_) => d.field("backing", &"anonymous"),
+            Backing::File { path, .. } => d.field("path", path),
+        };
+        d.field("base", &self.base)
+            .field("mapped", &self.mapped.get())
+            .field("reserved", &self.reserved)
+            .finish()
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Backing::File { .. } = self.backing {
+            // SAFETY: the reservation is ours, and `&mut self` means no pointer handed
+            // out through `&self` can be used any more without the region.
+            unsafe { os::unreserve(self.base.as_ptr(), self.reserved) };
+        }
+    }
+}
+
+fn creation_stamp() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 40)
+}
+
+impl Region {
+    /// An anonymous region with default options.
+    pub fn anonymous() -> Result<Region, Error> {
+        Self::anonymous_with(&RegionOptions::default())
+    }
+
+    /// An anonymous region: private memory that disappears with the region.
+    pub fn anonymous_with(opts: &RegionOptions) -> Result<Region, Error> {
+        let page = os::page_size();
+        let (initial, max) = opts.sizes(page)?;
+        let mut mo = memmap2::MmapOptions::new();
+        mo.len(max as usize);
+        #[cfg(not(miri))]
+        mo.no_reserve_swap();
+        let mut map = mo.map_anon()?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(Error::InvalidOptions("empty map"))?;
+        let header = new_header(page, initial, creation_stamp());
+        map[..header.len()].copy_from_slice(&header);
+        let data = header_size(page);
+        map[data as usize + 8..data as usize + 16]
+            .copy_from_slice(&((initial - data) | FREE).to_ne_bytes());
+        Ok(Self::from_parts(
+            base,
+            max,
+            initial,
+            page,
+            opts,
+            Backing::Anon(map),
+        ))
+    }
+
+    fn from_parts(
+        base: NonNull<u8>,
+        reserved: u64,
+        size: u64,
+        page: u64,
+        opts: &RegionOptions,
+        backing: Backing,
+    ) -> Region {
+        Region {
+            base,
+            reserved,
+            mapped: Cell::new(size),
+            data_start: header_size(page),
+            page,
+            growth_step: opts.growth_step.max(page),
+            release_threshold: opts.release_threshold.max(2 * page),
+            backing,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Creates a region file at `path`; fails with [`Error::Io`] (`AlreadyExists`) if
+    /// it exists. The file appears atomically, complete with its header: it is written
+    /// under a temporary name and hard-linked into place.
+    pub fn create(path: impl AsRef<Path>, opts: &RegionOptions) -> Result<Region, Error> {
+        let path = path.as_ref();
+        let page = os::page_size();
+        let (initial, max) = opts.sizes(page)?;
+        let name = path
+            .file_name()
+            .ok_or(Error::InvalidOptions("path has no file name"))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.{:x}.tmp",
+            name.to_string_lossy(),
+            std::process::id(),
+            creation_stamp()
+        ));
+        struct Remove<'a>(&'a Path);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let _remove = Remove(&tmp);
+        file.set_len(initial)?;
+        let header = new_header(page, initial, creation_stamp());
+        file.write_all_at(&header, 0)?;
+        let data = header_size(page);
+        file.write_all_at(&((initial - data) | FREE).to_ne_bytes(), data + 8)?;
+        std::fs::hard_link(&tmp, path)?;
+        Self::map_file(file, path.to_path_buf(), initial, page, max, opts)
+    }
+
+    /// Opens an existing region file with default options. The header is read and
+    /// validated before anything is mapped; nothing in the file is changed. O(1) in the
+    /// size of the data.
+    pub fn open(path: impl AsRef<Path>) -> Result<Region, Error> {
+        Self::open_with(path, &RegionOptions::default())
+    }
+
+    /// Opens an existing region file; `opts` supplies the reservation size, growth step
+    /// and give-back threshold for this process (the initial size is ignored).
+    pub fn open_with(path: impl AsRef<Path>, opts: &RegionOptions) -> Result<Region, Error> {
+        let path = path.as_ref();
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let mut buf = vec![0u8; HEADER_LEN as usize];
+        let n = len.min(HEADER_LEN) as usize;
+        file.read_exact_at(&mut buf[..n], 0)?;
+        let info = validate(&buf[..n], len, os::page_size())?;
+        let max = opts.max_size.max(info.size) & !(info.page_size - 1);
+        let max = max.max(info.size);
+        Self::map_file(
+            file,
+            path.to_path_buf(),
+            info.size,
+            info.page_size,
+            max,
+            opts,
+        )
+    }
+
+    /// Opens `path` if it exists, otherwise creates it with `opts`.
+    pub fn open_or_create(path: impl AsRef<Path>, opts: &RegionOptions) -> Result<Region, Error> {
+        let path = path.as_ref();
+        loop {
+            match Self::open_with(path, opts) {
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                other => return other,
+            }
+            match Self::create(path, opts) {
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn map_file(
+        file: File,
+        path: PathBuf,
+        size: u64,
+        page: u64,
+        max: u64,
+        opts: &RegionOptions,
+    ) -> Result<Region, Error> {
+        let base = os::reserve(max)?;
+        // SAFETY: `0..size` lies inside the fresh reservation `base..base+max`.
+        if let Err(e) = unsafe { os::map_file_fixed(base, &file, 0, size) } {
+            // SAFETY: the reservation was just made and nothing uses it.
+            unsafe { os::unreserve(base, max) };
+            return Err(e.into());
+        }
+        let base = NonNull::new(base).ok_or(Error::InvalidOptions("null mapping"))?;
+        Ok(Self::from_parts(
+            base,
+            max,
+            size,
+            page,
+            opts,
+            Backing::File { file, path },
+        ))
+    }
+
+    // ----------------------------------------------------------------- addressing
+
+    /// The region's base address, stable for the region's whole life.
+    #[inline]
+    pub fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Bytes of the region this process can currently address.
+    #[inline]
+    pub fn mapped_len(&self) -> u64 {
+        self.mapped.get()
+    }
+
+    /// Bytes of address space reserved: the most the region can grow to in this process.
+    pub fn reserved_len(&self) -> u64 {
+        self.reserved
+    }
+
+    /// The backing file's path, for file-backed regions.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backing {
+            Backing::Anon(_) => None,
+            Backing::File { path, .. } => Some(path),
+        }
+    }
+
+    /// Resolves `off..off+len` to a pointer, checking it lies inside the region. If it
+    /// lies beyond this process's view and another process has grown the region, the
+    /// view is extended first.
+    ///
+    /// The pointer is valid while the region lives; what it may be used for is the
+    /// caller's business (the region does not track which bytes are allocated).
+    #[inline]
+    pub fn ptr(&self, off: Offset, len: u64) -> Result<NonNull<u8>, Error> {
+        let o = off.get();
+        match o.checked_add(len) {
+            // SAFETY: o < end <= mapped <= reserved, so base + o is inside our mapping.
+            Some(end) if end <= self.mapped.get() => Ok(unsafe { self.at(o) }),
+            _ => self.ptr_slow(o, len),
+        }
+    }
+
+    #[cold]
+    fn ptr_slow(&self, o: u64, len: u64) -> Result<NonNull<u8>, Error> {
+        let size = self.sync_view()?;
+        match o.checked_add(len) {
+            // SAFETY: as in `ptr`, after the view was extended to `size`.
+            Some(end) if end <= size => Ok(unsafe { self.at(o) }),
+            _ => Err(Error::OffsetOutOfBounds {
+                offset: o,
+                len,
+                size,
+            }),
+        }
+    }
+
+    /// Like [`ptr`](Self::ptr) for raw `u64` offsets; `None` when out of bounds.
+    #[inline]
+    pub fn ptr_raw(&self, off: u64, len: u64) -> Option<NonNull<u8>> {
+        self.ptr(Offset::new(off)?, len).ok()
+    }
+
+    /// `true` if `off..off+len` lies inside the region (extending the view if needed).
+    #[inline]
+    pub fn contains(&self, off: u64, len: u64) -> bool {
+        self.ptr_raw(off, len).is_some()
+    }
+
+    /// # Safety
+    /// `o` must be less than `self.mapped`.
+    #[inline]
+    unsafe fn at(&self, o: u64) -> NonNull<u8> {
+        // SAFETY: by the caller's contract `o` is inside the mapping.
+        unsafe { NonNull::new_unchecked(self.base.as_ptr().add(o as usize)) }
+    }
+
+    /// Brings this process's view up to the size published in the header.
+    #[inline]
+    fn sync_view(&self) -> Result<u64, Error> {
+        let view = self.mapped.get();
+        let size = refresh_view(
+            self.size_word(),
+            view,
+            |old, new| self.extend_view(old, new),
+            |_| Error::Corrupt {
+                offset: F_SIZE as u64,
+                what: "region size shrank",
+            },
+        )?;
+        self.mapped.set(size);
+        Ok(size)
+    }
+
+    #[cold]
+    fn extend_view(&self, old: u64, new: u64) -> Result<(), Error> {
+        if new % self.page != 0 {
+            return Err(Error::Corrupt {
+                offset: F_SIZE as u64,
+                what: "region size is not a whole number of pages",
+            });
+        }
+        if new > self.reserved {
+            return Err(Error::OutOfMemory {
+                requested: new,
+                max_size: self.reserved,
+            });
+        }
+        match &self.backing {
+            Backing::Anon(_) => Err(Error::Corrupt {
+                offset: F_SIZE as u64,
+                what: "anonymous region size changed behind its owner",
+            }),
+            Backing::File { file, .. } => {
+                if file.metadata()?.len() < new {
+                    return Err(Error::Corrupt {
+                        offset: F_SIZE as u64,
+                        what: "region size exceeds the file length",
+                    });
+                }
+                // SAFETY: old..new lies inside our reservation and beyond our view, so
+                // nothing references it.
+                unsafe { os::map_file_fixed(self.base.as_ptr(), file, old, new) }?;
+                Ok(())
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- header access
+
+    #[inline]
+    fn size_word(&self) -> &AtomicU64 {
+        // SAFETY: the header is always mapped, F_SIZE is 8-aligned, and the word is only
+        // ever accessed atomically.
+        unsafe { &*self.base.as_ptr().add(F_SIZE).cast::<AtomicU64>() }
+    }
+
+    #[inline]
+    fn hget(&self, field: usize) -> u64 {
+        debug_assert!(field % 8 == 0 && field + 8 <= HEADER_LEN as usize && field != F_SIZE);
+        // SAFETY: header fields lie in the always-mapped first page, 8-aligned.
+        unsafe { ptr::read(self.base.as_ptr().add(field).cast::<u64>()) }
+    }
+
+    #[inline]
+    fn hset(&self, field: usize, v: u64) {
+        debug_assert!(field % 8 == 0 && field + 8 <= HEADER_LEN as usize && field != F_SIZE);
+        // SAFETY: as in `hget`.
+        unsafe { ptr::write(self.base.as_ptr().add(field).cast::<u64>(), v) }
+    }
+
+    #[inline]
+    fn hadd(&self, field: usize, delta: i64) {
+        self.hset(field, self.hget(field).wrapping_add(delta as u64));
+    }
+
+    // ----------------------------------------------------------------- data access
+
+    #[inline]
+    fn rd(&self, off: u64) -> Result<u64, Error> {
+        if off < self.data_start || off % 8 != 0 || off > self.mapped.get() - 8 {
+            return Err(corrupt(off, "link points outside the block area"));
+        }
+        // SAFETY: checked just above: 8-aligned and inside the mapping.
+        Ok(unsafe { ptr::read(self.base.as_ptr().add(off as usize).cast::<u64>()) })
+    }
+
+    #[inline]
+    fn wr(&self, off: u64, v: u64) -> Result<(), Error> {
+        if off < self.data_start || off % 8 != 0 || off > self.mapped.get() - 8 {
+            return Err(corrupt(off, "link points outside the block area"));
+        }
+        // SAFETY: checked just above: 8-aligned and inside the mapping.
+        unsafe { ptr::write(self.base.as_ptr().add(off as usize).cast::<u64>(), v) };
+        Ok(())
+    }
+
+    /// Size and free flag of the block at `b`, checked to lie inside the region.
+    #[inline]
+    fn block(&self, b: u64) -> Result<(u64, bool), Error> {
+        let v = self.rd(b + 8)?;
+        let size = v & !FLAG_MASK;
+        if b % GRANULE != 0
+            || v & FLAG_MASK & !FREE != 0
+            || size < MIN_BLOCK
+            || size > self.mapped.get() - b
+        {
+            return Err(corrupt(b, "block header out of range"));
+        }
+        Ok((size, v & FREE != 0))
+    }
+
+    #[inline]
+    fn set_block(&self, b: u64, size: u64, free: bool) -> Result<(), Error> {
+        self.wr(b + 8, size | u64::from(free))
+    }
+
+    // ----------------------------------------------------------------- free lists
+
+    #[inline]
+    fn head(&self, bin: usize) -> u64 {
+        self.hget(F_BINS_HEADS + bin * 8)
+    }
+
+    #[inline]
+    fn set_head(&self, bin: usize, b: u64) {
+        self.hset(F_BINS_HEADS + bin * 8, b);
+        let word = F_BITMAP + (bin / 64) * 8;
+        let bit = 1u64 << (bin % 64);
+        let bits = self.hget(word);
+        self.hset(word, if b == 0 { bits & !bit } else { bits | bit });
+    }
+
+    fn insert(&self, b: u64, size: u64) -> Result<(), Error> {
+        let bin = bin_index(size);
+        let h = self.head(bin);
+        self.wr(b + NEXT, h)?;
+        self.wr(b + PREV, 0)?;
+        if h != 0 {
+            self.wr(h + PREV, b)?;
+        }
+        self.set_head(bin, b);
+        Ok(())
+    }
+
+    fn unlink(&self, b: u64, size: u64) -> Result<(), Error> {
+        let next = self.rd(b + NEXT)?;
+        let prev = self.rd(b + PREV)?;
+        if prev != 0 {
+            if self.rd(prev + NEXT)? != b {
+                return Err(corrupt(prev, "free list is not doubly linked"));
+            }
+            self.wr(prev + NEXT, next)?;
+        } else {
+            let bin = bin_index(size);
+            if self.head(bin) != b {
+                return Err(corrupt(b, "free block is not in its free list"));
+            }
+            self.set_head(bin, next);
+        }
+        if next != 0 {
+            if self.rd(next + PREV)? != b {
+                return Err(corrupt(next, "free list is not doubly linked"));
+            }
+            self.wr(next + PREV, prev)?;
+        }
+        Ok(())
+    }
+
+    /// First non-empty free list at or after `from`.
+    #[inline]
+    fn find_bin(&self, from: usize) -> Option<usize> {
+        let mut w = from / 64;
+        let mut bits = self.hget(F_BITMAP + w * 8) & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            if w == BINS / 64 {
+                return None;
+            }
+            bits = self.hget(F_BITMAP + w * 8);
+        }
+    }
+
+    /// Takes a free block of at least `need` bytes out of its list: O(1).
+    fn take_fit(&self, need: u64) -> Result<Option<(u64, u64)>, Error> {
+        // The head of the exact list often fits (same-size churn) without splitting
+        // a larger block.
+        let exact = bin_index(need);
+        let h = self.head(exact);
+        if h != 0 {
+            let (size, free) = self.block(h)?;
+            if !free {
+                return Err(corrupt(h, "allocated block in a free list"));
+            }
+            if size >= need {
+                self.unlink(h, size)?;
+                return Ok(Some((h, size)));
+            }
+        }
+        let Some(bin) = search_index(need).and_then(|i| self.find_bin(i)) else {
+            return Ok(None);
+        };
+        let b = self.head(bin);
+        let (size, free) = self.block(b)?;
+        if !free || size < need || bin_index(size) != bin {
+            return Err(corrupt(b, "block in the wrong free list"));
+        }
+        self.unlink(b, size)?;
+        Ok(Some((b, size)))
+    }
+
+    // ----------------------------------------------------------------- allocator
+
+    /// Allocates `size` bytes aligned to `align` (a power of two, at most the page size)
+    /// and returns their offset. The bytes are not zeroed. O(1); grows the region by a
+    /// bounded step when no free block fits.
+    pub fn alloc(&self, size: u64, align: u64) -> Result<Offset, Error> {
+        if !align.is_power_of_two() || align > self.page {
+            return Err(Error::InvalidAlignment { align });
+        }
+        let oom = Error::OutOfMemory {
+            requested: size,
+            max_size: self.reserved,
+        };
+        let end = self.sync_view()?;
+        let need = match size.checked_add(BLOCK_HEADER + GRANULE - 1) {
+            Some(v) if v <= self.reserved => (v & !FLAG_MASK).max(MIN_BLOCK),
+            _ => return Err(oom),
+        };
+        let search = if align <= GRANULE {
+            need
+        } else {
+            need + align + MIN_BLOCK
+        };
+        let (b, s) = match self.take_fit(search)? {
+            Some(found) => found,
+            None => {
+                self.grow(search).map_err(|e| match e {
+                    Error::OutOfMemory { .. } => oom,
+                    e => e,
+                })?;
+                match self.take_fit(search)? {
+                    Some(found) => found,
+                    None => {
+                        return Err(Error::OutOfMemory {
+                            requested: size,
+                            max_size: self.reserved,
+                        })
+                    }
+                }
+            }
+        };
+        let end = end.max(self.mapped.get());
+        self.carve(b, s, need, align, end)
+    }
+
+    /// Cuts an allocation of `need` bytes aligned for `align` out of free block `b`
+    /// (already unlinked), returning the rest to the free lists.
+    fn carve(&self, b0: u64, s0: u64, need: u64, align: u64, end: u64) -> Result<Offset, Error> {
+        let (mut b, mut s) = (b0, s0);
+        let mut new_free = 0i64;
+        if align > GRANULE {
+            let payload = (b + BLOCK_HEADER + align - 1) & !(align - 1);
+            let mut gap = payload - BLOCK_HEADER - b;
+            if gap != 0 && gap < MIN_BLOCK {
+                // Too small for a free block: move to the next aligned payload.
+                gap += align;
+            }
+            if gap != 0 {
+                // The front piece stays free; its predecessor is allocated (no two free
+                // blocks are adjacent), so it needs no coalescing.
+                self.set_block(b, gap, true)?;
+                self.insert(b, gap)?;
+                new_free += 1;
+                b += gap;
+                s -= gap;
+                self.wr(b, gap)?;
+            }
+        }
+        let mut last_piece = (b, s);
+        if s - need >= MIN_BLOCK {
+            let t = b + need;
+            let ts = s - need;
+            self.wr(t, need)?;
+            self.set_block(t, ts, true)?;
+            self.insert(t, ts)?;
+            new_free += 1;
+            s = need;
+            last_piece = (t, ts);
+        }
+        self.set_block(b, s, false)?;
+        let orig_end = b0 + s0;
+        if orig_end < end {
+            self.wr(orig_end, last_piece.1)?;
+        } else {
+            self.hset(F_LAST_BLOCK, last_piece.0);
+        }
+        self.hadd(F_IN_USE, s as i64);
+        self.hadd(F_FREE, -(s as i64));
+        self.hadd(F_ALLOCS, 1);
+        self.hadd(F_FREE_BLOCKS, new_free - 1);
+        // b + BLOCK_HEADER >= data_start + 16 > 0.
+        Offset::new(b + BLOCK_HEADER).ok_or(corrupt(b, "zero offset"))
+    }
+
+    /// Frees the allocation at `off`. A wrong offset (not a live allocation: freed
+    /// already, never allocated, or corrupt) is refused with [`Error::InvalidFree`]
+    /// where the O(1) boundary-tag checks can tell; [`check`](Self::check) is thorough.
+    /// Coalesces with free neighbours (O(1)) and gives large free runs back to the OS.
+    pub fn free(&self, off: Offset) -> Result<(), Error> {
+        let o = off.get();
+        let end = self.sync_view()?;
+        let invalid = |reason| Error::InvalidFree { offset: o, reason };
+        if o % GRANULE != 0 || o < self.data_start + BLOCK_HEADER || o >= end {
+            return Err(invalid("not an allocation offset"));
+        }
+        let b = o - BLOCK_HEADER;
+        let v = self.rd(b + 8)?;
+        if v & FREE != 0 {
+            return Err(invalid("block is already free"));
+        }
+        let size = v & !FLAG_MASK;
+        if v & FLAG_MASK != 0 || size < MIN_BLOCK || size > end - b {
+            return Err(invalid("no block header at this offset"));
+        }
+        let n = b + size;
+        if n < end && self.rd(n)? != size {
+            return Err(invalid("boundary tag of the next block disagrees"));
+        }
+        let ps = self.rd(b)?;
+        let prev = if b == self.data_start {
+            if ps != 0 {
+                return Err(invalid("first block has a predecessor"));
+            }
+            None
+        } else {
+            if ps < MIN_BLOCK || ps % GRANULE != 0 || ps > b - self.data_start {
+                return Err(invalid(
+                    "boundary tag of the previous block is out of range",
+                ));
+            }
+            let p = b - ps;
+            let (pss, pfree) = self.block(p)?;
+            if pss != ps {
+                return Err(invalid("boundary tag of the previous block disagrees"));
+            }
+            Some((p, pfree))
+        };
+        self.hadd(F_IN_USE, -(size as i64));
+        self.hadd(F_FREE, size as i64);
+        self.hadd(F_ALLOCS, -1);
+        let (mut start, mut len) = (b, size);
+        let mut merged = 1i64;
+        let mut lo = None;
+        let mut hi = None;
+        if n < end {
+            let (ns, nfree) = self.block(n)?;
+            if nfree {
+                self.unlink(n, ns)?;
+                len += ns;
+                merged -= 1;
+                if ns >= self.release_threshold {
+                    hi = Some(n + MIN_BLOCK);
+                }
+            }
+        }
+        if let Some((p, true)) = prev {
+            self.unlink(p, ps)?;
+            start = p;
+            len += ps;
+            merged -= 1;
+            if ps >= self.release_threshold {
+                lo = Some(b);
+            }
+        }
+        self.set_block(start, len, true)?;
+        self.insert(start, len)?;
+        let e = start + len;
+        if e < end {
+            self.wr(e, len)?;
+        } else {
+            self.hset(F_LAST_BLOCK, start);
+        }
+        self.hadd(F_FREE_BLOCKS, merged);
+        if len >= self.release_threshold {
+            // Neighbours that were already large had their pages given back when they
+            // were freed: only the pages around the freed block need it now, so the
+            // work stays proportional to the freed block.
+            let page = self.page;
+            let mut from = round_up(start + MIN_BLOCK, page).unwrap_or(e);
+            let mut to = round_down(e, page);
+            if let Some(lo) = lo {
+                from = from.max(round_down(lo, page));
+            }
+            if let Some(hi) = hi {
+                to = to.min(round_up(hi, page).unwrap_or(to));
+            }
+            if from < to {
+                self.release(from, to);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the pages `from..to` (free memory) back to the OS. Best effort: the
+    /// memory is free either way, so a failure costs footprint, not correctness.
+    fn release(&self, from: u64, to: u64) {
+        match &self.backing {
+            Backing::Anon(_map) => {
+                #[cfg(not(miri))]
+                {
+                    // SAFETY: from..to lies inside free blocks of this region; nothing
+                    // may rely on its contents, and MADV_DONTNEED on private anonymous
+                    // memory just zero-fills the pages on next touch.
+                    let _ = unsafe {
+                        _map.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            from as usize,
+                            (to - from) as usize,
+                        )
+                    };
+                }
+            }
+            Backing::File { file, .. } => {
+                let _ = os::punch_hole(file, from, to - from);
+            }
+        }
+    }
+
+    /// Grows the region so a free block of at least `need` bytes exists at its end.
+    fn grow(&self, need: u64) -> Result<(), Error> {
+        let old = self.mapped.get();
+        let last = self.hget(F_LAST_BLOCK);
+        let (ls, lfree) = self.block(last)?;
+        if last + ls != old {
+            return Err(corrupt(last, "last block does not end the region"));
+        }
+        let have = if lfree { ls } else { 0 };
+        let step = (old / 4)
+            .clamp(self.growth_step, 1 << 30)
+            .max(need.saturating_sub(have) + MIN_BLOCK);
+        let oom = Error::OutOfMemory {
+            requested: need,
+            max_size: self.reserved,
+        };
+        let new = match old.checked_add(step).and_then(|v| round_up(v, self.page)) {
+            Some(v) => v.min(self.reserved),
+            None => self.reserved,
+        };
+        if new <= old || new - old + have < need {
+            return Err(oom);
+        }
+        if let Backing::File { file, .. } = &self.backing {
+            // Only ever lengthen: another process may have grown the file further.
+            if file.metadata()?.len() < new {
+                file.set_len(new)?;
+            }
+            // SAFETY: old..new lies in our reservation beyond our view: unreferenced.
+            unsafe { os::map_file_fixed(self.base.as_ptr(), file, old, new) }?;
+        }
+        self.mapped.set(new);
+        let add = new - old;
+        if lfree {
+            self.unlink(last, ls)?;
+            self.set_block(last, ls + add, true)?;
+            self.insert(last, ls + add)?;
+        } else {
+            self.wr(old, ls)?;
+            self.set_block(old, add, true)?;
+            self.insert(old, add)?;
+            self.hset(F_LAST_BLOCK, old);
+            self.hadd(F_FREE_BLOCKS, 1);
+        }
+        self.hadd(F_FREE, add as i64);
+        // Everything above is in place (file extended, headers written): publish.
+        publish_size(self.size_word(), new);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- roots
+
+    fn root_slot(&self, slot: usize) -> ([u8; ROOT_NAME_LEN], u64) {
+        let at = F_ROOTS + slot * ROOT_SLOT_LEN;
+        let mut name = [0u8; ROOT_NAME_LEN];
+        // SAFETY: the root slots lie in the always-mapped header.
+        unsafe {
+            ptr::copy_nonoverlapping(self.base.as_ptr().add(at), name.as_mut_ptr(), ROOT_NAME_LEN)
+        };
+        (name, self.hget(at + ROOT_NAME_LEN))
+    }
+
+    fn root_key(name: &str) -> Option<[u8; ROOT_NAME_LEN]> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() > ROOT_NAME_LEN || b.contains(&0) {
+            return None;
+        }
+        let mut key = [0u8; ROOT_NAME_LEN];
+        key[..b.len()].copy_from_slice(b);
+        Some(key)
+    }
+
+    /// The offset recorded under `name` by [`set_root`](Self::set_root), if any.
+    pub fn root(&self, name: &str) -> Option<Offset> {
+        let key = Self::root_key(name)?;
+        (0..ROOT_SLOTS)
+            .map(|s| self.root_slot(s))
+            .find(|(n, _)| *n == key)
+            .and_then(|(_, off)| Offset::new(off))
+    }
+
+    /// Records `off` under `name` in the header (`None` removes the name). Higher layers
+    /// keep the offsets of their own state here, so a reopen finds it.
+    /// Names are 1 to [`ROOT_NAME_LEN`] bytes without NUL; there are [`ROOT_SLOTS`] slots.
+    pub fn set_root(&self, name: &str, off: Option<Offset>) -> Result<(), Error> {
+        let key = Self::root_key(name).ok_or(Error::InvalidRootName)?;
+        if let Some(o) = off {
+            let size = self.sync_view()?;
+            if o.get() >= size {
+                return Err(Error::OffsetOutOfBounds {
+                    offset: o.get(),
+                    len: 0,
+                    size,
+                });
+            }
+        }
+        let slots = (0..ROOT_SLOTS).map(|s| (s, self.root_slot(s)));
+        let existing = slots.clone().find(|(_, (n, _))| *n == key).map(|(s, _)| s);
+        let at = |s: usize| F_ROOTS + s * ROOT_SLOT_LEN;
+        match (existing, off) {
+            (Some(s), Some(o)) => self.hset(at(s) + ROOT_NAME_LEN, o.get()),
+            (Some(s), None) => {
+                // SAFETY: the slot lies in the always-mapped header.
+                unsafe { ptr::write_bytes(self.base.as_ptr().add(at(s)), 0, ROOT_NAME_LEN) };
+                self.hset(at(s) + ROOT_NAME_LEN, 0);
+            }
+            (None, None) => {}
+            (None, Some(o)) => {
+                let s = slots
+                    .clone()
+                    .find(|(_, (n, _))| n[0] == 0)
+                    .map(|(s, _)| s)
+                    .ok_or(Error::RootSlotsFull)?;
+                // Offset first, then the name that makes the slot live.
+                self.hset(at(s) + ROOT_NAME_LEN, o.get());
+                // SAFETY: the slot lies in the always-mapped header.
+                unsafe {
+                    ptr::copy_nonoverlapping(
+                        key.as_ptr(),
+                        self.base.as_ptr().add(at(s)),
+                        ROOT_NAME_LEN,
+                    )
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Every (name, offset) pair in the root slots.
+    pub fn roots(&self) -> Vec<(String, Offset)> {
+        (0..ROOT_SLOTS)
+            .map(|s| self.root_slot(s))
+            .filter_map(|(n, off)| {
+                let len = n.iter().position(|&c| c == 0).unwrap_or(ROOT_NAME_LEN);
+                let name = String::from_utf8_lossy(&n[..len]).into_owned();
+                Some((name, Offset::new(off)?)).filter(|(name, _)| !name.is_empty())
+            })
+            .collect()
+    }
+
+    // ----------------------------------------------------------------- durability
+
+    /// Writes the region's dirty pages to its file and waits (`msync`). A no-op for
+    /// anonymous regions.
+    pub fn flush(&self) -> Result<(), Error> {
+        if let Backing::File { .. } = self.backing {
+            // SAFETY: base..base+mapped is mapped.
+            unsafe { os::msync(self.base.as_ptr(), self.mapped.get()) }?;
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- stats & check
+
+    /// Usage figures, from counters kept in the header (O(1) apart from a scan of the
+    /// largest size class for `largest_free`).
+    pub fn stats(&self) -> RegionStats {
+        let _ = self.sync_view();
+        let file_bytes = match &self.backing {
+            Backing::Anon(_) => None,
+            Backing::File { file, .. } => file.metadata().ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            }),
+        };
+        let free_blocks = self.hget(F_FREE_BLOCKS);
+        RegionStats {
+            size: self.size_word().load(core::sync::atomic::Ordering::Acquire),
+            mapped: self.mapped.get(),
+            reserved: self.reserved,
+            in_use: self.hget(F_IN_USE),
+            free: self.hget(F_FREE),
+            allocations: self.hget(F_ALLOCS),
+            free_blocks,
+            largest_free: self.largest_free(free_blocks).unwrap_or(0),
+            file_bytes,
+        }
+    }
+
+    fn largest_free(&self, free_blocks: u64) -> Result<u64, Error> {
+        let top = (0..BINS / 64).rev().find_map(|w| {
+            let bits = self.hget(F_BITMAP + w * 8);
+            (bits != 0).then(|| w * 64 + 63 - bits.leading_zeros() as usize)
+        });
+        let Some(bin) = top else { return Ok(0) };
+        let mut best = 0;
+        let mut b = self.head(bin);
+        let mut steps = 0;
+        while b != 0 && steps <= free_blocks {
+            best = best.max(self.block(b)?.0);
+            b = self.rd(b + NEXT)?;
+            steps += 1;
+        }
+        Ok(best.saturating_sub(BLOCK_HEADER))
+    }
+
+    /// Walks and validates every allocator structure: the block chain covers the region
+    /// exactly, boundary tags agree, no two free blocks are adjacent, every free block is
+    /// in exactly the right free list (and nothing else is), the bitmaps match the lists,
+    /// the header's counters match the walk, and the roots point inside the region.
+    /// Work is bounded by the region size (cycles are detected, never followed forever).
+    pub fn check(&self) -> Result<CheckReport, Error> {
+        let end = self.sync_view()?;
+        let mut r = CheckReport {
+            size: end,
+            ..CheckReport::default()
+        };
+        let mut frees: Vec<(u64, u64)> = Vec::new();
+        let (mut b, mut prev_size, mut prev_free) = (self.data_start, 0, false);
+        let mut last = 0;
+        while b < end {
+            let (size, free) = self.block(b)?;
+            if self.rd(b)? != prev_size {
+                return Err(corrupt(b, "boundary tag disagrees with the previous block"));
+            }
+            if free && prev_free {
+                return Err(corrupt(b, "two adjacent free blocks"));
+            }
+            r.blocks += 1;
+            if free {
+                r.free_blocks += 1;
+                r.free += size;
+                r.largest_free_block = r.largest_free_block.max(size);
+                frees.push((b, size));
+            } else {
+                r.allocations += 1;
+                r.in_use += size;
+            }
+            (last, prev_size, prev_free) = (b, size, free);
+            b += size; // block() checked size <= end - b.
+        }
+        if self.hget(F_LAST_BLOCK) != last {
+            return Err(corrupt(F_LAST_BLOCK as u64, "last-block field is wrong"));
+        }
+        if self.hget(F_IN_USE) != r.in_use
+            || self.hget(F_FREE) != r.free
+            || self.hget(F_ALLOCS) != r.allocations
+            || self.hget(F_FREE_BLOCKS) != r.free_blocks
+        {
+            return Err(corrupt(0, "header counters disagree with the blocks"));
+        }
+        // Free lists: every node a distinct free block of the right class.
+        let mut seen = vec![false; frees.len()];
+        let mut listed = 0u64;
+        for bin in 0..BINS {
+            let bit = self.hget(F_BITMAP + (bin / 64) * 8) >> (bin % 64) & 1 == 1;
+            let mut n = self.head(bin);
+            if bit != (n != 0) {
+                return Err(corrupt(0, "free-list bitmap disagrees with the lists"));
+            }
+            let mut prev = 0;
+            while n != 0 {
+                let i = frees
+                    .binary_search_by_key(&n, |&(b, _)| b)
+                    .map_err(|_| corrupt(n, "free list links a block that is not free"))?;
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(corrupt(n, "free block listed twice (cycle)"));
+                }
+                if bin_index(frees[i].1) != bin {
+                    return Err(corrupt(n, "free block in the wrong size class"));
+                }
+                if self.rd(n + PREV)? != prev {
+                    return Err(corrupt(n, "free list is not doubly linked"));
+                }
+                listed += 1;
+                prev = n;
+                n = self.rd(n + NEXT)?;
+            }
+        }
+        if listed != r.free_blocks {
+            return Err(corrupt(0, "a free block is missing from the free lists"));
+        }
+        for s in 0..ROOT_SLOTS {
+            let (name, off) = self.root_slot(s);
+            if name[0] != 0 {
+                r.roots += 1;
+                if off >= end {
+                    return Err(corrupt(off, "root offset outside the region"));
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+#[inline]
+fn corrupt(offset: u64, what: &'static str) -> Error {
+    Error::Corrupt { offset, what }
+}

@@ -1,0 +1,146 @@
+//! Basic behaviour of anonymous regions (runs under miri).
+
+use offheap_mmap::{Error, Offset, Region, RegionOptions};
+
+#[test]
+fn alloc_write_read_free() {
+    let r = Region::anonymous().unwrap();
+    let mut offs = Vec::new();
+    for i in 0..100u64 {
+        let size = 1 + i * 7;
+        let off = r.alloc(size, 8).unwrap();
+        assert_eq!(off.get() % 8, 0);
+        let p = r.ptr(off, size).unwrap();
+        // SAFETY: live allocation of `size` bytes.
+        unsafe { p.as_ptr().write_bytes(i as u8, size as usize) };
+        offs.push((off, size, i as u8));
+    }
+    for &(off, size, v) in &offs {
+        let p = r.ptr(off, size).unwrap();
+        // SAFETY: written above.
+        let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), size as usize) };
+        assert!(s.iter().all(|&b| b == v));
+    }
+    r.check().unwrap();
+    for (off, _, _) in offs {
+        r.free(off).unwrap();
+    }
+    let rep = r.check().unwrap();
+    assert_eq!(rep.free_blocks, 1);
+    assert_eq!(rep.allocations, 0);
+    assert_eq!(r.stats().in_use, 0);
+}
+
+#[test]
+fn double_free_and_wild_free_are_errors() {
+    let r = Region::anonymous().unwrap();
+    let a = r.alloc(100, 8).unwrap();
+    let _b = r.alloc(100, 8).unwrap();
+    r.free(a).unwrap();
+    assert!(matches!(r.free(a), Err(Error::InvalidFree { .. })));
+    let wild = Offset::new(a.get() + 8).unwrap();
+    assert!(matches!(r.free(wild), Err(Error::InvalidFree { .. })));
+    let beyond = Offset::new(r.mapped_len() + 64).unwrap();
+    assert!(matches!(r.free(beyond), Err(Error::InvalidFree { .. })));
+    let hdr = Offset::new(64).unwrap();
+    assert!(matches!(r.free(hdr), Err(Error::InvalidFree { .. })));
+    r.check().unwrap();
+}
+
+#[test]
+fn alignment_is_honoured() {
+    let r = Region::anonymous().unwrap();
+    for shift in 0..=12 {
+        let align = 1u64 << shift;
+        let a = r.alloc(3, align).unwrap();
+        assert_eq!(a.get() % align, 0, "align {align}");
+        let b = r.alloc(1000, align).unwrap();
+        assert_eq!(b.get() % align, 0, "align {align}");
+    }
+    r.check().unwrap();
+    assert!(matches!(
+        r.alloc(8, 3),
+        Err(Error::InvalidAlignment { align: 3 })
+    ));
+    assert!(matches!(
+        r.alloc(8, 1 << 20),
+        Err(Error::InvalidAlignment { .. })
+    ));
+}
+
+#[test]
+fn grows_in_place_and_base_never_moves() {
+    let opts = RegionOptions::new()
+        .initial_size(64 << 10)
+        .max_size(4 << 20);
+    let r = Region::anonymous_with(&opts).unwrap();
+    let base = r.base();
+    let first = r.mapped_len();
+    let mut offs = Vec::new();
+    for _ in 0..40 {
+        offs.push(r.alloc(16 << 10, 16).unwrap());
+    }
+    assert!(r.mapped_len() > first);
+    assert_eq!(r.base(), base);
+    r.check().unwrap();
+    // Exhausting the reservation is a typed error, not a panic.
+    assert!(matches!(
+        r.alloc(8 << 20, 8),
+        Err(Error::OutOfMemory { .. })
+    ));
+    for o in offs {
+        r.free(o).unwrap();
+    }
+    assert_eq!(r.check().unwrap().free_blocks, 1);
+}
+
+#[test]
+fn roots() {
+    let r = Region::anonymous().unwrap();
+    let a = r.alloc(10, 1).unwrap();
+    assert_eq!(r.root("table"), None);
+    r.set_root("table", Some(a)).unwrap();
+    assert_eq!(r.root("table"), Some(a));
+    assert_eq!(r.roots(), vec![("table".to_string(), a)]);
+    r.set_root("table", None).unwrap();
+    assert_eq!(r.root("table"), None);
+    assert!(matches!(
+        r.set_root("", Some(a)),
+        Err(Error::InvalidRootName)
+    ));
+    assert!(matches!(
+        r.set_root(&"x".repeat(25), Some(a)),
+        Err(Error::InvalidRootName)
+    ));
+    assert!(matches!(
+        r.set_root("a\0b", Some(a)),
+        Err(Error::InvalidRootName)
+    ));
+    let far = Offset::new(r.mapped_len()).unwrap();
+    assert!(matches!(
+        r.set_root("far", Some(far)),
+        Err(Error::OffsetOutOfBounds { .. })
+    ));
+    for i in 0..offheap_mmap::ROOT_SLOTS {
+        r.set_root(&format!("r{i}"), Some(a)).unwrap();
+    }
+    assert!(matches!(
+        r.set_root("one-more", Some(a)),
+        Err(Error::RootSlotsFull)
+    ));
+    assert_eq!(r.check().unwrap().roots, offheap_mmap::ROOT_SLOTS as u64);
+}
+
+#[test]
+fn ptr_checks_bounds() {
+    let r = Region::anonymous().unwrap();
+    let len = r.mapped_len();
+    assert!(r.ptr(Offset::new(len - 8).unwrap(), 8).is_ok());
+    assert!(matches!(
+        r.ptr(Offset::new(len - 8).unwrap(), 9),
+        Err(Error::OffsetOutOfBounds { .. })
+    ));
+    assert!(r.ptr(Offset::new(u64::MAX).unwrap(), 1).is_err());
+    assert!(!r.contains(len, 1));
+    assert!(!r.contains(0, 1));
+}
