@@ -572,7 +572,7 @@ impl Region {
     /// Size and free flag of the block at `b`, checked to lie inside the region.
     #[inline]
     fn block(&self, b: u64) -> Result<(u64, bool), Error> {
-        let v = self.rd(b + 8)?;
+        let v = self.rd(b.wrapping_add(8))?;
         let size = v & !FLAG_MASK;
         if b % GRANULE != 0
             || v & FLAG_MASK & !FREE != 0
@@ -586,7 +586,7 @@ impl Region {
 
     #[inline]
     fn set_block(&self, b: u64, size: u64, free: bool) -> Result<(), Error> {
-        self.wr(b + 8, size | u64::from(free))
+        self.wr(b.wrapping_add(8), size | u64::from(free))
     }
 
     // ----------------------------------------------------------------- free lists
@@ -608,23 +608,23 @@ impl Region {
     fn insert(&self, b: u64, size: u64) -> Result<(), Error> {
         let bin = bin_index(size);
         let h = self.head(bin);
-        self.wr(b + NEXT, h)?;
-        self.wr(b + PREV, 0)?;
+        self.wr(b.wrapping_add(NEXT), h)?;
+        self.wr(b.wrapping_add(PREV), 0)?;
         if h != 0 {
-            self.wr(h + PREV, b)?;
+            self.wr(h.wrapping_add(PREV), b)?;
         }
         self.set_head(bin, b);
         Ok(())
     }
 
     fn unlink(&self, b: u64, size: u64) -> Result<(), Error> {
-        let next = self.rd(b + NEXT)?;
-        let prev = self.rd(b + PREV)?;
+        let next = self.rd(b.wrapping_add(NEXT))?;
+        let prev = self.rd(b.wrapping_add(PREV))?;
         if prev != 0 {
-            if self.rd(prev + NEXT)? != b {
+            if self.rd(prev.wrapping_add(NEXT))? != b {
                 return Err(corrupt(prev, "free list is not doubly linked"));
             }
-            self.wr(prev + NEXT, next)?;
+            self.wr(prev.wrapping_add(NEXT), next)?;
         } else {
             let bin = bin_index(size);
             if self.head(bin) != b {
@@ -633,10 +633,10 @@ impl Region {
             self.set_head(bin, next);
         }
         if next != 0 {
-            if self.rd(next + PREV)? != b {
+            if self.rd(next.wrapping_add(PREV))? != b {
                 return Err(corrupt(next, "free list is not doubly linked"));
             }
-            self.wr(next + PREV, prev)?;
+            self.wr(next.wrapping_add(PREV), prev)?;
         }
         Ok(())
     }
@@ -792,7 +792,7 @@ impl Region {
             return Err(invalid("not an allocation offset"));
         }
         let b = o - BLOCK_HEADER;
-        let v = self.rd(b + 8)?;
+        let v = self.rd(b.wrapping_add(8))?;
         if v & FREE != 0 {
             return Err(invalid("block is already free"));
         }
@@ -1094,7 +1094,7 @@ impl Region {
         let mut steps = 0;
         while b != 0 && steps <= free_blocks {
             best = best.max(self.block(b)?.0);
-            b = self.rd(b + NEXT)?;
+            b = self.rd(b.wrapping_add(NEXT))?;
             steps += 1;
         }
         Ok(best.saturating_sub(BLOCK_HEADER))
@@ -1165,12 +1165,12 @@ impl Region {
                 if bin_index(frees[i].1) != bin {
                     return Err(corrupt(n, "free block in the wrong size class"));
                 }
-                if self.rd(n + PREV)? != prev {
+                if self.rd(n.wrapping_add(PREV))? != prev {
                     return Err(corrupt(n, "free list is not doubly linked"));
                 }
                 listed += 1;
                 prev = n;
-                n = self.rd(n + NEXT)?;
+                n = self.rd(n.wrapping_add(NEXT))?;
             }
         }
         if listed != r.free_blocks {
