@@ -1,0 +1,1344 @@
+//! The arena.
+
+use std::ptr;
+
+use crate::config::next_chunk_size;
+use crate::layout::{
+    param_check, stat, ClassRec, Header, Meta, SlabRec, BLOCK_ALIGN, CLASS_REC, HEADER_SIZE, MAGIC,
+    META, NONE, NSTATS, SLAB_REC, VERSION,
+};
+use crate::stats::{CheckReport, ClassStats, ErrorCounts, Stats};
+use crate::{Config, Error, Handle, HeapSource, ReleasePolicy, SlabSource};
+
+/// Lengths below this are mapped to their class by a table lookup; longer ones by binary search.
+const SMALL_LENS: usize = 1024;
+
+/// Immutable facts about a class, derived from the parameters (cached in the `Arena`).
+#[derive(Clone, Copy, Debug)]
+struct ClassInfo {
+    /// The class's chunk size as go-slab computes it.
+    chunk_size: u64,
+    /// Bytes between chunks: `min(chunk_size, slab_size)` (no chunk is ever longer than a slab).
+    stride: usize,
+    /// Chunks per slab: `max(1, slab_size / chunk_size)`.
+    cps: u32,
+    /// Bytes of chunk metadata at the start of a slab's block (a multiple of 64).
+    meta_bytes: usize,
+    /// Bytes of a slab's block.
+    block_size: usize,
+}
+
+/// A validated chunk: pointers into source memory that stay valid until the arena changes.
+#[derive(Clone, Copy)]
+struct Loc {
+    slab: u32,
+    chunk: u32,
+    class: u32,
+    rec: *mut SlabRec,
+    meta: *mut Meta,
+    base: *mut u8,
+}
+
+/// A slab arena: size classes with a growth factor, refcounted chunks, chunk chains.
+///
+/// All of its state (parameters, statistics, class table, slab table, chunk metadata, free
+/// lists) lives in blocks of its [`SlabSource`], linked by offsets and indices, so an arena in a
+/// memory-mapped file can be reopened with [`open_in`](Arena::open_in). The `Arena` value
+/// caches only immutable facts (the source, the header's location, the parameters and the
+/// class sizes derived from them) and reads every mutable field from source memory on each
+/// operation.
+///
+/// Every index and offset read back from source memory is checked before it is followed; what
+/// does not check out is reported as [`Error::Corrupt`]. Handles are validated (arena tag,
+/// slab index, chunk index, generation, live refcount) so misuse is reported with a typed
+/// error and changes nothing.
+///
+/// ```
+/// use offheap_slab::Arena;
+/// let mut arena = Arena::new(48, 1 << 20, 2.0)?;
+/// let a = arena.alloc(64)?;
+/// arena.bytes_mut(a)?.fill(7);
+/// let b = arena.alloc(10)?;
+/// arena.set_next(a, Some(b))?; // a holds a reference to b
+/// arena.dec_ref(b)?;           // ours; b lives on through a
+/// let next = arena.get_next(a)?.unwrap(); // a new reference to b
+/// assert_eq!(arena.len(next)?, 10);
+/// arena.dec_ref(next)?;
+/// assert!(arena.dec_ref(a)?);  // frees a, then b
+/// assert_eq!(arena.dec_ref(a), Err(offheap_slab::Error::StaleHandle));
+/// # Ok::<(), offheap_slab::Error>(())
+/// ```
+pub struct Arena<S: SlabSource = HeapSource> {
+    src: S,
+    root: u64,
+    /// Address of the header; stable for the source's lifetime by the `SlabSource` contract.
+    hdr: *mut Header,
+    tag: u32,
+    keep: u32,
+    slab_size: usize,
+    config: Config,
+    classes: Box<[ClassInfo]>,
+    small: Box<[u16]>,
+}
+
+// SAFETY: the arena exclusively owns its source (and through it the memory its raw pointers
+// point into); moving it to another thread moves that ownership. It is not `Sync`.
+unsafe impl<S: SlabSource + Send> Send for Arena<S> {}
+
+impl Arena<HeapSource> {
+    /// An arena on the heap with go-slab's three parameters and the default release policy.
+    ///
+    /// Errors: [`Error::InvalidConfig`] for bad parameters (see [`Config`]).
+    pub fn new(start_chunk_size: usize, slab_size: usize, growth_factor: f64) -> Result<Self, Error> {
+        Self::with_config(Config::new(start_chunk_size, slab_size, growth_factor))
+    }
+
+    /// An arena on the heap with the given parameters.
+    pub fn with_config(config: Config) -> Result<Self, Error> {
+        Self::create_in(HeapSource::new(), config)
+    }
+}
+
+#[inline]
+fn corrupt(what: &'static str) -> Error {
+    Error::Corrupt(what)
+}
+
+impl<S: SlabSource> Arena<S> {
+    // ------------------------------------------------------------------ construction
+
+    /// Creates an arena whose state lives in `source`: allocates and fills its header block
+    /// (tables and slabs come later, on demand). [`root`](Arena::root) is the header's offset.
+    ///
+    /// Errors: [`Error::InvalidConfig`]; [`Error::OutOfMemory`] if the source has no room for
+    /// the header.
+    pub fn create_in(mut source: S, config: Config) -> Result<Self, Error> {
+        let (classes, small) = derive(&config)?;
+        let root = source
+            .alloc(HEADER_SIZE, BLOCK_ALIGN)
+            .ok_or(Error::OutOfMemory)?;
+        let hdr = source.ptr(root) as *mut Header;
+        let tag = random_tag();
+        let keep = config.release.keep();
+        let start = config.start_chunk_size as u64;
+        let slab = config.slab_size as u64;
+        let gbits = config.growth_factor.to_bits();
+        let total = classes.len() as u32;
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            tag,
+            start_chunk_size: start,
+            slab_size: slab,
+            growth_bits: gbits,
+            keep_empty: keep,
+            class_total: total,
+            param_check: param_check(tag, start, slab, gbits, keep, total),
+            class_table: 0,
+            class_cap: 0,
+            class_count: 0,
+            slab_table: 0,
+            slab_cap: 0,
+            slab_len: 0,
+            free_slot: NONE,
+            live_slabs: 0,
+            total_chunks: 0,
+            stats: [0; NSTATS],
+        };
+        // SAFETY: `root` is a fresh block of HEADER_SIZE bytes aligned to 64 (>= Header's align).
+        unsafe { hdr.write(header) };
+        Ok(Arena {
+            src: source,
+            root,
+            hdr,
+            tag,
+            keep,
+            slab_size: config.slab_size,
+            config,
+            classes,
+            small,
+        })
+    }
+
+    /// Opens the arena whose header is at offset `root` of `source` (an arena created with
+    /// [`create_in`](Arena::create_in), possibly by another process, possibly in memory now
+    /// mapped at another address). O(1) in the arena's contents: it validates the header
+    /// (magic, layout version, parameters and their check value, table offsets and lengths)
+    /// and derives the class sizes from the parameters. Everything else is validated as it is
+    /// used; [`check`](Arena::check) validates it all at once.
+    ///
+    /// Errors: [`Error::NotAnArena`], [`Error::UnsupportedVersion`], [`Error::Corrupt`],
+    /// [`Error::InvalidConfig`] (stored parameters that are not valid).
+    pub fn open_in(source: S, root: u64) -> Result<Self, Error> {
+        let p = source
+            .resolve(root, HEADER_SIZE)
+            .ok_or(corrupt("header offset outside the source"))?;
+        if p as usize % std::mem::align_of::<Header>() != 0 {
+            return Err(corrupt("header offset misaligned"));
+        }
+        let hdr = p as *mut Header;
+        // SAFETY: `hdr` is valid for HEADER_SIZE initialized bytes (the source's contract) and
+        // aligned; Header is plain integers, valid for any bit pattern.
+        let h = unsafe { hdr.read() };
+        if h.magic != MAGIC {
+            return Err(Error::NotAnArena);
+        }
+        if h.version != VERSION {
+            return Err(Error::UnsupportedVersion(h.version));
+        }
+        let config = Config {
+            start_chunk_size: usize::try_from(h.start_chunk_size)
+                .map_err(|_| corrupt("start chunk size"))?,
+            slab_size: usize::try_from(h.slab_size).map_err(|_| corrupt("slab size"))?,
+            growth_factor: f64::from_bits(h.growth_bits),
+            release: ReleasePolicy::from_keep(h.keep_empty),
+        };
+        if h.param_check
+            != param_check(
+                h.tag,
+                h.start_chunk_size,
+                h.slab_size,
+                h.growth_bits,
+                h.keep_empty,
+                h.class_total,
+            )
+        {
+            return Err(corrupt("parameter check value mismatch"));
+        }
+        let (classes, small) = derive(&config)?;
+        if h.class_total as usize != classes.len() {
+            return Err(corrupt("class count does not match the parameters"));
+        }
+        if h.class_count > h.class_cap || h.class_cap > h.class_total {
+            return Err(corrupt("class table length"));
+        }
+        if h.class_cap > 0
+            && !source.contains(h.class_table, h.class_cap as usize * CLASS_REC)
+        {
+            return Err(corrupt("class table offset"));
+        }
+        if h.slab_len > h.slab_cap || h.slab_cap == NONE {
+            return Err(corrupt("slab table length"));
+        }
+        if h.slab_cap > 0 && !source.contains(h.slab_table, h.slab_cap as usize * SLAB_REC) {
+            return Err(corrupt("slab table offset"));
+        }
+        if h.free_slot != NONE && h.free_slot >= h.slab_len {
+            return Err(corrupt("free slot list head"));
+        }
+        Ok(Arena {
+            src: source,
+            root,
+            hdr,
+            tag: h.tag,
+            keep: h.keep_empty,
+            slab_size: config.slab_size,
+            config,
+            classes,
+            small,
+        })
+    }
+
+    /// Offset of the arena's header block in its source: what [`open_in`](Arena::open_in)
+    /// takes to reopen the arena.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// The arena's parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The arena's source.
+    pub fn source(&self) -> &S {
+        &self.src
+    }
+
+    /// Gives the source back, with the arena's state still in it (reopen it with
+    /// [`open_in`](Arena::open_in) and [`root`](Arena::root)). Dropping an `Arena` drops its
+    /// source; an arena over a [`HeapSource`] frees everything then.
+    pub fn into_source(self) -> S {
+        self.src
+    }
+
+    /// Chunk sizes of all classes the parameters imply (also those not yet created).
+    pub fn class_sizes(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.classes.iter().map(|c| c.chunk_size as usize)
+    }
+
+    // ------------------------------------------------------------------ public operations
+
+    /// Allocates a chunk for `len` bytes (`0 <= len <= slab_size`) from the first class whose
+    /// chunk size is at least `len`, with refcount 1 and no next. Its bytes are unspecified
+    /// (what the source or a previous chunk left there; zero for fresh heap memory).
+    ///
+    /// O(1): a table lookup (or a binary search over the classes for `len >= 1024`), then a pop
+    /// from the class's first partially used slab, or a new slab from the source.
+    ///
+    /// Errors: [`Error::TooBig`] (nothing allocated), [`Error::OutOfMemory`] (the source had
+    /// no room for a new slab or a larger table), [`Error::Corrupt`].
+    #[inline]
+    pub fn alloc(&mut self, len: usize) -> Result<Handle, Error> {
+        let Some(class) = self.class_of(len) else {
+            return Err(self.count(Error::TooBig {
+                len,
+                max: self.slab_size,
+            }));
+        };
+        match self.alloc_in(class, len) {
+            Ok(h) => {
+                self.bump(stat::ALLOCS);
+                Ok(h)
+            }
+            Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// Allocates a chunk of `data.len()` bytes holding a copy of `data`.
+    pub fn alloc_from(&mut self, data: &[u8]) -> Result<Handle, Error> {
+        let h = self.alloc(data.len())?;
+        let loc = self.locate(h)?;
+        let ci = self.classes[loc.class as usize];
+        // SAFETY: the chunk's data is `len <= stride` bytes inside its slab block; `data` is
+        // a distinct Rust slice, so the ranges do not overlap.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), self.data_ptr(&loc, &ci), data.len()) };
+        Ok(h)
+    }
+
+    /// Adds a reference to the chunk.
+    ///
+    /// Errors: [`Error::StaleHandle`], [`Error::ForeignHandle`], [`Error::InvalidHandle`],
+    /// [`Error::RefcountOverflow`], [`Error::Corrupt`].
+    #[inline]
+    pub fn add_ref(&mut self, h: Handle) -> Result<(), Error> {
+        match self.locate(h) {
+            Ok(loc) => {
+                // SAFETY: `loc.meta` was validated by `locate`.
+                let rc = unsafe { &mut (*loc.meta).refcount };
+                if *rc == u32::MAX {
+                    return Err(self.count(Error::RefcountOverflow));
+                }
+                *rc += 1;
+                self.bump(stat::ADD_REFS);
+                Ok(())
+            }
+            Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// Releases a reference; returns whether it was the last one. At zero the chunk goes back
+    /// to its slab's free list and its next (if any) is released in turn, iteratively, so a
+    /// chain of any length is released without recursion. A slab whose chunks are then all
+    /// free may go back to the source (see [`ReleasePolicy`]).
+    ///
+    /// Errors: [`Error::StaleHandle`] (also for a double release), [`Error::ForeignHandle`],
+    /// [`Error::InvalidHandle`], [`Error::Corrupt`].
+    #[inline]
+    pub fn dec_ref(&mut self, h: Handle) -> Result<bool, Error> {
+        let loc = match self.locate(h) {
+            Ok(loc) => loc,
+            Err(e) => return Err(self.count(e)),
+        };
+        self.bump(stat::DEC_REFS);
+        // SAFETY: `loc.meta` was validated by `locate`.
+        unsafe {
+            let rc = (*loc.meta).refcount;
+            if rc > 1 {
+                (*loc.meta).refcount = rc - 1;
+                return Ok(false);
+            }
+        }
+        match self.release_chain(loc) {
+            Ok(()) => Ok(true),
+            Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// Sets the chunk's next: takes a reference on `next` (if any) and releases the old next
+    /// (if any), as go-slab's `SetNext`.
+    ///
+    /// Refuses to close a cycle: it walks the chain from `next` and fails with
+    /// [`Error::Cycle`] if it meets `h`. That walk costs O(length of `next`'s chain), so build
+    /// long chains by appending at the tail (O(1) per link) rather than by prepending to the
+    /// head (O(n) per link).
+    ///
+    /// Errors: the handle errors for either handle, [`Error::Cycle`],
+    /// [`Error::RefcountOverflow`] (for `next`), [`Error::Corrupt`].
+    pub fn set_next(&mut self, h: Handle, next: Option<Handle>) -> Result<(), Error> {
+        match self.set_next_inner(h, next) {
+            Ok(()) => {
+                self.bump(stat::SET_NEXTS);
+                Ok(())
+            }
+            Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// The chunk's next, with a new reference that the caller must release, as go-slab's
+    /// `GetNext`; `None` at the end of a chain.
+    ///
+    /// Errors: the handle errors, [`Error::RefcountOverflow`], [`Error::Corrupt`].
+    pub fn get_next(&mut self, h: Handle) -> Result<Option<Handle>, Error> {
+        let r = self.locate(h).and_then(|loc| {
+            // SAFETY: `loc.meta` was validated by `locate`.
+            let (ns, nc) = unsafe { ((*loc.meta).next_slab, (*loc.meta).next_chunk) };
+            if ns == NONE {
+                return Ok(None);
+            }
+            let nl = self.locate_link(ns, nc)?;
+            // SAFETY: validated by `locate_link`.
+            unsafe {
+                let rc = (*nl.meta).refcount;
+                if rc == u32::MAX {
+                    return Err(Error::RefcountOverflow);
+                }
+                (*nl.meta).refcount = rc + 1;
+                Ok(Some(self.handle_of(&nl)))
+            }
+        });
+        match r {
+            Ok(n) => {
+                self.bump(stat::GET_NEXTS);
+                Ok(n)
+            }
+            Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// The chunk's next without taking a reference (for walking a chain that the caller keeps
+    /// alive through its head); `None` at the end of a chain.
+    pub fn peek_next(&self, h: Handle) -> Result<Option<Handle>, Error> {
+        let loc = self.locate(h)?;
+        // SAFETY: `loc.meta` was validated by `locate`.
+        let (ns, nc) = unsafe { ((*loc.meta).next_slab, (*loc.meta).next_chunk) };
+        if ns == NONE {
+            return Ok(None);
+        }
+        let nl = self.locate_link(ns, nc)?;
+        Ok(Some(self.handle_of(&nl)))
+    }
+
+    /// The chunk's bytes (its length is the `len` given to `alloc`).
+    ///
+    /// If the source's memory is shared with other processes, the caller must ensure (with
+    /// the higher layer's lock) that nobody writes the chunk while the slice lives.
+    #[inline]
+    pub fn bytes(&self, h: Handle) -> Result<&[u8], Error> {
+        let loc = self.locate(h)?;
+        let ci = self.classes[loc.class as usize];
+        // SAFETY: `locate` validated the chunk; its `len` bytes lie inside the slab block, which
+        // is initialized memory (the source's contract). The borrow of `self`
+        // keeps the arena from changing while the slice lives.
+        unsafe {
+            let len = (*loc.meta).len as usize;
+            Ok(std::slice::from_raw_parts(self.data_ptr(&loc, &ci), len))
+        }
+    }
+
+    /// The chunk's bytes, writable.
+    #[inline]
+    pub fn bytes_mut(&mut self, h: Handle) -> Result<&mut [u8], Error> {
+        let loc = match self.locate(h) {
+            Ok(l) => l,
+            Err(e) => return Err(self.count(e)),
+        };
+        let ci = self.classes[loc.class as usize];
+        // SAFETY: as in `bytes`; the exclusive borrow of `self` makes the slice unique.
+        unsafe {
+            let len = (*loc.meta).len as usize;
+            Ok(std::slice::from_raw_parts_mut(self.data_ptr(&loc, &ci), len))
+        }
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` of the chunk into `buf`.
+    ///
+    /// Errors: the handle errors, [`Error::OutOfBounds`] if the range leaves the chunk.
+    pub fn read(&self, h: Handle, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
+        let bytes = self.bytes(h)?;
+        let src = range(bytes.len(), offset, buf.len()).map(|r| &bytes[r])?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Copies `data` into the chunk starting at `offset`.
+    ///
+    /// Errors: the handle errors, [`Error::OutOfBounds`] if the range leaves the chunk.
+    pub fn write(&mut self, h: Handle, offset: usize, data: &[u8]) -> Result<(), Error> {
+        let bytes = self.bytes_mut(h)?;
+        match range(bytes.len(), offset, data.len()) {
+            Ok(r) => {
+                bytes[r].copy_from_slice(data);
+                Ok(())
+            }
+            Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// The chunk's length (the `len` given to `alloc`).
+    pub fn len(&self, h: Handle) -> Result<usize, Error> {
+        let loc = self.locate(h)?;
+        // SAFETY: validated by `locate`.
+        Ok(unsafe { (*loc.meta).len } as usize)
+    }
+
+    /// The chunk's refcount.
+    pub fn refcount(&self, h: Handle) -> Result<u32, Error> {
+        let loc = self.locate(h)?;
+        // SAFETY: validated by `locate`.
+        Ok(unsafe { (*loc.meta).refcount })
+    }
+
+    /// Whether `h` is a live chunk of this arena.
+    pub fn owns(&self, h: Handle) -> bool {
+        self.locate(h).is_ok()
+    }
+
+    /// The arena's counters and per-class figures.
+    ///
+    /// O(classes + slabs). Errors: [`Error::Corrupt`] if the tables cannot be read.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let c = self.counters();
+        let (tab, len) = self.slab_table()?;
+        let (ctab, ccount) = self.class_table()?;
+        let mut classes: Vec<ClassStats> = (0..ccount as usize)
+            .map(|i| ClassStats {
+                chunk_size: self.classes[i].chunk_size as usize,
+                chunks_per_slab: self.classes[i].cps as usize,
+                ..ClassStats::default()
+            })
+            .collect();
+        for (i, cs) in classes.iter_mut().enumerate() {
+            // SAFETY: `i < ccount`, checked against the table's capacity by `class_table`.
+            unsafe {
+                cs.empty_slabs = (*ctab.add(i)).empty_slabs as usize;
+            }
+        }
+        let mut slabs = 0;
+        for s in 0..len as usize {
+            // SAFETY: `s < slab_len <= slab_cap`, checked by `slab_table`.
+            let rec = unsafe { &*tab.add(s) };
+            if rec.block == 0 {
+                continue;
+            }
+            let cs = classes
+                .get_mut(rec.class as usize)
+                .ok_or(corrupt("slab of an unknown class"))?;
+            slabs += 1;
+            cs.slabs += 1;
+            cs.chunks += cs.chunks_per_slab;
+            cs.in_use += rec.in_use as usize;
+        }
+        for cs in &mut classes {
+            cs.free = cs.chunks.saturating_sub(cs.in_use);
+        }
+        Ok(Stats {
+            allocs: c[stat::ALLOCS],
+            add_refs: c[stat::ADD_REFS],
+            dec_refs: c[stat::DEC_REFS],
+            dec_ref_zeroes: c[stat::DEC_REF_ZEROES],
+            get_nexts: c[stat::GET_NEXTS],
+            set_nexts: c[stat::SET_NEXTS],
+            mallocs: c[stat::MALLOCS],
+            malloc_errs: c[stat::MALLOC_ERRS],
+            too_big_errs: c[stat::TOO_BIG_ERRS],
+            slab_frees: c[stat::SLAB_FREES],
+            table_grows: c[stat::TABLE_GROWS],
+            errors: ErrorCounts {
+                stale_handle: c[stat::STALE_ERRS],
+                foreign_handle: c[stat::FOREIGN_ERRS],
+                invalid_handle: c[stat::INVALID_ERRS],
+                cycle: c[stat::CYCLE_ERRS],
+                refcount_overflow: c[stat::OVERFLOW_ERRS],
+                out_of_bounds: c[stat::BOUNDS_ERRS],
+                corrupt: c[stat::CORRUPT_ERRS],
+            },
+            slabs,
+            slab_size: self.slab_size,
+            classes,
+        })
+    }
+
+    /// Walks and validates the whole state: header, class table, slab table, every slab's
+    /// free list (acyclic, within the frontier, consistent with the in-use count), every live
+    /// chunk's metadata (refcount, generation, length, next link to a live chunk), the chain
+    /// graph (acyclic, each chunk's refcount at least the number of links to it), the partial
+    /// and free-slot lists, and the counters that must agree with them.
+    ///
+    /// O(slabs × chunks per slab) time and memory; a diagnostic, not for hot paths.
+    pub fn check(&self) -> Result<CheckReport, Error> {
+        crate::check::check(self)
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    #[inline]
+    fn bump(&mut self, i: usize) {
+        // SAFETY: `hdr` is the validated header; `i < NSTATS`.
+        unsafe { (*self.hdr).stats[i] = (*self.hdr).stats[i].wrapping_add(1) };
+    }
+
+    #[cold]
+    fn count(&mut self, e: Error) -> Error {
+        let i = match e {
+            Error::TooBig { .. } => stat::TOO_BIG_ERRS,
+            Error::OutOfMemory => stat::MALLOC_ERRS,
+            Error::StaleHandle => stat::STALE_ERRS,
+            Error::ForeignHandle => stat::FOREIGN_ERRS,
+            Error::InvalidHandle => stat::INVALID_ERRS,
+            Error::Cycle => stat::CYCLE_ERRS,
+            Error::RefcountOverflow => stat::OVERFLOW_ERRS,
+            Error::OutOfBounds { .. } => stat::BOUNDS_ERRS,
+            Error::Corrupt(_) => stat::CORRUPT_ERRS,
+            _ => return e,
+        };
+        self.bump(i);
+        e
+    }
+
+    pub(crate) fn counters(&self) -> [u64; NSTATS] {
+        // SAFETY: the validated header.
+        unsafe { (*self.hdr).stats }
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the validated header; no `&mut` to it exists while `&self` is borrowed
+        // (mutation goes through `&mut self` and raw place expressions only).
+        unsafe { &*self.hdr }
+    }
+
+    #[inline]
+    fn class_of(&self, len: usize) -> Option<u32> {
+        if let Some(&c) = self.small.get(len) {
+            return Some(c as u32);
+        }
+        if len > self.slab_size {
+            return None;
+        }
+        Some(self.classes.partition_point(|c| c.chunk_size < len as u64) as u32)
+    }
+
+    #[inline]
+    fn handle_of(&self, loc: &Loc) -> Handle {
+        Handle {
+            slab: loc.slab,
+            chunk: loc.chunk,
+            // SAFETY: validated by the caller's locate.
+            gen: unsafe { (*loc.meta).gen },
+            tag: self.tag,
+        }
+    }
+
+    #[inline]
+    fn data_ptr(&self, loc: &Loc, ci: &ClassInfo) -> *mut u8 {
+        // SAFETY: `chunk < cps`, so the data lies inside the block of `block_size` bytes.
+        unsafe { loc.base.add(ci.meta_bytes + loc.chunk as usize * ci.stride) }
+    }
+
+    /// The slab table and its length, validated.
+    #[inline]
+    pub(crate) fn slab_table(&self) -> Result<(*mut SlabRec, u32), Error> {
+        // SAFETY: the validated header.
+        let (off, cap, len) = unsafe {
+            (
+                (*self.hdr).slab_table,
+                (*self.hdr).slab_cap,
+                (*self.hdr).slab_len,
+            )
+        };
+        if len > cap {
+            return Err(corrupt("slab table length"));
+        }
+        if cap == 0 {
+            return Ok((ptr::NonNull::dangling().as_ptr(), 0));
+        }
+        let p = self
+            .src
+            .resolve(off, (cap as usize).saturating_mul(SLAB_REC))
+            .ok_or(corrupt("slab table offset"))?;
+        if p as usize % std::mem::align_of::<SlabRec>() != 0 {
+            return Err(corrupt("slab table misaligned"));
+        }
+        Ok((p as *mut SlabRec, len))
+    }
+
+    /// The class table and its length, validated.
+    #[inline]
+    pub(crate) fn class_table(&self) -> Result<(*mut ClassRec, u32), Error> {
+        // SAFETY: the validated header.
+        let (off, cap, count) = unsafe {
+            (
+                (*self.hdr).class_table,
+                (*self.hdr).class_cap,
+                (*self.hdr).class_count,
+            )
+        };
+        if count > cap || cap as usize > self.classes.len() {
+            return Err(corrupt("class table length"));
+        }
+        if cap == 0 {
+            return Ok((ptr::NonNull::dangling().as_ptr(), 0));
+        }
+        let p = self
+            .src
+            .resolve(off, cap as usize * CLASS_REC)
+            .ok_or(corrupt("class table offset"))?;
+        if p as usize % std::mem::align_of::<ClassRec>() != 0 {
+            return Err(corrupt("class table misaligned"));
+        }
+        Ok((p as *mut ClassRec, count))
+    }
+
+    #[inline]
+    fn class_rec(&self, class: u32) -> Result<*mut ClassRec, Error> {
+        let (tab, count) = self.class_table()?;
+        if class >= count {
+            return Err(corrupt("class index out of range"));
+        }
+        // SAFETY: `class < count <= cap`.
+        Ok(unsafe { tab.add(class as usize) })
+    }
+
+    /// A slab record of a live slab and its block, validated. `missing` is returned when the
+    /// index is out of range, `freed` when the slot holds no slab.
+    #[inline]
+    fn slab(&self, s: u32, missing: Error, freed: Error) -> Result<Loc, Error> {
+        let (tab, len) = self.slab_table()?;
+        if s >= len {
+            return Err(missing);
+        }
+        // SAFETY: `s < len <= cap`.
+        let rec = unsafe { tab.add(s as usize) };
+        // SAFETY: as above.
+        let (block, class, frontier) = unsafe { ((*rec).block, (*rec).class, (*rec).frontier) };
+        if block == 0 {
+            return Err(freed);
+        }
+        let ci = self
+            .classes
+            .get(class as usize)
+            .ok_or(corrupt("slab of an unknown class"))?;
+        let base = self
+            .src
+            .resolve(block, ci.block_size)
+            .ok_or(corrupt("slab block offset"))?;
+        if base as usize % std::mem::align_of::<Meta>() != 0 {
+            return Err(corrupt("slab block misaligned"));
+        }
+        if frontier > ci.cps {
+            return Err(corrupt("slab frontier beyond its chunks"));
+        }
+        Ok(Loc {
+            slab: s,
+            chunk: frontier,
+            class,
+            rec,
+            meta: base as *mut Meta,
+            base,
+        })
+    }
+
+    /// Validates a handle: tag, slab, chunk, generation, live refcount.
+    #[inline]
+    fn locate(&self, h: Handle) -> Result<Loc, Error> {
+        if h.tag != self.tag {
+            return Err(Error::ForeignHandle);
+        }
+        let mut loc = self.slab(h.slab, Error::InvalidHandle, Error::StaleHandle)?;
+        // `loc.chunk` holds the frontier here.
+        if h.chunk >= loc.chunk {
+            return Err(Error::StaleHandle);
+        }
+        // SAFETY: `h.chunk < frontier <= cps`: inside the slab's metadata array.
+        let meta = unsafe { loc.meta.add(h.chunk as usize) };
+        // SAFETY: as above; metadata below the frontier was written when handed out.
+        let (rc, gen, len) = unsafe { ((*meta).refcount, (*meta).gen, (*meta).len) };
+        if rc == 0 || gen != h.gen {
+            return Err(Error::StaleHandle);
+        }
+        if len as usize > self.classes[loc.class as usize].stride {
+            return Err(corrupt("chunk length beyond its chunk size"));
+        }
+        loc.chunk = h.chunk;
+        loc.meta = meta;
+        Ok(loc)
+    }
+
+    /// Validates a link read from memory (a next or a list entry) to a live chunk.
+    #[inline]
+    fn locate_link(&self, s: u32, c: u32) -> Result<Loc, Error> {
+        let mut loc = self.slab(
+            s,
+            corrupt("link to a slab out of range"),
+            corrupt("link to a released slab"),
+        )?;
+        if c >= loc.chunk {
+            return Err(corrupt("link to a chunk never handed out"));
+        }
+        // SAFETY: `c < frontier <= cps`.
+        let meta = unsafe { loc.meta.add(c as usize) };
+        // SAFETY: as above.
+        let (rc, len) = unsafe { ((*meta).refcount, (*meta).len) };
+        if rc == 0 {
+            return Err(corrupt("link to a free chunk"));
+        }
+        if len as usize > self.classes[loc.class as usize].stride {
+            return Err(corrupt("chunk length beyond its chunk size"));
+        }
+        loc.chunk = c;
+        loc.meta = meta;
+        Ok(loc)
+    }
+
+    #[inline]
+    fn alloc_in(&mut self, class: u32, len: usize) -> Result<Handle, Error> {
+        // SAFETY: the validated header.
+        if class >= unsafe { (*self.hdr).class_count } {
+            self.create_classes(class)?;
+        }
+        let mut crec = self.class_rec(class)?;
+        // SAFETY: validated by `class_rec`.
+        let mut s = unsafe { (*crec).partial_head };
+        if s == NONE {
+            s = self.add_slab(class, crec)?;
+            crec = self.class_rec(class)?;
+        }
+        let loc = self.slab(
+            s,
+            corrupt("partial list names a slab out of range"),
+            corrupt("partial list names a released slab"),
+        )?;
+        if loc.class != class {
+            return Err(corrupt("partial list names a slab of another class"));
+        }
+        let ci = self.classes[class as usize];
+        let rec = loc.rec;
+        let frontier = loc.chunk;
+        // SAFETY: `rec`, `crec` and the metadata array were validated above; every index used
+        // below is checked against the frontier, which `slab` checked against `cps`.
+        unsafe {
+            let fh = (*rec).free_head;
+            let (chunk, new_frontier, new_free) = if fh != NONE {
+                if fh >= frontier {
+                    return Err(corrupt("free list entry beyond the frontier"));
+                }
+                let m = loc.meta.add(fh as usize);
+                if (*m).refcount != 0 {
+                    return Err(corrupt("free list entry in use"));
+                }
+                (fh, frontier, (*m).next_chunk)
+            } else if frontier < ci.cps {
+                (frontier, frontier + 1, NONE)
+            } else {
+                return Err(corrupt("full slab on the partial list"));
+            };
+            let full = new_free == NONE && new_frontier == ci.cps;
+            let next_slab = (*rec).next;
+            let next_rec = if full && next_slab != NONE {
+                Some(
+                    self.slab_rec(next_slab)
+                        .ok_or(corrupt("partial list link out of range"))?,
+                )
+            } else {
+                None
+            };
+            // Everything is validated: mutate.
+            let m = loc.meta.add(chunk as usize);
+            if new_frontier != frontier {
+                (*rec).frontier = new_frontier;
+                (*m).gen = (*rec).gen_floor;
+            }
+            (*rec).free_head = new_free;
+            (*m).refcount = 1;
+            (*m).len = len as u32;
+            (*m).next_slab = NONE;
+            (*m).next_chunk = NONE;
+            let in_use = (*rec).in_use.wrapping_add(1);
+            (*rec).in_use = in_use;
+            if in_use == 1 {
+                (*crec).empty_slabs = (*crec).empty_slabs.saturating_sub(1);
+            }
+            if full {
+                (*crec).partial_head = next_slab;
+                if let Some(nr) = next_rec {
+                    (*nr).prev = NONE;
+                }
+                (*rec).next = NONE;
+                (*rec).prev = NONE;
+            }
+            Ok(Handle {
+                slab: s,
+                chunk,
+                gen: (*m).gen,
+                tag: self.tag,
+            })
+        }
+    }
+
+    /// The record of slab slot `s` if `s` is in range (live or not).
+    #[inline]
+    fn slab_rec(&self, s: u32) -> Option<*mut SlabRec> {
+        let (tab, len) = self.slab_table().ok()?;
+        // SAFETY: `s < len <= cap`.
+        (s < len).then(|| unsafe { tab.add(s as usize) })
+    }
+
+    /// Creates classes up to and including `class` (go-slab creates them lazily, in order).
+    #[cold]
+    fn create_classes(&mut self, class: u32) -> Result<(), Error> {
+        let (_, count) = self.class_table()?;
+        // SAFETY: the validated header.
+        let (off, cap) = unsafe { ((*self.hdr).class_table, (*self.hdr).class_cap) };
+        if class >= cap {
+            let want = (class + 1).max(cap.saturating_mul(2)).max(8);
+            let want = want.min(self.classes.len() as u32);
+            let new = self.grow_table(off, cap, count, CLASS_REC, want)?;
+            // SAFETY: the validated header.
+            unsafe {
+                (*self.hdr).class_table = new;
+                (*self.hdr).class_cap = want;
+            }
+        }
+        let (tab, _) = self.class_table()?;
+        for i in count..=class {
+            // SAFETY: `i <= class < cap`: inside the (possibly new) table.
+            unsafe {
+                tab.add(i as usize).write(ClassRec {
+                    chunk_size: self.classes[i as usize].chunk_size,
+                    partial_head: NONE,
+                    slabs: 0,
+                    empty_slabs: 0,
+                    _pad: 0,
+                    _reserved: 0,
+                })
+            };
+        }
+        // SAFETY: the validated header.
+        unsafe { (*self.hdr).class_count = class + 1 };
+        Ok(())
+    }
+
+    /// Moves a table of `used` records of `rec` bytes to a new block of `new_cap` records.
+    /// On error nothing changed.
+    #[cold]
+    fn grow_table(
+        &mut self,
+        off: u64,
+        cap: u32,
+        used: u32,
+        rec: usize,
+        new_cap: u32,
+    ) -> Result<u64, Error> {
+        let old = if cap > 0 {
+            self.src
+                .resolve(off, cap as usize * rec)
+                .ok_or(corrupt("table offset"))?
+        } else {
+            ptr::null_mut()
+        };
+        let bytes = (new_cap as usize)
+            .checked_mul(rec)
+            .ok_or(Error::OutOfMemory)?;
+        let new = self
+            .src
+            .alloc(bytes, BLOCK_ALIGN)
+            .ok_or(Error::OutOfMemory)?;
+        let dst = self.src.ptr(new);
+        if used > 0 {
+            // SAFETY: `old` is valid for `cap * rec >= used * rec` bytes, `dst` for
+            // `new_cap * rec` bytes (`new_cap > cap`), and blocks do not overlap.
+            unsafe { ptr::copy_nonoverlapping(old, dst, used as usize * rec) };
+        }
+        if cap > 0 {
+            // SAFETY: the old table is a live block of exactly these size and alignment
+            // (validated above; see the trait's note on corrupt memory).
+            unsafe { self.src.free(off, cap as usize * rec, BLOCK_ALIGN) };
+        }
+        self.bump(stat::TABLE_GROWS);
+        Ok(new)
+    }
+
+    /// Adds a slab to `class` at the head of its partial list; returns its index.
+    #[cold]
+    fn add_slab(&mut self, class: u32, crec: *mut ClassRec) -> Result<u32, Error> {
+        let ci = self.classes[class as usize];
+        // SAFETY: validated by the caller (`class_rec`).
+        let old_head = unsafe { (*crec).partial_head };
+        // SAFETY: the validated header.
+        let (free_slot, len, cap) = unsafe {
+            (
+                (*self.hdr).free_slot,
+                (*self.hdr).slab_len,
+                (*self.hdr).slab_cap,
+            )
+        };
+        // Validate before changing anything.
+        if free_slot != NONE {
+            let r = self
+                .slab_rec(free_slot)
+                .ok_or(corrupt("free slot list out of range"))?;
+            // SAFETY: `slab_rec` checked the index.
+            if unsafe { (*r).block } != 0 {
+                return Err(corrupt("free slot list names a live slab"));
+            }
+        } else if len == cap {
+            if cap >= NONE - 1 {
+                return Err(Error::OutOfMemory);
+            }
+            let want = cap.saturating_mul(2).clamp(8, NONE - 1);
+            // SAFETY: the validated header.
+            let off = unsafe { (*self.hdr).slab_table };
+            let new = self.grow_table(off, cap, len, SLAB_REC, want)?;
+            // SAFETY: the validated header.
+            unsafe {
+                (*self.hdr).slab_table = new;
+                (*self.hdr).slab_cap = want;
+            }
+        }
+        if old_head != NONE && self.slab_rec(old_head).is_none() {
+            return Err(corrupt("partial list head out of range"));
+        }
+        let block = self
+            .src
+            .alloc(ci.block_size, BLOCK_ALIGN)
+            .ok_or(Error::OutOfMemory)?;
+        let (tab, _) = self.slab_table()?;
+        // SAFETY: header, table and records validated above; `slot < slab_len (+1) <= cap`.
+        unsafe {
+            let slot = if free_slot != NONE {
+                let r = tab.add(free_slot as usize);
+                (*self.hdr).free_slot = (*r).next;
+                free_slot
+            } else {
+                (*self.hdr).slab_len = len + 1;
+                tab.add(len as usize).write(SlabRec {
+                    block: 0,
+                    class: 0,
+                    in_use: 0,
+                    free_head: NONE,
+                    frontier: 0,
+                    prev: NONE,
+                    next: NONE,
+                    gen_floor: 0,
+                    gen_max: 0,
+                });
+                len
+            };
+            let r = tab.add(slot as usize);
+            let floor = (*r).gen_floor;
+            r.write(SlabRec {
+                block,
+                class,
+                in_use: 0,
+                free_head: NONE,
+                frontier: 0,
+                prev: NONE,
+                next: old_head,
+                gen_floor: floor,
+                gen_max: floor,
+            });
+            if old_head != NONE {
+                (*tab.add(old_head as usize)).prev = slot;
+            }
+            (*crec).partial_head = slot;
+            (*crec).slabs += 1;
+            (*crec).empty_slabs += 1;
+            (*self.hdr).live_slabs += 1;
+            (*self.hdr).total_chunks += ci.cps as u64;
+            self.bump(stat::MALLOCS);
+            Ok(slot)
+        }
+    }
+
+    /// Frees a chunk whose last reference is going away, then walks its chain.
+    fn release_chain(&mut self, mut loc: Loc) -> Result<(), Error> {
+        loop {
+            // SAFETY: `loc` was validated by `locate`/`locate_link` just before.
+            let (ns, nc) = unsafe { ((*loc.meta).next_slab, (*loc.meta).next_chunk) };
+            self.free_chunk(loc)?;
+            if ns == NONE {
+                return Ok(());
+            }
+            loc = self.locate_link(ns, nc)?;
+            // SAFETY: validated by `locate_link`.
+            unsafe {
+                let rc = (*loc.meta).refcount;
+                if rc > 1 {
+                    (*loc.meta).refcount = rc - 1;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Puts a chunk with refcount 1 on its slab's free list; may release the slab.
+    #[inline]
+    fn free_chunk(&mut self, loc: Loc) -> Result<(), Error> {
+        let ci = self.classes[loc.class as usize];
+        let rec = loc.rec;
+        let m = loc.meta;
+        // SAFETY: `loc` was validated just before; the header is validated.
+        unsafe {
+            let in_use = (*rec).in_use;
+            if in_use == 0 {
+                return Err(corrupt("in-use count of a slab with a live chunk is zero"));
+            }
+            let gen = (*m).gen.wrapping_add(1);
+            (*m).gen = gen;
+            (*m).refcount = 0;
+            (*m).next_slab = NONE;
+            if gen > (*rec).gen_max {
+                (*rec).gen_max = gen;
+            }
+            let fh = (*rec).free_head;
+            let was_full = fh == NONE && (*rec).frontier == ci.cps;
+            (*m).next_chunk = fh;
+            (*rec).free_head = loc.chunk;
+            (*rec).in_use = in_use - 1;
+            self.bump(stat::DEC_REF_ZEROES);
+            if was_full || in_use == 1 {
+                self.slab_emptier(loc, was_full, in_use == 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Class-level bookkeeping when a slab stops being full and/or becomes empty.
+    #[cold]
+    fn slab_emptier(&mut self, loc: Loc, was_full: bool, empty: bool) -> Result<(), Error> {
+        let crec = self.class_rec(loc.class)?;
+        let rec = loc.rec;
+        // SAFETY: `crec`, `rec` validated; indices checked through `slab_rec`.
+        unsafe {
+            if was_full {
+                let head = (*crec).partial_head;
+                if head != NONE {
+                    let hr = self
+                        .slab_rec(head)
+                        .ok_or(corrupt("partial list head out of range"))?;
+                    (*hr).prev = loc.slab;
+                }
+                (*rec).prev = NONE;
+                (*rec).next = head;
+                (*crec).partial_head = loc.slab;
+            }
+            if empty {
+                let e = (*crec).empty_slabs.saturating_add(1);
+                (*crec).empty_slabs = e;
+                if e > self.keep {
+                    self.release_slab(loc, crec)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives an empty slab back to the source and puts its slot on the free slot list.
+    #[cold]
+    fn release_slab(&mut self, loc: Loc, crec: *mut ClassRec) -> Result<(), Error> {
+        let ci = self.classes[loc.class as usize];
+        let rec = loc.rec;
+        // SAFETY: `rec`, `crec` validated by the caller; neighbour indices checked.
+        unsafe {
+            let (prev, next) = ((*rec).prev, (*rec).next);
+            let pr = if prev != NONE {
+                Some(self.slab_rec(prev).ok_or(corrupt("partial list link"))?)
+            } else {
+                None
+            };
+            let nr = if next != NONE {
+                Some(self.slab_rec(next).ok_or(corrupt("partial list link"))?)
+            } else {
+                None
+            };
+            match pr {
+                Some(p) => (*p).next = next,
+                None => (*crec).partial_head = next,
+            }
+            if let Some(n) = nr {
+                (*n).prev = prev;
+            }
+            (*crec).slabs = (*crec).slabs.saturating_sub(1);
+            (*crec).empty_slabs = (*crec).empty_slabs.saturating_sub(1);
+            (*self.hdr).live_slabs = (*self.hdr).live_slabs.saturating_sub(1);
+            (*self.hdr).total_chunks = (*self.hdr).total_chunks.saturating_sub(ci.cps as u64);
+            let block = (*rec).block;
+            let floor = (*rec).gen_max.wrapping_add(1);
+            rec.write(SlabRec {
+                block: 0,
+                class: 0,
+                in_use: 0,
+                free_head: NONE,
+                frontier: 0,
+                prev: NONE,
+                next: (*self.hdr).free_slot,
+                gen_floor: floor,
+                gen_max: floor,
+            });
+            (*self.hdr).free_slot = loc.slab;
+            // The block was resolved with exactly this size when `loc` was validated.
+            self.src.free(block, ci.block_size, BLOCK_ALIGN);
+            self.bump(stat::SLAB_FREES);
+        }
+        Ok(())
+    }
+
+    fn set_next_inner(&mut self, h: Handle, next: Option<Handle>) -> Result<(), Error> {
+        let la = self.locate(h)?;
+        let lb = match next {
+            Some(b) => {
+                let lb = self.locate(b)?;
+                if (b.slab, b.chunk) == (h.slab, h.chunk) {
+                    return Err(Error::Cycle);
+                }
+                // Walk the chain from `b`: closing a cycle means meeting `h`.
+                // SAFETY: the validated header.
+                let bound = unsafe { (*self.hdr).total_chunks };
+                let mut steps = 0u64;
+                // SAFETY: `lb` validated.
+                let (mut s, mut c) = unsafe { ((*lb.meta).next_slab, (*lb.meta).next_chunk) };
+                while s != NONE {
+                    if (s, c) == (h.slab, h.chunk) {
+                        return Err(Error::Cycle);
+                    }
+                    steps += 1;
+                    if steps > bound {
+                        return Err(corrupt("chain longer than the arena's chunk count"));
+                    }
+                    let l = self.locate_link(s, c)?;
+                    // SAFETY: validated by `locate_link`.
+                    (s, c) = unsafe { ((*l.meta).next_slab, (*l.meta).next_chunk) };
+                }
+                // SAFETY: `lb` validated.
+                if unsafe { (*lb.meta).refcount } == u32::MAX {
+                    return Err(Error::RefcountOverflow);
+                }
+                Some(lb)
+            }
+            None => None,
+        };
+        // SAFETY: `la` validated.
+        let (os, oc) = unsafe { ((*la.meta).next_slab, (*la.meta).next_chunk) };
+        let old = if os != NONE {
+            Some(self.locate_link(os, oc)?)
+        } else {
+            None
+        };
+        // Validated: mutate.
+        // SAFETY: `la`, `lb` validated above and nothing changed since.
+        unsafe {
+            match lb {
+                Some(lb) => {
+                    (*lb.meta).refcount += 1;
+                    (*la.meta).next_slab = lb.slab;
+                    (*la.meta).next_chunk = lb.chunk;
+                }
+                None => {
+                    (*la.meta).next_slab = NONE;
+                    (*la.meta).next_chunk = NONE;
+                }
+            }
+        }
+        if let Some(ol) = old {
+            // SAFETY: `ol` validated; only refcounts changed since (it may be `lb` itself, whose
+            // count we just raised, so it is read afresh).
+            unsafe {
+                let rc = (*ol.meta).refcount;
+                if rc > 1 {
+                    (*ol.meta).refcount = rc - 1;
+                } else {
+                    self.release_chain(ol)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ for `check`
+
+    pub(crate) fn class_info(&self, class: u32) -> Option<(u64, usize, u32, usize, usize)> {
+        self.classes
+            .get(class as usize)
+            .map(|c| (c.chunk_size, c.stride, c.cps, c.meta_bytes, c.block_size))
+    }
+
+    pub(crate) fn src_resolve(&self, off: u64, len: usize) -> Option<*mut u8> {
+        self.src.resolve(off, len)
+    }
+
+    pub(crate) fn keep_empty(&self) -> u32 {
+        self.keep
+    }
+}
+
+impl<S: SlabSource> std::fmt::Debug for Arena<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("root", &self.root)
+            .field("tag", &format_args!("{:08x}", self.tag))
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn range(chunk_len: usize, offset: usize, len: usize) -> Result<std::ops::Range<usize>, Error> {
+    match offset.checked_add(len) {
+        Some(end) if end <= chunk_len => Ok(offset..end),
+        _ => Err(Error::OutOfBounds {
+            offset,
+            len,
+            chunk_len,
+        }),
+    }
+}
+
+/// The class facts and the small-length lookup table implied by `config`.
+fn derive(config: &Config) -> Result<(Box<[ClassInfo]>, Box<[u16]>), Error> {
+    let sizes = config.class_sizes()?;
+    debug_assert!(sizes
+        .windows(2)
+        .all(|w| next_chunk_size(w[0], config.growth_factor) == w[1]));
+    let slab = config.slab_size;
+    let mut classes = Vec::with_capacity(sizes.len());
+    for &size in &sizes {
+        let cps = (slab / size).max(1);
+        let stride = size.min(slab);
+        let meta_bytes = cps
+            .checked_mul(META)
+            .and_then(|b| b.checked_next_multiple_of(BLOCK_ALIGN))
+            .ok_or(Error::InvalidConfig("slab too large for this platform"))?;
+        let block_size = cps
+            .checked_mul(stride)
+            .and_then(|d| d.checked_add(meta_bytes))
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or(Error::InvalidConfig("slab too large for this platform"))?;
+        classes.push(ClassInfo {
+            chunk_size: size as u64,
+            stride,
+            cps: cps as u32,
+            meta_bytes,
+            block_size,
+        });
+    }
+    let small_len = SMALL_LENS.min(slab + 1);
+    let mut small = Vec::with_capacity(small_len);
+    let mut c = 0usize;
+    for len in 0..small_len {
+        while sizes[c] < len {
+            c += 1;
+        }
+        small.push(c as u16);
+    }
+    Ok((classes.into_boxed_slice(), small.into_boxed_slice()))
+}
+
+/// A random-ish arena tag: std's per-process random hash keys, mixed with a counter.
+fn random_tag() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let x = h.finish();
+    (x ^ (x >> 32)) as u32
+}
