@@ -1254,6 +1254,13 @@ impl<S: SlabSource> Arena<S> {
         Ok(())
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_refcount_for_test(&mut self, h: Handle, rc: u32) {
+        let loc = self.locate(h).unwrap();
+        // SAFETY: validated by `locate`.
+        unsafe { (*loc.meta).refcount = rc };
+    }
+
     // ------------------------------------------------------------------ for `check`
 
     pub(crate) fn class_info(&self, class: u32) -> Option<(u64, usize, u32, usize, usize)> {
