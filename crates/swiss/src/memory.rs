@@ -1,0 +1,239 @@
+//! Where a table's memory comes from.
+//!
+//! A table stores *handles* (`u64`, never 0) rather than addresses in its memory: its header
+//! points at the directory by handle and the directory points at segments by handle. For an
+//! [`offheap_mmap::Region`] a handle is the block's offset from the region's base, so a table
+//! in a file-backed region reopens at any address. [`Heap`] is a memory on the global
+//! allocator (handles are block numbers), for tables that need neither a file nor an mmap.
+
+use crate::Error;
+use core::cell::RefCell;
+use core::ptr::NonNull;
+use std::alloc::Layout;
+use std::rc::Rc;
+
+/// Memory a table allocates its header, directory and segments from.
+///
+/// # Safety
+///
+/// An implementation must guarantee that:
+/// - `alloc(size, align)` returns a nonzero handle to a block of at least `size` bytes aligned
+///   to `align` (any power of two up to 4096), disjoint from every other live block;
+/// - `ptr(h, len)` for a live block `h` of at least `len` bytes returns its address, the same
+///   address every time, valid for reads and writes of `len` bytes until `free(h)` or until
+///   the memory is dropped, whatever else is allocated or freed meanwhile (blocks never move);
+/// - `ptr` returns `None`, never a dangling pointer, for a handle/length it cannot vouch for
+///   (it is called with handles read from files, which may be anything);
+/// - the memory is not changed behind the table's back except by the table (or by code that
+///   the table's owner coordinates with).
+pub unsafe trait TableMemory {
+    /// Allocates a block; its contents are unspecified.
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error>;
+    /// Frees a block.
+    ///
+    /// # Safety
+    /// `handle` must have come from `alloc` on this memory and not been freed since; no
+    /// pointer into the block may be used afterwards.
+    unsafe fn free(&self, handle: u64);
+    /// The address of `len` bytes at the start of block `handle`, or `None` if `handle` is not
+    /// a block of at least `len` bytes that this memory can address.
+    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>>;
+    /// The handle stored under a root name, if any.
+    fn root(&self, name: &str) -> Option<u64>;
+    /// Stores (or with `None`, removes) a root handle under `name`.
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error>;
+}
+
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: TableMemory + ?Sized> TableMemory for &T {
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        (**self).alloc(size, align)
+    }
+    unsafe fn free(&self, handle: u64) {
+        // SAFETY: same contract, forwarded.
+        unsafe { (**self).free(handle) }
+    }
+    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
+        (**self).ptr(handle, len)
+    }
+    fn root(&self, name: &str) -> Option<u64> {
+        (**self).root(name)
+    }
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+        (**self).set_root(name, handle)
+    }
+}
+
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: TableMemory + ?Sized> TableMemory for Rc<T> {
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        (**self).alloc(size, align)
+    }
+    unsafe fn free(&self, handle: u64) {
+        // SAFETY: same contract, forwarded.
+        unsafe { (**self).free(handle) }
+    }
+    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
+        (**self).ptr(handle, len)
+    }
+    fn root(&self, name: &str) -> Option<u64> {
+        (**self).root(name)
+    }
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+        (**self).set_root(name, handle)
+    }
+}
+
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: TableMemory + ?Sized> TableMemory for Box<T> {
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        (**self).alloc(size, align)
+    }
+    unsafe fn free(&self, handle: u64) {
+        // SAFETY: same contract, forwarded.
+        unsafe { (**self).free(handle) }
+    }
+    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
+        (**self).ptr(handle, len)
+    }
+    fn root(&self, name: &str) -> Option<u64> {
+        (**self).root(name)
+    }
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+        (**self).set_root(name, handle)
+    }
+}
+
+/// A [`TableMemory`] on the global allocator: each block is one allocation and a handle is its
+/// number. Nothing persists; dropping the `Heap` frees every block still allocated.
+#[derive(Default)]
+pub struct Heap {
+    inner: RefCell<HeapInner>,
+}
+
+#[derive(Default)]
+struct HeapInner {
+    blocks: Vec<Option<(NonNull<u8>, Layout)>>,
+    free_slots: Vec<usize>,
+    roots: Vec<(String, u64)>,
+    bytes: u64,
+}
+
+impl Heap {
+    /// An empty heap memory.
+    pub fn new() -> Heap {
+        Heap::default()
+    }
+
+    /// Bytes currently allocated through this memory.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.inner.borrow().bytes
+    }
+
+    /// Names of the roots currently set.
+    pub fn root_names(&self) -> Vec<String> {
+        self.inner.borrow().roots.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Blocks currently allocated through this memory.
+    pub fn allocated_blocks(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner.blocks.len() - inner.free_slots.len()
+    }
+}
+
+impl core::fmt::Debug for Heap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Heap")
+            .field("blocks", &self.allocated_blocks())
+            .field("bytes", &self.allocated_bytes())
+            .finish()
+    }
+}
+
+// SAFETY: the heap owns its blocks exclusively (they are reachable only through it), so moving
+// it to another thread moves that ownership; it is not `Sync` (it holds a `RefCell`).
+unsafe impl Send for Heap {}
+
+// SAFETY: every block is a distinct global allocation of at least `size` bytes with the asked
+// alignment; `ptr` checks the handle and the length against the stored layout; blocks never move.
+unsafe impl TableMemory for Heap {
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        let err = || Error::Alloc {
+            size,
+            align,
+            source: None,
+        };
+        let layout = usize::try_from(size)
+            .ok()
+            .zip(usize::try_from(align).ok())
+            .and_then(|(s, a)| Layout::from_size_align(s.max(1), a).ok())
+            .ok_or_else(err)?;
+        // SAFETY: the layout has a nonzero size.
+        let p = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or_else(err)?;
+        let mut inner = self.inner.borrow_mut();
+        inner.bytes += layout.size() as u64;
+        let idx = match inner.free_slots.pop() {
+            Some(i) => {
+                inner.blocks[i] = Some((p, layout));
+                i
+            }
+            None => {
+                inner.blocks.push(Some((p, layout)));
+                inner.blocks.len() - 1
+            }
+        };
+        Ok(idx as u64 + 1)
+    }
+
+    unsafe fn free(&self, handle: u64) {
+        let mut inner = self.inner.borrow_mut();
+        let idx = match usize::try_from(handle.wrapping_sub(1)) {
+            Ok(i) if i < inner.blocks.len() => i,
+            _ => return,
+        };
+        if let Some((p, layout)) = inner.blocks[idx].take() {
+            // SAFETY: `p` was allocated with `layout` and is freed once (the slot is now None).
+            unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+            inner.bytes -= layout.size() as u64;
+            inner.free_slots.push(idx);
+        }
+    }
+
+    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
+        let inner = self.inner.borrow();
+        let idx = usize::try_from(handle.checked_sub(1)?).ok()?;
+        let (p, layout) = (*inner.blocks.get(idx)?)?;
+        (len <= layout.size() as u64).then_some(p)
+    }
+
+    fn root(&self, name: &str) -> Option<u64> {
+        let inner = self.inner.borrow();
+        inner.roots.iter().find(|(n, _)| n == name).map(|&(_, h)| h)
+    }
+
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+        let mut inner = self.inner.borrow_mut();
+        inner.roots.retain(|(n, _)| n != name);
+        if let Some(h) = handle {
+            inner.roots.push((name.to_owned(), h));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        for (p, layout) in self.inner.get_mut().blocks.drain(..).flatten() {
+            // SAFETY: each live block was allocated with its layout and is freed once.
+            unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+        }
+    }
+}
+
+/// The memory of tables made with [`SwissTable::new`](crate::SwissTable::new).
+pub type DefaultMemory = Heap;
+
+pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
+    Ok(Heap::new())
+}

@@ -1,0 +1,1095 @@
+//! The table's storage: header, directory and segments, and the operations that move entries
+//! between segments (rebuild, split, merge). Everything here is bounded by one segment, except
+//! the directory copy when it doubles or halves.
+
+use crate::group::{is_full, Group, DELETED, EMPTY, GROUP_WIDTH};
+use crate::hash::SeededHash;
+use crate::memory::TableMemory;
+use crate::Error;
+use bytemuck::Pod;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of};
+use core::ptr::NonNull;
+
+/// Bytes of a segment's header, before its control bytes.
+pub(crate) const SEG_HEADER: usize = 64;
+const SEG_MAGIC: u32 = u32::from_le_bytes(*b"SwSg");
+const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"offSwiss");
+/// Format version of the table header and segments.
+pub(crate) const VERSION: u32 = 1;
+/// Maximum global depth of the directory (it is indexed by hash bits `40..64`).
+pub(crate) const MAX_DEPTH: u32 = 24;
+/// Maximum groups in one segment (2^16 groups = 2^20 slots; the group index uses hash bits
+/// `7..23`).
+pub(crate) const MAX_GROUPS_LIMIT: usize = 1 << 16;
+/// Largest slot alignment supported (a region allocates with at most page alignment).
+const MAX_SLOT_ALIGN: usize = 4096;
+
+/// A key and its value, stored inline in a segment.
+#[repr(C)]
+pub(crate) struct Slot<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+}
+
+/// Header of a segment, at the start of its block.
+#[repr(C)]
+pub(crate) struct SegHeader {
+    magic: u32,
+    depth: u32,
+    groups: u32,
+    _r0: u32,
+    pub(crate) len: u64,
+    pub(crate) deleted: u64,
+    pub(crate) growth_left: u64,
+    _pad: [u64; 3],
+}
+const _: () = assert!(size_of::<SegHeader>() == SEG_HEADER);
+
+/// Header of a table: found through a root name, points at the directory.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TableHeader {
+    magic: u64,
+    version: u32,
+    max_groups: u32,
+    key_size: u32,
+    key_align: u32,
+    val_size: u32,
+    val_align: u32,
+    hasher_id: u64,
+    seed: u64,
+    /// xxh3 of the fields above.
+    checksum: u64,
+    pub(crate) len: u64,
+    global_depth: u32,
+    _r0: u32,
+    dir: u64,
+    _pad: [u64; 2],
+}
+
+impl TableHeader {
+    fn checksum(&self) -> u64 {
+        let mut b = [0u8; 48];
+        b[0..8].copy_from_slice(&self.magic.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&self.max_groups.to_le_bytes());
+        b[16..20].copy_from_slice(&self.key_size.to_le_bytes());
+        b[20..24].copy_from_slice(&self.key_align.to_le_bytes());
+        b[24..28].copy_from_slice(&self.val_size.to_le_bytes());
+        b[28..32].copy_from_slice(&self.val_align.to_le_bytes());
+        b[32..40].copy_from_slice(&self.hasher_id.to_le_bytes());
+        b[40..48].copy_from_slice(&self.seed.to_le_bytes());
+        xxhash_rust::xxh3::xxh3_64(&b)
+    }
+}
+
+/// Most entries a segment of `groups` groups holds: 7/8 of its slots.
+#[inline(always)]
+pub(crate) const fn max_load(groups: usize) -> usize {
+    groups * GROUP_WIDTH / 8 * 7
+}
+
+/// Smallest power-of-two group count whose `max_load * num / den` is at least `n`.
+pub(crate) fn groups_for(n: usize, num: usize, den: usize) -> usize {
+    let mut g = 1;
+    while max_load(g) * num / den < n && g < MAX_GROUPS_LIMIT {
+        g *= 2;
+    }
+    g
+}
+
+/// Size, offset of the slots, and alignment of a segment of `groups` groups.
+fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
+    let cap = groups.checked_mul(GROUP_WIDTH)?;
+    let sa = align_of::<Slot<K, V>>();
+    let slots_off = (SEG_HEADER + cap).checked_next_multiple_of(sa)?;
+    let size = slots_off.checked_add(cap.checked_mul(size_of::<Slot<K, V>>())?)?;
+    Some((size, slots_off, sa.max(64)))
+}
+
+/// The in-process view of a segment: addresses resolved once, kept per directory entry.
+pub(crate) struct SegRef<K, V> {
+    pub(crate) ctrl: NonNull<u8>,
+    pub(crate) slots: NonNull<Slot<K, V>>,
+    /// Groups minus one.
+    pub(crate) mask: usize,
+    pub(crate) handle: u64,
+    pub(crate) depth: u32,
+}
+
+impl<K, V> Clone for SegRef<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for SegRef<K, V> {}
+
+impl<K, V> SegRef<K, V> {
+    /// Slots in the segment.
+    #[inline(always)]
+    pub(crate) fn capacity(&self) -> usize {
+        (self.mask + 1) * GROUP_WIDTH
+    }
+    #[inline(always)]
+    pub(crate) fn hdr(&self) -> *mut SegHeader {
+        // SAFETY: the header lies SEG_HEADER bytes before the control bytes, in the same block.
+        unsafe { self.ctrl.as_ptr().sub(SEG_HEADER).cast() }
+    }
+    /// # Safety
+    /// `i` must be below `capacity()`.
+    #[inline(always)]
+    pub(crate) unsafe fn ctrl_at(&self, i: usize) -> *mut u8 {
+        // SAFETY: in bounds by the caller's promise.
+        unsafe { self.ctrl.as_ptr().add(i) }
+    }
+    /// # Safety
+    /// `i` must be below `capacity()`.
+    #[inline(always)]
+    pub(crate) unsafe fn slot(&self, i: usize) -> *mut Slot<K, V> {
+        // SAFETY: in bounds by the caller's promise.
+        unsafe { self.slots.as_ptr().add(i) }
+    }
+    /// # Safety
+    /// `g` must be at most `mask`.
+    #[inline(always)]
+    pub(crate) unsafe fn group(&self, g: usize) -> Group {
+        // SAFETY: group `g` is 16 control bytes inside the segment, aligned to 16 (the control
+        // bytes start 64 bytes into a block aligned to at least 64).
+        unsafe { Group::load(self.ctrl.as_ptr().add(g * GROUP_WIDTH)) }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn key_eq<K: Pod>(a: &K, b: &K) -> bool {
+    bytemuck::bytes_of(a) == bytemuck::bytes_of(b)
+}
+
+#[inline(always)]
+pub(crate) fn tag(h: u64) -> u8 {
+    (h & 0x7F) as u8
+}
+
+/// Where a key is, or where it could go.
+pub(crate) enum Probe {
+    Found(usize),
+    /// Not present; the first free (empty or deleted) slot on its probe sequence, if any.
+    Absent(Option<usize>),
+}
+
+/// Finds `key` in `seg`. The probe visits groups `g, g+1, g+3, g+6, ...` (mod groups),
+/// triangular steps that visit every group once, and stops at the first group with an
+/// `EMPTY` slot.
+#[inline(always)]
+pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<usize> {
+    let t = tag(h);
+    let mut g = (h >> 7) as usize & seg.mask;
+    let mut stride = 0;
+    loop {
+        // SAFETY: g <= mask.
+        let grp = unsafe { seg.group(g) };
+        for bit in grp.match_tag(t) {
+            let i = g * GROUP_WIDTH + bit;
+            // SAFETY: i < capacity, and a full slot's bytes were written (or come from a
+            // mapping, whose bytes are always initialized).
+            if key_eq(unsafe { &(*seg.slot(i)).key }, key) {
+                return Some(i);
+            }
+        }
+        if grp.match_empty().any() {
+            return None;
+        }
+        stride += 1;
+        if stride > seg.mask {
+            return None;
+        }
+        g = (g + stride) & seg.mask;
+    }
+}
+
+/// Like [`find_in`], also remembering the first free slot on the way.
+#[inline(always)]
+pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
+    let t = tag(h);
+    let mut g = (h >> 7) as usize & seg.mask;
+    let mut stride = 0;
+    let mut free = None;
+    loop {
+        // SAFETY: g <= mask.
+        let grp = unsafe { seg.group(g) };
+        for bit in grp.match_tag(t) {
+            let i = g * GROUP_WIDTH + bit;
+            // SAFETY: as in `find_in`.
+            if key_eq(unsafe { &(*seg.slot(i)).key }, key) {
+                return Probe::Found(i);
+            }
+        }
+        if free.is_none() {
+            if let Some(b) = grp.match_empty_or_deleted().lowest() {
+                free = Some(g * GROUP_WIDTH + b);
+            }
+        }
+        if grp.match_empty().any() {
+            return Probe::Absent(free);
+        }
+        stride += 1;
+        if stride > seg.mask {
+            return Probe::Absent(free);
+        }
+        g = (g + stride) & seg.mask;
+    }
+}
+
+/// The first free slot on `h`'s probe sequence.
+#[inline(always)]
+fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
+    let mut g = (h >> 7) as usize & seg.mask;
+    let mut stride = 0;
+    loop {
+        // SAFETY: g <= mask.
+        let grp = unsafe { seg.group(g) };
+        if let Some(b) = grp.match_empty_or_deleted().lowest() {
+            return Some(g * GROUP_WIDTH + b);
+        }
+        stride += 1;
+        if stride > seg.mask {
+            return None;
+        }
+        g = (g + stride) & seg.mask;
+    }
+}
+
+/// The table's storage and bookkeeping.
+pub(crate) struct RawTable<K, V, M: TableMemory, H> {
+    /// In-process mirror of the stored directory: one resolved segment per entry.
+    pub(crate) dir: Vec<SegRef<K, V>>,
+    /// `MAX_DEPTH - global_depth`: the directory index is `(h >> 40) >> shift`.
+    shift: u32,
+    pub(crate) seed: u64,
+    hdr: NonNull<TableHeader>,
+    hdr_handle: u64,
+    dir_ptr: NonNull<u64>,
+    dir_handle: u64,
+    pub(crate) max_groups: usize,
+    /// Segments whose local depth equals the global depth.
+    at_global: usize,
+    pub(crate) root: Option<String>,
+    pub(crate) mem: M,
+    _types: PhantomData<(K, V, H)>,
+}
+
+fn oob(offset: u64, len: usize) -> Error {
+    Error::OffsetOutOfBounds {
+        offset,
+        len: len as u64,
+    }
+}
+
+fn fingerprint<K, V>() -> [u32; 4] {
+    [
+        size_of::<K>() as u32,
+        align_of::<K>() as u32,
+        size_of::<V>() as u32,
+        align_of::<V>() as u32,
+    ]
+}
+
+impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
+    #[inline(always)]
+    pub(crate) fn global_depth(&self) -> u32 {
+        MAX_DEPTH - self.shift
+    }
+
+    /// Number of directory entries a segment of depth `depth` covers.
+    #[inline(always)]
+    pub(crate) fn span(&self, depth: u32) -> usize {
+        1 << (self.global_depth() - depth)
+    }
+
+    /// Frees every block of the table.
+    pub(crate) fn free_all(&mut self) {
+        let mut i = 0;
+        while i < self.dir.len() {
+            let seg = self.dir[i];
+            // SAFETY: each segment is freed once (one per directory range); nothing uses the
+            // table afterwards.
+            unsafe { self.mem.free(seg.handle) };
+            i += self.span(seg.depth);
+        }
+        self.dir.clear();
+        // SAFETY: as above.
+        unsafe {
+            self.mem.free(self.dir_handle);
+            self.mem.free(self.hdr_handle);
+        }
+    }
+
+}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
+    /// A new empty table with one segment of one group.
+    pub(crate) fn new(mem: M, seed: u64, max_groups: usize) -> Result<Self, Error> {
+        if !max_groups.is_power_of_two() || max_groups > MAX_GROUPS_LIMIT {
+            return Err(Error::InvalidOptions(
+                "segment_slots must be a power of two from 16 to 2^20",
+            ));
+        }
+        if align_of::<Slot<K, V>>() > MAX_SLOT_ALIGN
+            || size_of::<K>() > u32::MAX as usize
+            || size_of::<V>() > u32::MAX as usize
+            || seg_layout::<K, V>(max_groups).is_none()
+        {
+            return Err(Error::InvalidOptions("key/value types too large or too aligned"));
+        }
+        let hsize = size_of::<TableHeader>();
+        let hdr_handle = mem.alloc(hsize as u64, 64)?;
+        let hdr = match mem.ptr(hdr_handle, hsize as u64) {
+            Some(p) => p.cast::<TableHeader>(),
+            None => return Err(oob(hdr_handle, hsize)),
+        };
+        let seg = match Self::new_segment(&mem, 1, 0) {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: just allocated, never shared.
+                unsafe { mem.free(hdr_handle) };
+                return Err(e);
+            }
+        };
+        let (dir_handle, dir_ptr) = match Self::alloc_dir(&mem, 1) {
+            Ok(d) => d,
+            Err(e) => {
+                // SAFETY: just allocated, never shared.
+                unsafe {
+                    mem.free(seg.handle);
+                    mem.free(hdr_handle);
+                }
+                return Err(e);
+            }
+        };
+        // SAFETY: the directory block holds one u64.
+        unsafe { dir_ptr.as_ptr().write(seg.handle) };
+        let [key_size, key_align, val_size, val_align] = fingerprint::<K, V>();
+        let mut h = TableHeader {
+            magic: TABLE_MAGIC,
+            version: VERSION,
+            max_groups: max_groups as u32,
+            key_size,
+            key_align,
+            val_size,
+            val_align,
+            hasher_id: H::ID,
+            seed,
+            checksum: 0,
+            len: 0,
+            global_depth: 0,
+            _r0: 0,
+            dir: dir_handle,
+            _pad: [0; 2],
+        };
+        h.checksum = h.checksum();
+        // SAFETY: the header block is large enough and aligned to 64.
+        unsafe { hdr.as_ptr().write(h) };
+        Ok(RawTable {
+            dir: vec![seg],
+            shift: MAX_DEPTH,
+            seed,
+            hdr,
+            hdr_handle,
+            dir_ptr,
+            dir_handle,
+            max_groups,
+            at_global: 1,
+            root: None,
+            mem,
+            _types: PhantomData,
+        })
+    }
+
+    /// Handle of the table header (what a root name stores).
+    pub(crate) fn header_handle(&self) -> u64 {
+        self.hdr_handle
+    }
+
+    /// Opens the table whose header is at `hdr_handle`, validating everything it follows.
+    pub(crate) fn open(mem: M, hdr_handle: u64) -> Result<Self, Error> {
+        let hsize = size_of::<TableHeader>();
+        let hp = mem
+            .ptr(hdr_handle, hsize as u64)
+            .ok_or_else(|| oob(hdr_handle, hsize))?;
+        if hp.as_ptr() as usize % align_of::<TableHeader>() != 0 {
+            return Err(Error::Corrupt("misaligned table header"));
+        }
+        let hdr = hp.cast::<TableHeader>();
+        // SAFETY: `ptr` vouched for `hsize` bytes, aligned as checked; any bytes are a valid
+        // TableHeader (plain integers).
+        let h = unsafe { hdr.as_ptr().read() };
+        if h.magic != TABLE_MAGIC {
+            return Err(Error::Corrupt("bad table magic"));
+        }
+        if h.version != VERSION {
+            return Err(Error::UnsupportedVersion(h.version));
+        }
+        if h.checksum != h.checksum() {
+            return Err(Error::Corrupt("table header checksum mismatch"));
+        }
+        let found = [h.key_size, h.key_align, h.val_size, h.val_align];
+        if found != fingerprint::<K, V>() {
+            return Err(Error::TypeMismatch {
+                expected: fingerprint::<K, V>(),
+                found,
+            });
+        }
+        if h.hasher_id != H::ID {
+            return Err(Error::HasherMismatch {
+                expected: H::ID,
+                found: h.hasher_id,
+            });
+        }
+        let max_groups = h.max_groups as usize;
+        if !max_groups.is_power_of_two() || max_groups > MAX_GROUPS_LIMIT {
+            return Err(Error::Corrupt("segment size out of range"));
+        }
+        if h.global_depth > MAX_DEPTH {
+            return Err(Error::Corrupt("directory depth out of range"));
+        }
+        let gd = h.global_depth;
+        let n = 1usize << gd;
+        let dir_ptr = mem
+            .ptr(h.dir, (n * 8) as u64)
+            .ok_or_else(|| oob(h.dir, n * 8))?
+            .cast::<u64>();
+        if dir_ptr.as_ptr() as usize % 8 != 0 {
+            return Err(Error::Corrupt("misaligned directory"));
+        }
+        // Blocks as (address, size), to check that none overlap.
+        let mut blocks: Vec<(usize, usize)> = vec![
+            (hp.as_ptr() as usize, hsize),
+            (dir_ptr.as_ptr() as usize, n * 8),
+        ];
+        let mut dir: Vec<SegRef<K, V>> = Vec::with_capacity(n);
+        let mut total = 0u64;
+        let mut at_global = 0;
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i < n and the directory block holds n u64s.
+            let off = unsafe { dir_ptr.as_ptr().add(i).read() };
+            let sp = mem
+                .ptr(off, SEG_HEADER as u64)
+                .ok_or_else(|| oob(off, SEG_HEADER))?;
+            if sp.as_ptr() as usize % 64 != 0 {
+                return Err(Error::Corrupt("misaligned segment"));
+            }
+            // SAFETY: SEG_HEADER bytes vouched for, aligned; any bytes are a valid SegHeader.
+            let sh = unsafe { sp.cast::<SegHeader>().as_ptr().read() };
+            if sh.magic != SEG_MAGIC {
+                return Err(Error::Corrupt("bad segment magic"));
+            }
+            let groups = sh.groups as usize;
+            if sh.depth > gd || !groups.is_power_of_two() || groups > MAX_GROUPS_LIMIT {
+                return Err(Error::Corrupt("segment depth or size out of range"));
+            }
+            let (size, slots_off, _) =
+                seg_layout::<K, V>(groups).ok_or(Error::Corrupt("segment size overflows"))?;
+            let base = mem.ptr(off, size as u64).ok_or_else(|| oob(off, size))?;
+            let cap = (groups * GROUP_WIDTH) as u64;
+            if sh.len.checked_add(sh.deleted).is_none_or(|x| x > cap)
+                || sh.growth_left > max_load(groups) as u64
+            {
+                return Err(Error::Corrupt("segment counters out of range"));
+            }
+            let span = 1usize << (gd - sh.depth);
+            if i % span != 0 {
+                return Err(Error::Corrupt("directory entries of a segment are misplaced"));
+            }
+            for j in i..i + span {
+                // SAFETY: j < n (i is a multiple of span, a power of two dividing n).
+                if unsafe { dir_ptr.as_ptr().add(j).read() } != off {
+                    return Err(Error::Corrupt("directory entries of a segment disagree"));
+                }
+            }
+            if sh.depth == gd {
+                at_global += 1;
+            }
+            total += sh.len;
+            blocks.push((base.as_ptr() as usize, size));
+            // SAFETY: offsets inside the block just vouched for.
+            let seg = unsafe {
+                SegRef {
+                    ctrl: NonNull::new_unchecked(base.as_ptr().add(SEG_HEADER)),
+                    slots: NonNull::new_unchecked(base.as_ptr().add(slots_off)).cast(),
+                    mask: groups - 1,
+                    handle: off,
+                    depth: sh.depth,
+                }
+            };
+            dir.extend(core::iter::repeat_n(seg, span));
+            i += span;
+        }
+        if total != h.len {
+            return Err(Error::Corrupt("table length disagrees with its segments"));
+        }
+        blocks.sort_unstable();
+        for w in blocks.windows(2) {
+            if w[0].0 + w[0].1 > w[1].0 {
+                return Err(Error::Corrupt("blocks overlap"));
+            }
+        }
+        Ok(RawTable {
+            dir,
+            shift: MAX_DEPTH - gd,
+            seed: h.seed,
+            hdr,
+            hdr_handle,
+            dir_ptr,
+            dir_handle: h.dir,
+            max_groups,
+            at_global,
+            root: None,
+            mem,
+            _types: PhantomData,
+        })
+    }
+
+    fn new_segment(mem: &M, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
+        let (size, slots_off, align) =
+            seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
+        let handle = mem.alloc(size as u64, align as u64)?;
+        let Some(base) = mem.ptr(handle, size as u64) else {
+            // SAFETY: just allocated, never shared.
+            unsafe { mem.free(handle) };
+            return Err(oob(handle, size));
+        };
+        let cap = groups * GROUP_WIDTH;
+        // SAFETY: the block is `size` bytes aligned to `align` >= 64: the header, `cap` control
+        // bytes and the slots fit (seg_layout).
+        unsafe {
+            base.cast::<SegHeader>().as_ptr().write(SegHeader {
+                magic: SEG_MAGIC,
+                depth,
+                groups: groups as u32,
+                _r0: 0,
+                len: 0,
+                deleted: 0,
+                growth_left: max_load(groups) as u64,
+                _pad: [0; 3],
+            });
+            core::ptr::write_bytes(base.as_ptr().add(SEG_HEADER), EMPTY, cap);
+            Ok(SegRef {
+                ctrl: NonNull::new_unchecked(base.as_ptr().add(SEG_HEADER)),
+                slots: NonNull::new_unchecked(base.as_ptr().add(slots_off)).cast(),
+                mask: groups - 1,
+                handle,
+                depth,
+            })
+        }
+    }
+
+    fn alloc_dir(mem: &M, n: usize) -> Result<(u64, NonNull<u64>), Error> {
+        let bytes = (n * 8) as u64;
+        let h = mem.alloc(bytes, 8)?;
+        match mem.ptr(h, bytes) {
+            Some(p) => Ok((h, p.cast())),
+            None => {
+                // SAFETY: just allocated, never shared.
+                unsafe { mem.free(h) };
+                Err(oob(h, n * 8))
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn hash(&self, key: &K) -> u64 {
+        H::hash(bytemuck::bytes_of(key), self.seed)
+    }
+
+    #[inline(always)]
+    pub(crate) fn dir_index(&self, h: u64) -> usize {
+        ((h >> 40) >> self.shift) as usize
+    }
+
+    #[inline(always)]
+    pub(crate) fn seg_at(&self, h: u64) -> SegRef<K, V> {
+        let i = self.dir_index(h);
+        debug_assert!(i < self.dir.len());
+        // SAFETY: dir.len() == 1 << (MAX_DEPTH - shift) and (h >> 40) < 1 << MAX_DEPTH, so
+        // the index is below dir.len().
+        unsafe { *self.dir.get_unchecked(i) }
+    }
+
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: the header block stays valid while the table lives.
+        unsafe { (*self.hdr.as_ptr()).len as usize }
+    }
+
+    #[inline(always)]
+    pub(crate) fn add_len(&mut self, d: i64) {
+        // SAFETY: as in `len`; `&mut self` excludes other access.
+        unsafe {
+            let l = &mut (*self.hdr.as_ptr()).len;
+            *l = l.wrapping_add(d as u64);
+        }
+    }
+
+    /// Finds `key`: (directory index, slot index).
+    #[inline(always)]
+    pub(crate) fn find(&self, h: u64, key: &K) -> Option<(SegRef<K, V>, usize)> {
+        let seg = self.seg_at(h);
+        find_in(&seg, h, key).map(|i| (seg, i))
+    }
+
+    /// Finds `key`, or inserts it with a zeroed value. Returns the slot and whether the key
+    /// was there already.
+    #[inline]
+    pub(crate) fn find_or_insert(
+        &mut self,
+        h: u64,
+        key: K,
+    ) -> Result<(*mut Slot<K, V>, bool), Error> {
+        loop {
+            let seg = self.seg_at(h);
+            match probe(&seg, h, &key) {
+                // SAFETY: i < capacity.
+                Probe::Found(i) => return Ok((unsafe { seg.slot(i) }, true)),
+                Probe::Absent(Some(i)) => {
+                    // SAFETY: i < capacity; header and control bytes belong to `seg`, which
+                    // this table owns exclusively (`&mut self`).
+                    unsafe {
+                        let hdr = seg.hdr();
+                        let c = seg.ctrl_at(i);
+                        if *c == DELETED {
+                            (*hdr).deleted = (*hdr).deleted.saturating_sub(1);
+                        } else if (*hdr).growth_left == 0 {
+                            self.make_room(self.dir_index(h))?;
+                            continue;
+                        } else {
+                            (*hdr).growth_left -= 1;
+                        }
+                        *c = tag(h);
+                        (*hdr).len += 1;
+                        let s = seg.slot(i);
+                        s.write(Slot {
+                            key,
+                            value: V::zeroed(),
+                        });
+                        self.add_len(1);
+                        return Ok((s, false));
+                    }
+                }
+                Probe::Absent(None) => self.make_room(self.dir_index(h))?,
+            }
+        }
+    }
+
+    /// Removes the entry in slot `i` of `seg`, returning its value, then gives memory back if
+    /// the segment became sparse.
+    pub(crate) fn remove_at(&mut self, seg: SegRef<K, V>, i: usize, h: u64) -> V {
+        // SAFETY: i < capacity and the slot is full.
+        let v = unsafe { core::ptr::addr_of!((*seg.slot(i)).value).read() };
+        // SAFETY: as above.
+        unsafe { Self::erase(&seg, i) };
+        self.add_len(-1);
+        let _ = self.maybe_shrink(self.dir_index(h));
+        v
+    }
+
+    /// Marks slot `i` free: `EMPTY` if its group still has an `EMPTY` slot (no probe ever
+    /// went past this group, since it has not been full since the segment was built), else a
+    /// `DELETED` tombstone.
+    ///
+    /// # Safety
+    /// `i` must be a full slot of `seg`, owned exclusively by the caller.
+    pub(crate) unsafe fn erase(seg: &SegRef<K, V>, i: usize) {
+        // SAFETY: per the caller's promise.
+        unsafe {
+            let g = i / GROUP_WIDTH;
+            let hdr = seg.hdr();
+            if seg.group(g).match_empty().any() {
+                *seg.ctrl_at(i) = EMPTY;
+                (*hdr).growth_left += 1;
+            } else {
+                *seg.ctrl_at(i) = DELETED;
+                (*hdr).deleted += 1;
+            }
+            (*hdr).len = (*hdr).len.saturating_sub(1);
+        }
+    }
+
+    /// Makes room in the segment at directory index `idx`: drops tombstones, grows it, or
+    /// splits it, whichever fits; moves at most this one segment.
+    fn make_room(&mut self, idx: usize) -> Result<(), Error> {
+        let seg = self.dir[idx];
+        let groups = seg.mask + 1;
+        // SAFETY: the segment's header is valid while the table lives.
+        let deleted = unsafe { (*seg.hdr()).deleted } as usize;
+        if deleted > 0 && deleted >= max_load(groups) / 8 {
+            self.rebuild(idx, groups)
+        } else if groups < self.max_groups {
+            self.rebuild(idx, groups * 2)
+        } else if seg.depth < MAX_DEPTH {
+            self.split(idx, groups).map(|_| ())
+        } else if groups < MAX_GROUPS_LIMIT {
+            self.rebuild(idx, groups * 2)
+        } else {
+            Err(Error::CapacityOverflow)
+        }
+    }
+
+    /// Full slots of a segment.
+    fn count_full(seg: &SegRef<K, V>) -> usize {
+        (0..=seg.mask)
+            // SAFETY: g <= mask.
+            .map(|g| unsafe { seg.group(g) }.match_full().0.count_ones() as usize)
+            .sum()
+    }
+
+    /// Copies every entry of `from` into `to` (a fresh segment with room for them).
+    fn move_all(&self, from: &SegRef<K, V>, to: &SegRef<K, V>) {
+        self.move_entries(from, |_| to);
+    }
+
+    fn move_entries<'s>(&self, from: &SegRef<K, V>, to: impl Fn(u64) -> &'s SegRef<K, V>)
+    where
+        K: 's,
+        V: 's,
+    {
+        for g in 0..=from.mask {
+            // SAFETY: g <= mask.
+            let full = unsafe { from.group(g) }.match_full();
+            for b in full {
+                let i = g * GROUP_WIDTH + b;
+                // SAFETY: i < capacity, slot full.
+                let src = unsafe { from.slot(i) };
+                // SAFETY: the key of a full slot is initialized.
+                let h = self.hash(unsafe { &(*src).key });
+                let dst = to(h);
+                let Some(j) = find_free(dst, h) else {
+                    // Callers size `to` for every entry; unreachable unless the memory was
+                    // changed behind the table's back, in which case the entry is dropped.
+                    debug_assert!(false, "no room while moving entries");
+                    continue;
+                };
+                // SAFETY: j < dst.capacity(); src and dst are distinct blocks; the header
+                // and control bytes of `dst` are ours.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(src, dst.slot(j), 1);
+                    *dst.ctrl_at(j) = tag(h);
+                    let hdr = dst.hdr();
+                    (*hdr).len += 1;
+                    (*hdr).growth_left = (*hdr).growth_left.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Points the directory range of the segment at `idx` (depth `depth`) at `seg`.
+    fn set_range(&mut self, idx: usize, depth: u32, seg: SegRef<K, V>) {
+        let span = self.span(depth);
+        let start = idx & !(span - 1);
+        for j in start..start + span {
+            self.dir[j] = seg;
+            // SAFETY: j < dir.len() == the stored directory's length.
+            unsafe { self.dir_ptr.as_ptr().add(j).write(seg.handle) };
+        }
+    }
+
+    /// Rebuilds the segment at `idx` into a fresh one of `groups` groups (dropping its
+    /// tombstones).
+    pub(crate) fn rebuild(&mut self, idx: usize, groups: usize) -> Result<(), Error> {
+        let old = self.dir[idx];
+        let n = Self::count_full(&old);
+        let groups = groups.max(groups_for(n, 1, 1));
+        let new = Self::new_segment(&self.mem, groups, old.depth)?;
+        self.move_all(&old, &new);
+        self.set_range(idx, old.depth, new);
+        // SAFETY: `old` is no longer referenced by the directory.
+        unsafe { self.mem.free(old.handle) };
+        Ok(())
+    }
+
+    /// Splits the segment at `idx` into two of depth + 1 with `groups` groups each, doubling
+    /// the directory first if needed. Returns the index the range of `idx` now starts at.
+    pub(crate) fn split(&mut self, mut idx: usize, groups: usize) -> Result<usize, Error> {
+        let old = self.dir[idx];
+        if old.depth == self.global_depth() {
+            self.double_dir()?;
+            idx *= 2;
+        }
+        let a = Self::new_segment(&self.mem, groups, old.depth + 1)?;
+        let b = match Self::new_segment(&self.mem, groups, old.depth + 1) {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: just allocated, never shared.
+                unsafe { self.mem.free(a.handle) };
+                return Err(e);
+            }
+        };
+        let bit = 63 - old.depth;
+        self.move_entries(&old, |h| if (h >> bit) & 1 == 0 { &a } else { &b });
+        let span = self.span(old.depth);
+        let start = idx & !(span - 1);
+        self.set_range(start, a.depth, a);
+        self.set_range(start + span / 2, b.depth, b);
+        if a.depth == self.global_depth() {
+            self.at_global += 2;
+        }
+        // SAFETY: `old` is no longer referenced by the directory.
+        unsafe { self.mem.free(old.handle) };
+        Ok(start)
+    }
+
+    /// Replaces the stored directory with one of `n` entries taken from `self.dir`.
+    fn store_dir(&mut self) -> Result<(), Error> {
+        let n = self.dir.len();
+        let (h, p) = Self::alloc_dir(&self.mem, n)?;
+        for (j, s) in self.dir.iter().enumerate() {
+            // SAFETY: the block holds n u64s.
+            unsafe { p.as_ptr().add(j).write(s.handle) };
+        }
+        let old = self.dir_handle;
+        self.dir_handle = h;
+        self.dir_ptr = p;
+        // SAFETY: header valid; `&mut self`.
+        unsafe {
+            (*self.hdr.as_ptr()).dir = h;
+            (*self.hdr.as_ptr()).global_depth = self.global_depth();
+            self.mem.free(old);
+        }
+        Ok(())
+    }
+
+    fn double_dir(&mut self) -> Result<(), Error> {
+        if self.global_depth() == MAX_DEPTH {
+            return Err(Error::CapacityOverflow);
+        }
+        let old = core::mem::take(&mut self.dir);
+        let mut new = Vec::new();
+        if let Err(e) = new.try_reserve_exact(old.len() * 2) {
+            self.dir = old;
+            return Err(Error::Alloc {
+                size: (self.dir.len() * 2 * size_of::<SegRef<K, V>>()) as u64,
+                align: 8,
+                source: Some(Box::new(e)),
+            });
+        }
+        for s in &old {
+            new.push(*s);
+            new.push(*s);
+        }
+        self.dir = new;
+        self.shift -= 1;
+        if let Err(e) = self.store_dir() {
+            self.dir = old;
+            self.shift += 1;
+            return Err(e);
+        }
+        self.at_global = 0;
+        Ok(())
+    }
+
+    fn halve_dir(&mut self) {
+        while self.at_global == 0 && self.global_depth() > 0 {
+            let new: Vec<SegRef<K, V>> = self.dir.iter().step_by(2).copied().collect();
+            let old = core::mem::replace(&mut self.dir, new);
+            self.shift += 1;
+            if self.store_dir().is_err() {
+                // Keep the larger directory; it is still correct.
+                self.dir = old;
+                self.shift -= 1;
+                return;
+            }
+            let gd = self.global_depth();
+            self.at_global = self.dir.iter().filter(|s| s.depth == gd).count();
+        }
+    }
+
+    /// Merges the segment at `idx` with its buddy into one of depth - 1 if both are at the
+    /// same depth and hold at most `limit` entries together. Returns whether it merged.
+    pub(crate) fn try_merge(
+        &mut self,
+        idx: usize,
+        limit: usize,
+        halve: bool,
+    ) -> Result<bool, Error> {
+        let a = self.dir[idx];
+        if a.depth == 0 {
+            return Ok(false);
+        }
+        let bidx = idx ^ self.span(a.depth);
+        let b = self.dir[bidx];
+        // SAFETY: segment headers are valid while the table lives.
+        let total = unsafe { (*a.hdr()).len + (*b.hdr()).len } as usize;
+        if b.depth != a.depth || total > limit {
+            return Ok(false);
+        }
+        let n = Self::count_full(&a) + Self::count_full(&b);
+        let groups = groups_for(n, 1, 2).min(self.max_groups).max(groups_for(n, 1, 1));
+        let m = Self::new_segment(&self.mem, groups, a.depth - 1)?;
+        self.move_all(&a, &m);
+        self.move_all(&b, &m);
+        if a.depth == self.global_depth() {
+            self.at_global -= 2;
+        }
+        self.set_range(idx, m.depth, m);
+        // SAFETY: neither block is referenced by the directory any more.
+        unsafe {
+            self.mem.free(a.handle);
+            self.mem.free(b.handle);
+        }
+        if halve {
+            self.halve_dir();
+        }
+        Ok(true)
+    }
+
+    /// After a removal: merge a sparse segment with its buddy, or shrink it.
+    fn maybe_shrink(&mut self, idx: usize) -> Result<(), Error> {
+        let seg = self.dir[idx];
+        let groups = seg.mask + 1;
+        // SAFETY: header valid.
+        let len = unsafe { (*seg.hdr()).len } as usize;
+        let full = max_load(self.max_groups);
+        let merge = seg.depth > 0 && len <= full / 8;
+        let shrink = groups > 1 && len <= max_load(groups) / 8;
+        if !merge && !shrink {
+            return Ok(());
+        }
+        if merge && self.try_merge(idx, full / 4, true)? {
+            return Ok(());
+        }
+        if shrink {
+            let g = groups_for(len, 1, 2);
+            if g < groups {
+                self.rebuild(idx, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties every segment in place (keeps the memory).
+    pub(crate) fn clear(&mut self) {
+        let mut i = 0;
+        while i < self.dir.len() {
+            let seg = self.dir[i];
+            // SAFETY: header and control bytes of our own segment.
+            unsafe {
+                core::ptr::write_bytes(seg.ctrl.as_ptr(), EMPTY, seg.capacity());
+                let hdr = seg.hdr();
+                (*hdr).len = 0;
+                (*hdr).deleted = 0;
+                (*hdr).growth_left = max_load(seg.mask + 1) as u64;
+            }
+            i += self.span(seg.depth);
+        }
+        // SAFETY: header valid; `&mut self`.
+        unsafe { (*self.hdr.as_ptr()).len = 0 };
+    }
+
+    /// Grows so that `n` entries fit without another split.
+    pub(crate) fn reserve_total(&mut self, n: usize) -> Result<(), Error> {
+        if self.global_depth() == 0 && n <= max_load(self.max_groups) {
+            let g = groups_for(n, 1, 1);
+            if g > self.dir[0].mask + 1 {
+                self.rebuild(0, g)?;
+            }
+            return Ok(());
+        }
+        // Depth at which the mean segment load is at most 3/4 of the maximum (room for the
+        // spread between segments).
+        let per = max_load(self.max_groups) * 3 / 4;
+        let mut depth = 0u32;
+        while (n >> depth) > per {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(Error::CapacityOverflow);
+            }
+        }
+        let mut i = 0;
+        while i < self.dir.len() {
+            let seg = self.dir[i];
+            if seg.depth < depth {
+                i = self.split(i, self.max_groups)?;
+                continue;
+            }
+            if seg.mask + 1 < self.max_groups {
+                self.rebuild(i, self.max_groups)?;
+            }
+            i += self.span(seg.depth);
+        }
+        Ok(())
+    }
+
+    /// Merges buddies while they fit, then shrinks every segment to fit its entries.
+    pub(crate) fn shrink_to_fit(&mut self) -> Result<(), Error> {
+        let limit = max_load(self.max_groups);
+        loop {
+            let mut merged = false;
+            let mut i = 0;
+            while i < self.dir.len() {
+                let seg = self.dir[i];
+                if seg.depth > 0 {
+                    let bidx = i ^ self.span(seg.depth);
+                    if bidx > i && self.try_merge(i, limit, false)? {
+                        merged = true;
+                        i &= !(self.span(seg.depth - 1) - 1);
+                        i += self.span(seg.depth - 1);
+                        continue;
+                    }
+                }
+                i += self.span(seg.depth);
+            }
+            if !merged {
+                break;
+            }
+        }
+        self.halve_dir();
+        let mut i = 0;
+        while i < self.dir.len() {
+            let seg = self.dir[i];
+            // SAFETY: header valid.
+            let len = unsafe { (*seg.hdr()).len } as usize;
+            let deleted = unsafe { (*seg.hdr()).deleted };
+            let g = groups_for(len, 1, 1);
+            if g < seg.mask + 1 || deleted > 0 {
+                self.rebuild(i, g)?;
+            }
+            i += self.span(seg.depth);
+        }
+        Ok(())
+    }
+
+    /// Statistics: (segments, slots, tombstones, bytes of segments + directory + header).
+    pub(crate) fn stats(&self) -> (usize, usize, usize, usize) {
+        let (mut segs, mut slots, mut tomb, mut bytes) = (0, 0, 0, 0);
+        let mut i = 0;
+        while i < self.dir.len() {
+            let seg = self.dir[i];
+            segs += 1;
+            slots += seg.capacity();
+            // SAFETY: header valid.
+            tomb += unsafe { (*seg.hdr()).deleted } as usize;
+            bytes += seg_layout::<K, V>(seg.mask + 1).map_or(0, |l| l.0);
+            i += self.span(seg.depth);
+        }
+        bytes += self.dir.len() * 8 + size_of::<TableHeader>();
+        (segs, slots, tomb, bytes)
+    }
+
+    /// Next full slot at or after position `(dir index, slot)`; advances the position.
+    #[inline]
+    pub(crate) fn next_full(&self, pos: &mut (usize, usize)) -> Option<(SegRef<K, V>, usize)> {
+        loop {
+            let seg = *self.dir.get(pos.0)?;
+            let cap = seg.capacity();
+            while pos.1 < cap {
+                let i = pos.1;
+                pos.1 += 1;
+                // SAFETY: i < capacity.
+                if is_full(unsafe { *seg.ctrl_at(i) }) {
+                    return Some((seg, i));
+                }
+            }
+            *pos = (pos.0 + self.span(seg.depth), 0);
+        }
+    }
+}

@@ -1,0 +1,821 @@
+//! The public table type.
+
+use crate::hash::{random_seed, SeededHash, Xxh3};
+use crate::memory::{DefaultMemory, TableMemory};
+use crate::raw::{find_in, tag, RawTable, SegRef, Slot, MAX_GROUPS_LIMIT};
+use crate::Error;
+use bytemuck::Pod;
+use core::fmt;
+use core::marker::PhantomData;
+
+/// Default slots per segment: 4096 (256 groups; about 70 KB for `u64 -> u64`). A segment
+/// splits when it holds 7/8 of that, so no single insert moves more than 3584 entries.
+pub const DEFAULT_SEGMENT_SLOTS: usize = 4096;
+
+/// Options for a new table.
+#[derive(Clone, Debug)]
+pub struct TableOptions {
+    segment_slots: usize,
+    seed: Option<u64>,
+    capacity: usize,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        TableOptions {
+            segment_slots: DEFAULT_SEGMENT_SLOTS,
+            seed: None,
+            capacity: 0,
+        }
+    }
+}
+
+impl TableOptions {
+    /// Default options: 4096-slot segments, a random seed, no reserved capacity.
+    pub fn new() -> TableOptions {
+        TableOptions::default()
+    }
+    /// Slots of a full-size segment: a power of two from 16 to 2^20. Smaller segments make
+    /// the worst insert cheaper and the directory larger.
+    pub fn segment_slots(mut self, n: usize) -> TableOptions {
+        self.segment_slots = n;
+        self
+    }
+    /// A fixed hash seed (the default is random per table).
+    pub fn seed(mut self, seed: u64) -> TableOptions {
+        self.seed = Some(seed);
+        self
+    }
+    /// Entries to make room for up front.
+    pub fn capacity(mut self, n: usize) -> TableOptions {
+        self.capacity = n;
+        self
+    }
+
+    fn max_groups(&self) -> Result<usize, Error> {
+        let n = self.segment_slots;
+        if !n.is_power_of_two() || !(16..=MAX_GROUPS_LIMIT * 16).contains(&n) {
+            return Err(Error::InvalidOptions(
+                "segment_slots must be a power of two from 16 to 2^20",
+            ));
+        }
+        Ok(n / 16)
+    }
+}
+
+/// Sizes of a table's parts, from [`SwissTable::stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableStats {
+    /// Entries.
+    pub len: usize,
+    /// Segments.
+    pub segments: usize,
+    /// Global depth of the directory (it has `2^global_depth` entries).
+    pub global_depth: u32,
+    /// Slots over all segments.
+    pub slots: usize,
+    /// Tombstones (`DELETED` control bytes) over all segments.
+    pub tombstones: usize,
+    /// Bytes of the table's blocks (segments, stored directory, header), not counting the
+    /// memory's own overhead or the in-process directory mirror.
+    pub bytes: usize,
+}
+
+/// A SwissTable of plain-old-data keys and values, stored inline in a [`TableMemory`]
+/// (by default an anonymous [`offheap_mmap::Region`]).
+///
+/// Keys are compared and hashed by their bytes (`bytemuck::bytes_of`), so `K` must have no
+/// padding ([`Pod`] guarantees it); for float keys, `0.0` and `-0.0` are different keys.
+///
+/// The table is a directory of segments (extendible hashing): a full segment splits into two
+/// and sparse buddies merge, so no insert or remove moves more than one segment.
+///
+/// ```
+/// use offheap_swiss::SwissTable;
+/// let mut t: SwissTable<u64, u32> = SwissTable::new();
+/// assert_eq!(t.insert(1, 10), None);
+/// assert_eq!(t.insert(1, 11), Some(10));
+/// *t.entry(2).or_insert(0) += 5;
+/// assert_eq!(t.get(&2), Some(&5));
+/// assert_eq!(t.remove(&1), Some(11));
+/// assert_eq!(t.len(), 1);
+/// ```
+pub struct SwissTable<K, V, M: TableMemory = DefaultMemory, H = Xxh3> {
+    raw: RawTable<K, V, M, H>,
+}
+
+// SAFETY: the table owns its blocks through `M`; moving it moves `M` (which must be `Send`)
+// and the resolved addresses stay valid (blocks never move). Keys and values are Pod.
+unsafe impl<K: Send, V: Send, M: TableMemory + Send, H> Send for SwissTable<K, V, M, H> {}
+
+impl<K: Pod, V: Pod> SwissTable<K, V> {
+    /// An empty table in a fresh anonymous region.
+    ///
+    /// # Panics
+    /// If the region cannot be created (see [`try_new`](Self::try_new)).
+    pub fn new() -> Self {
+        Self::try_new().expect("offheap-swiss: cannot create the table's memory")
+    }
+
+    /// An empty table in a fresh anonymous region, or the error that prevented it.
+    pub fn try_new() -> Result<Self, Error> {
+        Self::with_options_in(TableOptions::new(), crate::memory::default_memory()?)
+    }
+
+    /// An empty table with room for `n` entries.
+    ///
+    /// # Panics
+    /// If the memory cannot be created or `n` entries cannot fit.
+    pub fn with_capacity(n: usize) -> Self {
+        let mem = crate::memory::default_memory()
+            .expect("offheap-swiss: cannot create the table's memory");
+        Self::with_options_in(TableOptions::new().capacity(n), mem)
+            .expect("offheap-swiss: cannot reserve capacity")
+    }
+}
+
+impl<K: Pod, V: Pod> Default for SwissTable<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
+    /// An empty table in `mem`.
+    ///
+    /// # Panics
+    /// If `mem` cannot allocate the first segment.
+    pub fn new_in(mem: M) -> Self {
+        Self::with_options_in(TableOptions::new(), mem)
+            .expect("offheap-swiss: cannot allocate the table")
+    }
+
+    /// An empty table in `mem` with room for `n` entries.
+    ///
+    /// # Panics
+    /// If `mem` cannot allocate them.
+    pub fn with_capacity_in(n: usize, mem: M) -> Self {
+        Self::with_options_in(TableOptions::new().capacity(n), mem)
+            .expect("offheap-swiss: cannot allocate the table")
+    }
+
+    /// An empty table in `mem` with `opts`.
+    pub fn with_options_in(opts: TableOptions, mem: M) -> Result<Self, Error> {
+        let max_groups = opts.max_groups()?;
+        let seed = opts.seed.unwrap_or_else(random_seed);
+        let mut raw = RawTable::new(mem, seed, max_groups)?;
+        if opts.capacity > 0 {
+            if let Err(e) = raw.reserve_total(opts.capacity) {
+                raw.free_all();
+                return Err(e);
+            }
+        }
+        Ok(SwissTable { raw })
+    }
+
+    /// Creates a table in `mem` whose header is stored under the root `name`, so that
+    /// [`open_in`](Self::open_in) finds it again (in a file-backed region, after a restart).
+    /// Fails with [`Error::RootExists`] if the name is taken.
+    pub fn create_in(mem: M, name: &str) -> Result<Self, Error> {
+        Self::create_in_with(mem, name, TableOptions::new())
+    }
+
+    /// [`create_in`](Self::create_in) with options.
+    pub fn create_in_with(mem: M, name: &str, opts: TableOptions) -> Result<Self, Error> {
+        if mem.root(name).is_some() {
+            return Err(Error::RootExists(name.to_owned()));
+        }
+        let mut t = Self::with_options_in(opts, mem)?;
+        // On failure `t` has no root name, so dropping it frees its blocks.
+        t.raw.mem.set_root(name, Some(t.raw.header_handle()))?;
+        t.raw.root = Some(name.to_owned());
+        Ok(t)
+    }
+
+    /// Opens the table stored under the root `name` in `mem`. O(segments): reads and checks
+    /// the header, the directory and each segment's header (never the entries). Wrong
+    /// key/value types, another hash function, or anything inconsistent gives an error.
+    pub fn open_in(mem: M, name: &str) -> Result<Self, Error> {
+        let h = mem
+            .root(name)
+            .ok_or_else(|| Error::RootNotFound(name.to_owned()))?;
+        let mut raw = RawTable::open(mem, h)?;
+        raw.root = Some(name.to_owned());
+        Ok(SwissTable { raw })
+    }
+
+    /// Frees every block of the table and removes its root name (if it has one).
+    pub fn destroy(self) -> Result<(), Error> {
+        let mut this = core::mem::ManuallyDrop::new(self);
+        this.raw.free_all();
+        let r = match this.raw.root.take() {
+            Some(n) => this.raw.mem.set_root(&n, None),
+            None => Ok(()),
+        };
+        // SAFETY: `this` is never used again and its `Drop` never runs; reading the raw table
+        // out once drops the memory handle, the directory mirror and the name.
+        drop(unsafe { core::ptr::read(&this.raw) });
+        r
+    }
+
+    /// The memory the table lives in.
+    pub fn memory(&self) -> &M {
+        &self.raw.mem
+    }
+
+    /// The hash seed (stored with the table).
+    pub fn seed(&self) -> u64 {
+        self.raw.seed
+    }
+
+    /// Number of entries.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the table holds no entry.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries the table holds before its next split or growth (sum over segments of 7/8 of
+    /// their slots). O(segments).
+    pub fn capacity(&self) -> usize {
+        self.stats().slots / 8 * 7
+    }
+
+    /// Sizes of the table's parts. O(segments).
+    pub fn stats(&self) -> TableStats {
+        let (segments, slots, tombstones, bytes) = self.raw.stats();
+        TableStats {
+            len: self.len(),
+            segments,
+            global_depth: self.raw.global_depth(),
+            slots,
+            tombstones,
+            bytes,
+        }
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub fn get(&self, key: &K) -> Option<&V> {
+        let h = self.raw.hash(key);
+        let (seg, i) = self.raw.find(h, key)?;
+        // SAFETY: a found slot is full and lives as long as `&self`.
+        Some(unsafe { &(*seg.slot(i)).value })
+    }
+
+    /// The stored key and value of `key`.
+    pub fn get_key_value(&self, key: &K) -> Option<(&K, &V)> {
+        let h = self.raw.hash(key);
+        let (seg, i) = self.raw.find(h, key)?;
+        // SAFETY: as in `get`.
+        let s = unsafe { &*seg.slot(i) };
+        Some((&s.key, &s.value))
+    }
+
+    /// The value of `key`, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let h = self.raw.hash(key);
+        let (seg, i) = self.raw.find(h, key)?;
+        // SAFETY: a found slot is full; `&mut self` makes the borrow unique.
+        Some(unsafe { &mut (*seg.slot(i)).value })
+    }
+
+    /// Whether `key` is present.
+    #[inline]
+    pub fn contains_key(&self, key: &K) -> bool {
+        let h = self.raw.hash(key);
+        self.raw.find(h, key).is_some()
+    }
+
+    /// Inserts `key -> value`, returning the previous value.
+    ///
+    /// # Panics
+    /// If the memory cannot supply a segment the table must grow into (see
+    /// [`try_insert`](Self::try_insert)).
+    #[inline]
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.try_insert(key, value)
+            .expect("offheap-swiss: out of memory while growing")
+    }
+
+    /// Inserts `key -> value`, returning the previous value, or an error if the table had to
+    /// grow and could not (the table is unchanged then).
+    #[inline]
+    pub fn try_insert(&mut self, key: K, value: V) -> Result<Option<V>, Error> {
+        let h = self.raw.hash(&key);
+        let (s, existed) = self.raw.find_or_insert(h, key)?;
+        // SAFETY: `s` is a full slot of this table; `&mut self` makes the access unique.
+        unsafe {
+            let v = &mut (*s).value;
+            Ok(if existed {
+                Some(core::mem::replace(v, value))
+            } else {
+                *v = value;
+                None
+            })
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    #[inline]
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.remove_entry(key).map(|(_, v)| v)
+    }
+
+    /// Removes `key`, returning the stored key and value.
+    pub fn remove_entry(&mut self, key: &K) -> Option<(K, V)> {
+        let h = self.raw.hash(key);
+        let (seg, i) = self.raw.find(h, key)?;
+        // SAFETY: full slot.
+        let k = unsafe { (*seg.slot(i)).key };
+        Some((k, self.raw.remove_at(seg, i, h)))
+    }
+
+    /// The entry of `key`, for in-place manipulation.
+    ///
+    /// ```
+    /// use offheap_swiss::SwissTable;
+    /// let mut t: SwissTable<u32, u32> = SwissTable::new();
+    /// for w in [3, 1, 3, 3] {
+    ///     t.entry(w).and_modify(|c| *c += 1).or_insert(1);
+    /// }
+    /// assert_eq!(t.get(&3), Some(&3));
+    /// ```
+    pub fn entry(&mut self, key: K) -> Entry<'_, K, V, M, H> {
+        let h = self.raw.hash(&key);
+        match self.raw.find(h, &key) {
+            Some((seg, i)) => Entry::Occupied(OccupiedEntry {
+                table: self,
+                seg,
+                i,
+                h,
+            }),
+            None => Entry::Vacant(VacantEntry {
+                table: self,
+                h,
+                key,
+            }),
+        }
+    }
+
+    /// Makes room for `additional` more entries (splitting segments now rather than during
+    /// the inserts). Unlike a single insert this may move many segments (each once).
+    ///
+    /// # Panics
+    /// If the memory cannot supply the segments.
+    pub fn reserve(&mut self, additional: usize) {
+        self.try_reserve(additional)
+            .expect("offheap-swiss: cannot reserve capacity")
+    }
+
+    /// [`reserve`](Self::reserve), returning an error instead of panicking.
+    pub fn try_reserve(&mut self, additional: usize) -> Result<(), Error> {
+        let n = self
+            .len()
+            .checked_add(additional)
+            .ok_or(Error::CapacityOverflow)?;
+        self.raw.reserve_total(n)
+    }
+
+    /// Merges sparse segments and shrinks each to fit its entries, dropping all tombstones.
+    /// Moves every segment at most a few times; memory is returned to the table's memory.
+    pub fn shrink_to_fit(&mut self) {
+        // A failed allocation leaves a correct (just larger) table.
+        let _ = self.raw.shrink_to_fit();
+    }
+
+    /// Removes every entry, keeping the segments (like `std`'s `clear`). O(slots).
+    pub fn clear(&mut self) {
+        self.raw.clear();
+    }
+
+    /// Keeps only the entries for which `f` returns `true`.
+    pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
+        let mut pos = (0, 0);
+        while let Some((seg, i)) = self.raw.next_full(&mut pos) {
+            // SAFETY: a full slot; `&mut self`.
+            let s = unsafe { &mut *seg.slot(i) };
+            if !f(&s.key, &mut s.value) {
+                // SAFETY: full slot of our segment.
+                unsafe { RawTable::<K, V, M, H>::erase(&seg, i) };
+                self.raw.add_len(-1);
+            }
+        }
+    }
+
+    /// Iterates over `(&key, &value)` in no particular order.
+    pub fn iter(&self) -> Iter<'_, K, V, M, H> {
+        Iter {
+            table: self,
+            pos: (0, 0),
+            left: self.len(),
+        }
+    }
+
+    /// Iterates over `(&key, &mut value)` in no particular order.
+    pub fn iter_mut(&mut self) -> IterMut<'_, K, V, M, H> {
+        let left = self.len();
+        IterMut {
+            table: self,
+            pos: (0, 0),
+            left,
+            _m: PhantomData,
+        }
+    }
+
+    /// Iterates over the keys.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &K> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Iterates over the values.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// Iterates over the values, mutably.
+    pub fn values_mut(&mut self) -> impl ExactSizeIterator<Item = &mut V> + '_ {
+        self.iter_mut().map(|(_, v)| v)
+    }
+
+    /// Removes every entry, yielding them; the table is empty once the iterator is dropped
+    /// (even if it was not run to the end).
+    pub fn drain(&mut self) -> Drain<'_, K, V, M, H> {
+        let left = self.len();
+        Drain {
+            table: self,
+            pos: (0, 0),
+            left,
+        }
+    }
+
+    /// Looks up many keys at once, writing `out[i] = table.get(&keys[i]).copied()`, and
+    /// returns how many were found. Overlaps the cache misses of up to 16 keys: it hashes a
+    /// batch, prefetches each key's first control group, then each first tag match's slot,
+    /// then probes, so on a table larger than the caches the memory latency of one key hides
+    /// behind the others'.
+    ///
+    /// # Panics
+    /// If `keys` and `out` differ in length.
+    pub fn get_many(&self, keys: &[K], out: &mut [Option<V>]) -> usize {
+        assert_eq!(keys.len(), out.len(), "get_many: keys and out differ in length");
+        const B: usize = 16;
+        let mut found = 0;
+        let mut hashes = [0u64; B];
+        for (kc, oc) in keys.chunks(B).zip(out.chunks_mut(B)) {
+            for (h, k) in hashes.iter_mut().zip(kc) {
+                *h = self.raw.hash(k);
+                let seg = self.raw.seg_at(*h);
+                let g = (*h >> 7) as usize & seg.mask;
+                // SAFETY: g <= mask, so the address lies in the segment's control bytes.
+                prefetch(unsafe { seg.ctrl_at(g * 16) });
+            }
+            for &h in &hashes[..kc.len()] {
+                let seg = self.raw.seg_at(h);
+                let g = (h >> 7) as usize & seg.mask;
+                // SAFETY: g <= mask.
+                if let Some(b) = unsafe { seg.group(g) }.match_tag(tag(h)).lowest() {
+                    // SAFETY: g * 16 + b < capacity.
+                    prefetch(unsafe { seg.slot(g * 16 + b) } as *const u8);
+                }
+            }
+            for ((&h, k), o) in hashes.iter().zip(kc).zip(oc.iter_mut()) {
+                let seg = self.raw.seg_at(h);
+                *o = find_in(&seg, h, k).map(|i| {
+                    found += 1;
+                    // SAFETY: found slot.
+                    unsafe { (*seg.slot(i)).value }
+                });
+            }
+        }
+        found
+    }
+}
+
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: prefetching never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = p;
+}
+
+impl<K, V, M: TableMemory, H> Drop for SwissTable<K, V, M, H> {
+    fn drop(&mut self) {
+        // A table without a root name is unreachable once dropped: give its blocks back.
+        // A named (persistent) table stays in its memory for `open_in`.
+        if self.raw.root.is_none() {
+            self.raw.free_all();
+        }
+    }
+}
+
+impl<K: Pod + fmt::Debug, V: Pod + fmt::Debug, M: TableMemory, H: SeededHash> fmt::Debug
+    for SwissTable<K, V, M, H>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K, V, M1, M2, H1, H2> PartialEq<SwissTable<K, V, M2, H2>> for SwissTable<K, V, M1, H1>
+where
+    K: Pod,
+    V: Pod + PartialEq,
+    M1: TableMemory,
+    M2: TableMemory,
+    H1: SeededHash,
+    H2: SeededHash,
+{
+    fn eq(&self, other: &SwissTable<K, V, M2, H2>) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl<K: Pod, V: Pod + Eq, M: TableMemory, H: SeededHash> Eq for SwissTable<K, V, M, H> {}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Extend<(K, V)> for SwissTable<K, V, M, H> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        let iter = iter.into_iter();
+        let (lo, _) = iter.size_hint();
+        if self.is_empty() && lo > 0 {
+            self.reserve(lo);
+        }
+        for (k, v) in iter {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> Extend<(&'a K, &'a V)>
+    for SwissTable<K, V, M, H>
+{
+    fn extend<I: IntoIterator<Item = (&'a K, &'a V)>>(&mut self, iter: I) {
+        self.extend(iter.into_iter().map(|(k, v)| (*k, *v)));
+    }
+}
+
+impl<K: Pod, V: Pod> FromIterator<(K, V)> for SwissTable<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut t = SwissTable::new();
+        t.extend(iter);
+        t
+    }
+}
+
+/// Iterator over `(&K, &V)`.
+pub struct Iter<'a, K, V, M: TableMemory, H> {
+    table: &'a SwissTable<K, V, M, H>,
+    pos: (usize, usize),
+    left: usize,
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for Iter<'a, K, V, M, H> {
+    type Item = (&'a K, &'a V);
+    #[inline]
+    fn next(&mut self) -> Option<(&'a K, &'a V)> {
+        let (seg, i) = self.table.raw.next_full(&mut self.pos)?;
+        self.left = self.left.saturating_sub(1);
+        // SAFETY: a full slot, alive for 'a.
+        let s: &'a Slot<K, V> = unsafe { &*seg.slot(i) };
+        Some((&s.key, &s.value))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for Iter<'_, K, V, M, H> {}
+
+/// Iterator over `(&K, &mut V)`.
+pub struct IterMut<'a, K, V, M: TableMemory, H> {
+    table: &'a SwissTable<K, V, M, H>,
+    pos: (usize, usize),
+    left: usize,
+    _m: PhantomData<&'a mut V>,
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for IterMut<'a, K, V, M, H> {
+    type Item = (&'a K, &'a mut V);
+    #[inline]
+    fn next(&mut self) -> Option<(&'a K, &'a mut V)> {
+        let (seg, i) = self.table.raw.next_full(&mut self.pos)?;
+        self.left = self.left.saturating_sub(1);
+        // SAFETY: a full slot, yielded once; the table is borrowed mutably for 'a.
+        let s: &'a mut Slot<K, V> = unsafe { &mut *seg.slot(i) };
+        Some((&s.key, &mut s.value))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator
+    for IterMut<'_, K, V, M, H>
+{
+}
+
+/// Draining iterator over `(K, V)`; see [`SwissTable::drain`].
+pub struct Drain<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> {
+    table: &'a mut SwissTable<K, V, M, H>,
+    pos: (usize, usize),
+    left: usize,
+}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for Drain<'_, K, V, M, H> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        let (seg, i) = self.table.raw.next_full(&mut self.pos)?;
+        self.left = self.left.saturating_sub(1);
+        // SAFETY: a full slot; copied out (Pod).
+        let s = unsafe { &*seg.slot(i) };
+        Some((s.key, s.value))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for Drain<'_, K, V, M, H> {}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Drop for Drain<'_, K, V, M, H> {
+    fn drop(&mut self) {
+        self.table.clear();
+    }
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> IntoIterator
+    for &'a SwissTable<K, V, M, H>
+{
+    type Item = (&'a K, &'a V);
+    type IntoIter = Iter<'a, K, V, M, H>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> IntoIterator
+    for &'a mut SwissTable<K, V, M, H>
+{
+    type Item = (&'a K, &'a mut V);
+    type IntoIter = IterMut<'a, K, V, M, H>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
+/// A view into one key's place in a table; from [`SwissTable::entry`].
+pub enum Entry<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> {
+    /// The key is present.
+    Occupied(OccupiedEntry<'a, K, V, M, H>),
+    /// The key is absent.
+    Vacant(VacantEntry<'a, K, V, M, H>),
+}
+
+/// A present key; see [`Entry`].
+pub struct OccupiedEntry<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> {
+    table: &'a mut SwissTable<K, V, M, H>,
+    seg: SegRef<K, V>,
+    i: usize,
+    h: u64,
+}
+
+/// An absent key; see [`Entry`].
+pub struct VacantEntry<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> {
+    table: &'a mut SwissTable<K, V, M, H>,
+    h: u64,
+    key: K,
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> Entry<'a, K, V, M, H> {
+    /// The value, inserting `default` if absent.
+    pub fn or_insert(self, default: V) -> &'a mut V {
+        match self {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(default),
+        }
+    }
+    /// The value, inserting `f()` if absent.
+    pub fn or_insert_with(self, f: impl FnOnce() -> V) -> &'a mut V {
+        match self {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(f()),
+        }
+    }
+    /// The value, inserting `f(&key)` if absent.
+    pub fn or_insert_with_key(self, f: impl FnOnce(&K) -> V) -> &'a mut V {
+        match self {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let val = f(&v.key);
+                v.insert(val)
+            }
+        }
+    }
+    /// The value, inserting `V::default()` if absent.
+    pub fn or_default(self) -> &'a mut V
+    where
+        V: Default,
+    {
+        self.or_insert_with(V::default)
+    }
+    /// Runs `f` on the value if present.
+    pub fn and_modify(mut self, f: impl FnOnce(&mut V)) -> Self {
+        if let Entry::Occupied(o) = &mut self {
+            f(o.get_mut());
+        }
+        self
+    }
+    /// The key.
+    pub fn key(&self) -> &K {
+        match self {
+            Entry::Occupied(o) => o.key(),
+            Entry::Vacant(v) => v.key(),
+        }
+    }
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> OccupiedEntry<'a, K, V, M, H> {
+    /// The stored key.
+    pub fn key(&self) -> &K {
+        // SAFETY: a full slot, borrowed through `self`.
+        unsafe { &(*self.seg.slot(self.i)).key }
+    }
+    /// The value.
+    pub fn get(&self) -> &V {
+        // SAFETY: as in `key`.
+        unsafe { &(*self.seg.slot(self.i)).value }
+    }
+    /// The value, mutably.
+    pub fn get_mut(&mut self) -> &mut V {
+        // SAFETY: as in `key`; `&mut self` holds the table's unique borrow.
+        unsafe { &mut (*self.seg.slot(self.i)).value }
+    }
+    /// The value, borrowed for the table's borrow.
+    pub fn into_mut(self) -> &'a mut V {
+        // SAFETY: the table stays mutably borrowed for 'a.
+        unsafe { &mut (*self.seg.slot(self.i)).value }
+    }
+    /// Replaces the value, returning the old one.
+    pub fn insert(&mut self, value: V) -> V {
+        core::mem::replace(self.get_mut(), value)
+    }
+    /// Removes the entry, returning its value.
+    pub fn remove(self) -> V {
+        self.remove_entry().1
+    }
+    /// Removes the entry, returning its key and value.
+    pub fn remove_entry(self) -> (K, V) {
+        let k = *self.key();
+        let v = self.table.raw.remove_at(self.seg, self.i, self.h);
+        (k, v)
+    }
+}
+
+impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> VacantEntry<'a, K, V, M, H> {
+    /// The key.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+    /// Takes the key back.
+    pub fn into_key(self) -> K {
+        self.key
+    }
+    /// Inserts `value`, returning a reference to it.
+    ///
+    /// # Panics
+    /// If the table must grow and its memory cannot supply a segment.
+    pub fn insert(self, value: V) -> &'a mut V {
+        let (s, _) = self
+            .table
+            .raw
+            .find_or_insert(self.h, self.key)
+            .expect("offheap-swiss: out of memory while growing");
+        // SAFETY: a full slot of the table borrowed mutably for 'a.
+        unsafe {
+            (*s).value = value;
+            &mut (*s).value
+        }
+    }
+}
+
+impl<K: Pod + fmt::Debug, V: Pod + fmt::Debug, M: TableMemory, H: SeededHash> fmt::Debug
+    for Entry<'_, K, V, M, H>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Occupied(o) => f
+                .debug_struct("Occupied")
+                .field("key", o.key())
+                .field("value", o.get())
+                .finish(),
+            Entry::Vacant(v) => f.debug_struct("Vacant").field("key", v.key()).finish(),
+        }
+    }
+}

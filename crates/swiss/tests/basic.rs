@@ -1,0 +1,259 @@
+//! Unit tests of the table's behaviour.
+
+use offheap_swiss::{Error, Heap, SwissTable, TableOptions, Xxh3BuildHasher};
+use std::collections::HashMap;
+
+fn small(heap: &Heap) -> SwissTable<u64, u64, &Heap> {
+    SwissTable::with_options_in(TableOptions::new().segment_slots(32).seed(1), heap).unwrap()
+}
+
+#[test]
+fn grows_by_splitting_and_shrinks_by_merging() {
+    let heap = Heap::new();
+    let mut t = small(&heap);
+    let n = if cfg!(miri) { 600 } else { 20_000 };
+    for i in 0..n {
+        assert_eq!(t.insert(i, i * 3), None);
+    }
+    let st = t.stats();
+    assert_eq!(st.len, n as usize);
+    assert!(st.segments > 8, "{st:?}");
+    assert!(st.global_depth >= 3);
+    for i in 0..n {
+        assert_eq!(t.get(&i), Some(&(i * 3)));
+    }
+    assert_eq!(t.get(&n), None);
+    for i in 0..n {
+        assert_eq!(t.remove(&i), Some(i * 3));
+    }
+    let st = t.stats();
+    assert_eq!(st.len, 0);
+    // Sparse buddies merge on removal, all the way down.
+    assert_eq!(st.segments, 1, "{st:?}");
+    assert_eq!(st.global_depth, 0);
+}
+
+#[test]
+fn churn_does_not_pile_up_tombstones() {
+    let heap = Heap::new();
+    let mut t: SwissTable<u64, u64, &Heap> =
+        SwissTable::with_options_in(TableOptions::new().segment_slots(256).seed(3), &heap).unwrap();
+    let live = 150u64;
+    let rounds = if cfg!(miri) { 400 } else { 20_000 };
+    for i in 0..live {
+        t.insert(i, i);
+    }
+    for r in 0..rounds {
+        t.remove(&r);
+        t.insert(r + live, r);
+        let st = t.stats();
+        // Tombstones count against the 7/8 load, so probes always meet an EMPTY slot soon;
+        // when they fill it, the one segment is rebuilt in place instead of growing.
+        assert!(st.tombstones + st.len <= st.slots / 8 * 7, "round {r}: {st:?}");
+        assert_eq!(st.slots, 256, "round {r}: {st:?}");
+    }
+    assert_eq!(t.len(), live as usize);
+    for i in rounds..rounds + live {
+        assert_eq!(t.get(&i), Some(&(i - live)));
+    }
+}
+
+#[test]
+fn entry_api() {
+    let heap = Heap::new();
+    let mut t = small(&heap);
+    *t.entry(5).or_insert(1) += 10;
+    assert_eq!(t.get(&5), Some(&11));
+    assert_eq!(*t.entry(6).or_insert_with(|| 3), 3);
+    assert_eq!(*t.entry(7).or_insert_with_key(|k| k * 2), 14);
+    assert_eq!(*t.entry(8).or_default(), 0);
+    assert_eq!(*t.entry(5).and_modify(|v| *v = 0).or_insert(9), 0);
+    assert_eq!(t.entry(100).key(), &100);
+    match t.entry(6) {
+        offheap_swiss::Entry::Occupied(mut o) => {
+            assert_eq!(o.insert(4), 3);
+            assert_eq!(o.remove_entry(), (6, 4));
+        }
+        offheap_swiss::Entry::Vacant(_) => panic!("6 is present"),
+    }
+    assert!(!t.contains_key(&6));
+    assert_eq!(t.len(), 3);
+}
+
+#[test]
+fn iterators_and_traits() {
+    let heap = Heap::new();
+    let mut t = small(&heap);
+    t.extend((0..100u64).map(|i| (i, i)));
+    t.extend([(&200u64, &1u64)]);
+    assert_eq!(t.len(), 101);
+    assert_eq!(t.iter().len(), 101);
+    for v in t.values_mut() {
+        *v += 1;
+    }
+    for (_, v) in t.iter_mut() {
+        *v += 1;
+    }
+    let mut keys: Vec<u64> = t.keys().copied().collect();
+    keys.sort_unstable();
+    assert_eq!(keys[..3], [0, 1, 2]);
+    assert_eq!(t.values().sum::<u64>(), (0..100).sum::<u64>() + 200 + 3);
+    let heap2 = Heap::new();
+    let mut u = small(&heap2);
+    u.extend(t.iter());
+    assert!(t == u);
+    u.insert(1, 0);
+    assert!(t != u);
+    let f: SwissTable<u64, u64> = (0..10u64).map(|i| (i, i)).collect();
+    assert_eq!(f.len(), 10);
+    assert!(format!("{f:?}").starts_with('{'));
+    assert_eq!(t.get_key_value(&3), Some((&3, &5)));
+    assert_eq!(t.remove_entry(&3), Some((3, 5)));
+    assert_eq!(t.drain().count(), 100);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn drain_dropped_early_still_empties() {
+    let heap = Heap::new();
+    let mut t = small(&heap);
+    t.extend((0..50u64).map(|i| (i, i)));
+    let mut d = t.drain();
+    assert!(d.next().is_some());
+    drop(d);
+    assert!(t.is_empty());
+    assert_eq!(t.get(&1), None);
+}
+
+#[test]
+fn with_capacity_presplits_without_moving_later() {
+    let heap = Heap::new();
+    let mut t: SwissTable<u64, u64, &Heap> = SwissTable::with_options_in(
+        TableOptions::new().segment_slots(64).capacity(1000),
+        &heap,
+    )
+    .unwrap();
+    assert!(t.capacity() >= 1000, "{:?}", t.stats());
+    let segs = t.stats().segments;
+    for i in 0..700 {
+        t.insert(i, i);
+    }
+    assert_eq!(t.stats().segments, segs);
+}
+
+#[test]
+fn shrink_to_fit_gives_memory_back() {
+    let heap = Heap::new();
+    let mut t = small(&heap);
+    let n = if cfg!(miri) { 500 } else { 5000 };
+    for i in 0..n {
+        t.insert(i, i);
+    }
+    let big = heap.allocated_bytes();
+    // Keep one in 8: no single segment becomes sparse enough to merge on its own.
+    t.retain(|k, _| k % 8 == 0);
+    t.shrink_to_fit();
+    let st = t.stats();
+    assert_eq!(st.tombstones, 0);
+    assert!(heap.allocated_bytes() * 3 < big, "{} vs {big}", heap.allocated_bytes());
+    for i in 0..n {
+        assert_eq!(t.get(&i).is_some(), i % 8 == 0);
+    }
+}
+
+#[test]
+fn persistent_reopen_and_validation() {
+    let heap = Heap::new();
+    let mut t: SwissTable<u64, u32, &Heap> =
+        SwissTable::create_in_with(&heap, "m", TableOptions::new().segment_slots(16)).unwrap();
+    for i in 0..300u64 {
+        t.insert(i, i as u32);
+    }
+    let seed = t.seed();
+    assert!(matches!(
+        SwissTable::<u64, u32, &Heap>::create_in(&heap, "m"),
+        Err(Error::RootExists(_))
+    ));
+    drop(t);
+    let t: SwissTable<u64, u32, &Heap> = SwissTable::open_in(&heap, "m").unwrap();
+    assert_eq!(t.seed(), seed);
+    assert_eq!(t.len(), 300);
+    assert!((0..300u64).all(|i| t.get(&i) == Some(&(i as u32))));
+    drop(t);
+    assert!(matches!(
+        SwissTable::<u64, u64, &Heap>::open_in(&heap, "m"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        SwissTable::<u64, u32, &Heap>::open_in(&heap, "nope"),
+        Err(Error::RootNotFound(_))
+    ));
+    // A root pointing at something that is not a table.
+    {
+        use offheap_swiss::TableMemory;
+        let h = heap.alloc(256, 64).unwrap();
+        let p = heap.ptr(h, 256).unwrap();
+        // SAFETY: the block has 256 bytes.
+        unsafe { core::ptr::write_bytes(p.as_ptr(), 0xAB, 256) };
+        heap.set_root("junk", Some(h)).unwrap();
+        assert!(matches!(
+            SwissTable::<u64, u32, &Heap>::open_in(&heap, "junk"),
+            Err(Error::Corrupt(_))
+        ));
+        // A handle that is no block at all.
+        heap.set_root("junk2", Some(9999)).unwrap();
+        assert!(matches!(
+            SwissTable::<u64, u32, &Heap>::open_in(&heap, "junk2"),
+            Err(Error::OffsetOutOfBounds { .. })
+        ));
+        heap.set_root("junk2", None).unwrap();
+    }
+    let t: SwissTable<u64, u32, &Heap> = SwissTable::open_in(&heap, "m").unwrap();
+    t.destroy().unwrap();
+    assert_eq!(heap.root_names(), vec!["junk".to_string()]);
+}
+
+#[test]
+fn fixed_seed_is_deterministic_random_seed_differs() {
+    let a: SwissTable<u64, u64> =
+        SwissTable::with_options_in(TableOptions::new().seed(42), Default::default()).unwrap();
+    assert_eq!(a.seed(), 42);
+    let b: SwissTable<u64, u64> = SwissTable::new();
+    let c: SwissTable<u64, u64> = SwissTable::new();
+    assert_ne!(b.seed(), c.seed());
+}
+
+#[test]
+fn invalid_options_are_errors() {
+    for n in [0, 8, 100, 1 << 21] {
+        let r: Result<SwissTable<u64, u64>, _> =
+            SwissTable::with_options_in(TableOptions::new().segment_slots(n), Default::default());
+        assert!(matches!(r, Err(Error::InvalidOptions(_))), "{n}");
+    }
+}
+
+#[test]
+fn zero_sized_and_odd_types() {
+    let mut t: SwissTable<[u8; 3], ()> = SwissTable::new();
+    for i in 0..200u8 {
+        t.insert([i, i.wrapping_mul(3), 1], ());
+    }
+    assert_eq!(t.len(), 200);
+    assert!(t.contains_key(&[7, 21, 1]));
+    let mut u: SwissTable<u128, [u64; 3]> = SwissTable::new();
+    u.insert(u128::MAX, [1, 2, 3]);
+    assert_eq!(u.get(&u128::MAX), Some(&[1, 2, 3]));
+}
+
+#[test]
+fn agrees_with_hashbrown_style_hasher() {
+    // The std-style BuildHasher hashes u64 keys exactly as the table does.
+    use core::hash::BuildHasher;
+    let b = Xxh3BuildHasher::with_seed(5);
+    let mut m: HashMap<u64, u64, Xxh3BuildHasher> = HashMap::with_hasher(b);
+    m.insert(1, 2);
+    assert_eq!(
+        b.hash_one(1u64),
+        <offheap_swiss::Xxh3 as offheap_swiss::SeededHash>::hash(&1u64.to_ne_bytes(), 5)
+    );
+}

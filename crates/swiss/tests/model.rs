@@ -1,0 +1,175 @@
+//! Property tests: the table against `std::collections::HashMap`, op for op.
+
+use offheap_swiss::{Heap, SwissTable, TableOptions};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u32, u64),
+    Get(u32),
+    Remove(u32),
+    EntryOrInsert(u32, u64),
+    EntryAndModify(u32),
+    EntryRemove(u32),
+    Retain(u32),
+    GetMany(Vec<u32>),
+    Drain,
+    Clear,
+    ShrinkToFit,
+    Reserve(u16),
+    Reopen,
+    /// Insert a run of fresh keys (growth past several splits).
+    Bulk(u32, u16),
+    /// Remove a run of keys (shrink via merges).
+    BulkRemove(u32, u16),
+}
+
+fn op(keys: u32) -> impl Strategy<Value = Op> {
+    let k = 0..keys;
+    prop_oneof![
+        20 => (k.clone(), any::<u64>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        10 => k.clone().prop_map(Op::Get),
+        15 => k.clone().prop_map(Op::Remove),
+        5 => (k.clone(), any::<u64>()).prop_map(|(k, v)| Op::EntryOrInsert(k, v)),
+        5 => k.clone().prop_map(Op::EntryAndModify),
+        3 => k.clone().prop_map(Op::EntryRemove),
+        1 => (2..7u32).prop_map(Op::Retain),
+        2 => proptest::collection::vec(k.clone(), 0..40).prop_map(Op::GetMany),
+        1 => Just(Op::Drain),
+        1 => Just(Op::Clear),
+        1 => Just(Op::ShrinkToFit),
+        1 => (0..600u16).prop_map(Op::Reserve),
+        2 => Just(Op::Reopen),
+        2 => (k.clone(), 1..400u16).prop_map(|(k, n)| Op::Bulk(k, n)),
+        2 => (k, 1..400u16).prop_map(|(k, n)| Op::BulkRemove(k, n)),
+    ]
+}
+
+type T<'h> = SwissTable<u32, u64, &'h Heap>;
+
+fn check_all(t: &T<'_>, m: &HashMap<u32, u64>) {
+    assert_eq!(t.len(), m.len());
+    assert_eq!(t.iter().count(), m.len());
+    for (k, v) in t.iter() {
+        assert_eq!(m.get(k), Some(v), "key {k}");
+    }
+    let st = t.stats();
+    assert_eq!(st.len, m.len());
+    assert!(st.len <= st.slots);
+}
+
+fn run(ops: Vec<Op>, segment_slots: usize) {
+    let heap = Heap::new();
+    let opts = TableOptions::new().segment_slots(segment_slots).seed(7);
+    let mut t: T<'_> = SwissTable::create_in_with(&heap, "t", opts).unwrap();
+    let mut m: HashMap<u32, u64> = HashMap::new();
+    for (n, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Insert(k, v) => assert_eq!(t.insert(k, v), m.insert(k, v)),
+            Op::Get(k) => {
+                assert_eq!(t.get(&k), m.get(&k));
+                assert_eq!(t.contains_key(&k), m.contains_key(&k));
+            }
+            Op::Remove(k) => assert_eq!(t.remove(&k), m.remove(&k)),
+            Op::EntryOrInsert(k, v) => {
+                assert_eq!(*t.entry(k).or_insert(v), *m.entry(k).or_insert(v))
+            }
+            Op::EntryAndModify(k) => {
+                let a = *t.entry(k).and_modify(|x| *x += 1).or_default();
+                let b = *m.entry(k).and_modify(|x| *x += 1).or_default();
+                assert_eq!(a, b);
+            }
+            Op::EntryRemove(k) => {
+                let a = match t.entry(k) {
+                    offheap_swiss::Entry::Occupied(o) => Some(o.remove()),
+                    offheap_swiss::Entry::Vacant(_) => None,
+                };
+                assert_eq!(a, m.remove(&k));
+            }
+            Op::Retain(d) => {
+                t.retain(|k, v| {
+                    *v = v.wrapping_add(1);
+                    k % d != 0
+                });
+                m.retain(|k, v| {
+                    *v = v.wrapping_add(1);
+                    k % d != 0
+                });
+            }
+            Op::GetMany(ks) => {
+                let mut out = vec![None; ks.len()];
+                let found = t.get_many(&ks, &mut out);
+                let want: Vec<Option<u64>> = ks.iter().map(|k| m.get(k).copied()).collect();
+                assert_eq!(out, want);
+                assert_eq!(found, want.iter().flatten().count());
+            }
+            Op::Drain => {
+                let mut a: Vec<(u32, u64)> = t.drain().collect();
+                let mut b: Vec<(u32, u64)> = m.drain().collect();
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b);
+            }
+            Op::Clear => {
+                t.clear();
+                m.clear();
+            }
+            Op::ShrinkToFit => {
+                t.shrink_to_fit();
+                assert_eq!(t.stats().tombstones, 0);
+            }
+            Op::Reserve(n) => {
+                t.reserve(n as usize);
+                assert!(t.capacity() >= m.len() + n as usize || segment_slots * 7 / 8 < n as usize);
+            }
+            Op::Reopen => {
+                drop(t);
+                t = SwissTable::open_in(&heap, "t").unwrap();
+            }
+            Op::Bulk(k, n) => {
+                for i in 0..n as u32 {
+                    let key = k.wrapping_mul(7919).wrapping_add(i.wrapping_mul(2654435761));
+                    assert_eq!(t.insert(key, i as u64), m.insert(key, i as u64));
+                }
+            }
+            Op::BulkRemove(k, n) => {
+                let victims: Vec<u32> = m.keys().copied().filter(|x| x % 3 != k % 3).take(n as usize).collect();
+                for key in victims {
+                    assert_eq!(t.remove(&key), m.remove(&key));
+                }
+            }
+        }
+        assert_eq!(t.len(), m.len(), "after op {n}");
+        if n % 16 == 0 {
+            check_all(&t, &m);
+        }
+    }
+    check_all(&t, &m);
+    // Removing everything merges back down to one segment.
+    let keys: Vec<u32> = m.keys().copied().collect();
+    for k in keys {
+        assert_eq!(t.remove(&k), m.remove(&k));
+    }
+    assert!(t.is_empty());
+    t.shrink_to_fit();
+    let st = t.stats();
+    assert_eq!(st.segments, 1, "{st:?}");
+    assert_eq!(st.global_depth, 0);
+    t.destroy().unwrap();
+    assert_eq!(heap.allocated_blocks(), 0, "blocks leaked");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 8 } else { 64 }, ..ProptestConfig::default() })]
+
+    #[test]
+    fn small_segments_many_keys(ops in proptest::collection::vec(op(2000), 1..if cfg!(miri) { 40 } else { 300 })) {
+        run(ops, 16);
+    }
+
+    #[test]
+    fn medium_segments_few_keys(ops in proptest::collection::vec(op(300), 1..if cfg!(miri) { 40 } else { 300 })) {
+        run(ops, 64);
+    }
+}
