@@ -182,9 +182,10 @@ pub(crate) mod sse2 {
         #[inline(always)]
         pub(crate) fn match_tag(self, tag: u8) -> BitMask {
             // SAFETY: SSE2 is part of the x86_64 baseline; register-only operations.
-            BitMask(unsafe {
-                _mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8)))
-            } as u16)
+            BitMask(
+                unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8))) }
+                    as u16,
+            )
         }
 
         /// Slots that are `EMPTY`.
@@ -271,7 +272,10 @@ mod tests {
             let tag = (rng(&mut s) & 0x7F) as u8;
             assert_eq!(g.match_tag(tag).0, reference(&b, |c| c == tag));
             assert_eq!(g.match_empty().0, reference(&b, |c| c == EMPTY));
-            assert_eq!(g.match_empty_or_deleted().0, reference(&b, |c| c & 0x80 != 0));
+            assert_eq!(
+                g.match_empty_or_deleted().0,
+                reference(&b, |c| c & 0x80 != 0)
+            );
             assert_eq!(g.match_full().0, reference(&b, |c| c & 0x80 == 0));
         }
     }

@@ -42,6 +42,6 @@ pub use hash::{
 };
 pub use memory::{DefaultMemory, Heap, TableMemory};
 pub use table::{
-    Drain, Entry, Iter, IterMut, OccupiedEntry, SwissTable, TableOptions, TableStats,
-    VacantEntry, DEFAULT_SEGMENT_SLOTS,
+    Drain, Entry, Iter, IterMut, OccupiedEntry, SwissTable, TableOptions, TableStats, VacantEntry,
+    DEFAULT_SEGMENT_SLOTS,
 };

@@ -132,7 +132,12 @@ impl Heap {
 
     /// Names of the roots currently set.
     pub fn root_names(&self) -> Vec<String> {
-        self.inner.borrow().roots.iter().map(|(n, _)| n.clone()).collect()
+        self.inner
+            .borrow()
+            .roots
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Blocks currently allocated through this memory.
@@ -231,9 +236,51 @@ impl Drop for Heap {
     }
 }
 
-/// The memory of tables made with [`SwissTable::new`](crate::SwissTable::new).
-pub type DefaultMemory = Heap;
+/// The memory of tables made with [`SwissTable::new`](crate::SwissTable::new): an anonymous
+/// [`Region`](offheap_mmap::Region).
+pub type DefaultMemory = offheap_mmap::Region;
 
 pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
-    Ok(Heap::new())
+    offheap_mmap::Region::anonymous().map_err(|e| Error::Memory(Box::new(e)))
+}
+
+// SAFETY: a region's blocks come from its allocator (aligned, disjoint, never moving: the
+// base address is fixed for the region's life); `ptr_raw` bounds-checks every handle against
+// the mapping (extending this process's view first if the region grew elsewhere) and returns
+// `None` outside it, so a handle read from a file never yields a pointer outside the map.
+unsafe impl TableMemory for offheap_mmap::Region {
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        offheap_mmap::Region::alloc(self, size, align)
+            .map(offheap_mmap::Offset::get)
+            .map_err(|e| Error::Alloc {
+                size,
+                align,
+                source: Some(Box::new(e)),
+            })
+    }
+
+    unsafe fn free(&self, handle: u64) {
+        if let Some(off) = offheap_mmap::Offset::new(handle) {
+            // A bad handle (only possible from a corrupt file) is refused by the region's
+            // allocator with an error; there is nothing better to do with it here.
+            let _ = offheap_mmap::Region::free(self, off);
+        }
+    }
+
+    #[inline]
+    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
+        self.ptr_raw(handle, len)
+    }
+
+    fn root(&self, name: &str) -> Option<u64> {
+        offheap_mmap::Region::root(self, name).map(offheap_mmap::Offset::get)
+    }
+
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+        let off = match handle {
+            Some(h) => Some(offheap_mmap::Offset::new(h).ok_or(Error::Corrupt("zero handle"))?),
+            None => None,
+        };
+        offheap_mmap::Region::set_root(self, name, off).map_err(|e| Error::Memory(Box::new(e)))
+    }
 }

@@ -323,7 +323,6 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
             self.mem.free(self.hdr_handle);
         }
     }
-
 }
 
 impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
@@ -339,7 +338,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             || size_of::<V>() > u32::MAX as usize
             || seg_layout::<K, V>(max_groups).is_none()
         {
-            return Err(Error::InvalidOptions("key/value types too large or too aligned"));
+            return Err(Error::InvalidOptions(
+                "key/value types too large or too aligned",
+            ));
         }
         let hsize = size_of::<TableHeader>();
         let hdr_handle = mem.alloc(hsize as u64, 64)?;
@@ -499,7 +500,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
             let span = 1usize << (gd - sh.depth);
             if i % span != 0 {
-                return Err(Error::Corrupt("directory entries of a segment are misplaced"));
+                return Err(Error::Corrupt(
+                    "directory entries of a segment are misplaced",
+                ));
             }
             for j in i..i + span {
                 // SAFETY: j < n (i is a multiple of span, a power of two dividing n).
@@ -551,8 +554,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     }
 
     fn new_segment(mem: &M, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
-        let (size, slots_off, align) =
-            seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
+        let (size, slots_off, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
         let handle = mem.alloc(size as u64, align as u64)?;
         let Some(base) = mem.ptr(handle, size as u64) else {
             // SAFETY: just allocated, never shared.
@@ -923,7 +925,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             return Ok(false);
         }
         let n = Self::count_full(&a) + Self::count_full(&b);
-        let groups = groups_for(n, 1, 2).min(self.max_groups).max(groups_for(n, 1, 1));
+        let groups = groups_for(n, 1, 2)
+            .min(self.max_groups)
+            .max(groups_for(n, 1, 1));
         let m = Self::new_segment(&self.mem, groups, a.depth - 1)?;
         self.move_all(&a, &m);
         self.move_all(&b, &m);

@@ -464,7 +464,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// # Panics
     /// If `keys` and `out` differ in length.
     pub fn get_many(&self, keys: &[K], out: &mut [Option<V>]) -> usize {
-        assert_eq!(keys.len(), out.len(), "get_many: keys and out differ in length");
+        assert_eq!(
+            keys.len(),
+            out.len(),
+            "get_many: keys and out differ in length"
+        );
         const B: usize = 16;
         let mut found = 0;
         let mut hashes = [0u64; B];
@@ -617,10 +621,7 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for IterMut<'a,
         (self.left, Some(self.left))
     }
 }
-impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator
-    for IterMut<'_, K, V, M, H>
-{
-}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for IterMut<'_, K, V, M, H> {}
 
 /// Draining iterator over `(K, V)`; see [`SwissTable::drain`].
 pub struct Drain<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> {

@@ -49,7 +49,10 @@ fn churn_does_not_pile_up_tombstones() {
         let st = t.stats();
         // Tombstones count against the 7/8 load, so probes always meet an EMPTY slot soon;
         // when they fill it, the one segment is rebuilt in place instead of growing.
-        assert!(st.tombstones + st.len <= st.slots / 8 * 7, "round {r}: {st:?}");
+        assert!(
+            st.tombstones + st.len <= st.slots / 8 * 7,
+            "round {r}: {st:?}"
+        );
         assert_eq!(st.slots, 256, "round {r}: {st:?}");
     }
     assert_eq!(t.len(), live as usize);
@@ -128,11 +131,9 @@ fn drain_dropped_early_still_empties() {
 #[test]
 fn with_capacity_presplits_without_moving_later() {
     let heap = Heap::new();
-    let mut t: SwissTable<u64, u64, &Heap> = SwissTable::with_options_in(
-        TableOptions::new().segment_slots(64).capacity(1000),
-        &heap,
-    )
-    .unwrap();
+    let mut t: SwissTable<u64, u64, &Heap> =
+        SwissTable::with_options_in(TableOptions::new().segment_slots(64).capacity(1000), &heap)
+            .unwrap();
     assert!(t.capacity() >= 1000, "{:?}", t.stats());
     let segs = t.stats().segments;
     for i in 0..700 {
@@ -155,7 +156,11 @@ fn shrink_to_fit_gives_memory_back() {
     t.shrink_to_fit();
     let st = t.stats();
     assert_eq!(st.tombstones, 0);
-    assert!(heap.allocated_bytes() * 3 < big, "{} vs {big}", heap.allocated_bytes());
+    assert!(
+        heap.allocated_bytes() * 3 < big,
+        "{} vs {big}",
+        heap.allocated_bytes()
+    );
     for i in 0..n {
         assert_eq!(t.get(&i).is_some(), i % 8 == 0);
     }
@@ -215,8 +220,8 @@ fn persistent_reopen_and_validation() {
 
 #[test]
 fn fixed_seed_is_deterministic_random_seed_differs() {
-    let a: SwissTable<u64, u64> =
-        SwissTable::with_options_in(TableOptions::new().seed(42), Default::default()).unwrap();
+    let a: SwissTable<u64, u64, Heap> =
+        SwissTable::with_options_in(TableOptions::new().seed(42), Heap::new()).unwrap();
     assert_eq!(a.seed(), 42);
     let b: SwissTable<u64, u64> = SwissTable::new();
     let c: SwissTable<u64, u64> = SwissTable::new();
@@ -226,8 +231,8 @@ fn fixed_seed_is_deterministic_random_seed_differs() {
 #[test]
 fn invalid_options_are_errors() {
     for n in [0, 8, 100, 1 << 21] {
-        let r: Result<SwissTable<u64, u64>, _> =
-            SwissTable::with_options_in(TableOptions::new().segment_slots(n), Default::default());
+        let r: Result<SwissTable<u64, u64, Heap>, _> =
+            SwissTable::with_options_in(TableOptions::new().segment_slots(n), Heap::new());
         assert!(matches!(r, Err(Error::InvalidOptions(_))), "{n}");
     }
 }

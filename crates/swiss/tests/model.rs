@@ -1,6 +1,6 @@
 //! Property tests: the table against `std::collections::HashMap`, op for op.
 
-use offheap_swiss::{Heap, SwissTable, TableOptions};
+use offheap_swiss::{Heap, SwissTable, TableMemory, TableOptions};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -46,9 +46,9 @@ fn op(keys: u32) -> impl Strategy<Value = Op> {
     ]
 }
 
-type T<'h> = SwissTable<u32, u64, &'h Heap>;
+type T<M> = SwissTable<u32, u64, M>;
 
-fn check_all(t: &T<'_>, m: &HashMap<u32, u64>) {
+fn check_all<M: TableMemory>(t: &T<M>, m: &HashMap<u32, u64>) {
     assert_eq!(t.len(), m.len());
     assert_eq!(t.iter().count(), m.len());
     for (k, v) in t.iter() {
@@ -59,10 +59,16 @@ fn check_all(t: &T<'_>, m: &HashMap<u32, u64>) {
     assert!(st.len <= st.slots);
 }
 
-fn run(ops: Vec<Op>, segment_slots: usize) {
-    let heap = Heap::new();
+/// Runs `ops` on a table created in `mem` and on a std HashMap; `reopen` closes the table
+/// (and its memory, for a file) and opens it again.
+fn run<M: TableMemory>(
+    ops: Vec<Op>,
+    segment_slots: usize,
+    mem: M,
+    reopen: impl Fn(T<M>) -> T<M>,
+) -> T<M> {
     let opts = TableOptions::new().segment_slots(segment_slots).seed(7);
-    let mut t: T<'_> = SwissTable::create_in_with(&heap, "t", opts).unwrap();
+    let mut t: T<M> = SwissTable::create_in_with(mem, "t", opts).unwrap();
     let mut m: HashMap<u32, u64> = HashMap::new();
     for (n, op) in ops.into_iter().enumerate() {
         match op {
@@ -123,18 +129,22 @@ fn run(ops: Vec<Op>, segment_slots: usize) {
                 t.reserve(n as usize);
                 assert!(t.capacity() >= m.len() + n as usize || segment_slots * 7 / 8 < n as usize);
             }
-            Op::Reopen => {
-                drop(t);
-                t = SwissTable::open_in(&heap, "t").unwrap();
-            }
+            Op::Reopen => t = reopen(t),
             Op::Bulk(k, n) => {
                 for i in 0..n as u32 {
-                    let key = k.wrapping_mul(7919).wrapping_add(i.wrapping_mul(2654435761));
+                    let key = k
+                        .wrapping_mul(7919)
+                        .wrapping_add(i.wrapping_mul(2654435761));
                     assert_eq!(t.insert(key, i as u64), m.insert(key, i as u64));
                 }
             }
             Op::BulkRemove(k, n) => {
-                let victims: Vec<u32> = m.keys().copied().filter(|x| x % 3 != k % 3).take(n as usize).collect();
+                let victims: Vec<u32> = m
+                    .keys()
+                    .copied()
+                    .filter(|x| x % 3 != k % 3)
+                    .take(n as usize)
+                    .collect();
                 for key in victims {
                     assert_eq!(t.remove(&key), m.remove(&key));
                 }
@@ -156,8 +166,42 @@ fn run(ops: Vec<Op>, segment_slots: usize) {
     let st = t.stats();
     assert_eq!(st.segments, 1, "{st:?}");
     assert_eq!(st.global_depth, 0);
+    t
+}
+
+fn run_heap(ops: Vec<Op>, segment_slots: usize) {
+    let heap = Heap::new();
+    let t = run(ops, segment_slots, &heap, |t| {
+        let mem = *t.memory();
+        drop(t);
+        SwissTable::open_in(mem, "t").unwrap()
+    });
     t.destroy().unwrap();
     assert_eq!(heap.allocated_blocks(), 0, "blocks leaked");
+}
+
+#[cfg(not(miri))]
+fn run_file(ops: Vec<Op>, segment_slots: usize) {
+    use offheap_mmap::{Region, RegionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.region");
+    let opts = RegionOptions::new().max_size(1 << 30);
+    let region = Region::create(&path, &opts).unwrap();
+    let before = region.stats().allocations;
+    let t = run(ops, segment_slots, region, |t| {
+        drop(t);
+        let region = Region::open(&path).unwrap();
+        region.check().unwrap();
+        SwissTable::open_in(region, "t").unwrap()
+    });
+    let region = {
+        let mut t = t;
+        t.clear();
+        t.destroy().unwrap();
+        Region::open(&path).unwrap()
+    };
+    region.check().unwrap();
+    assert_eq!(region.stats().allocations, before, "blocks leaked");
 }
 
 proptest! {
@@ -165,11 +209,17 @@ proptest! {
 
     #[test]
     fn small_segments_many_keys(ops in proptest::collection::vec(op(2000), 1..if cfg!(miri) { 40 } else { 300 })) {
-        run(ops, 16);
+        run_heap(ops, 16);
     }
 
     #[test]
     fn medium_segments_few_keys(ops in proptest::collection::vec(op(300), 1..if cfg!(miri) { 40 } else { 300 })) {
-        run(ops, 64);
+        run_heap(ops, 64);
+    }
+
+    #[cfg(not(miri))]
+    #[test]
+    fn file_region_with_reopen(ops in proptest::collection::vec(op(1000), 1..200)) {
+        run_file(ops, 32);
     }
 }

@@ -1,0 +1,170 @@
+//! Tables in offheap-mmap regions: anonymous, file-backed, reopened, corrupted.
+
+use offheap_mmap::{Region, RegionOptions};
+use offheap_swiss::{Error, SwissTable, TableOptions};
+
+#[test]
+fn anonymous_region_default_and_shared() {
+    let mut t: SwissTable<u64, u64> = SwissTable::new();
+    let n = if cfg!(miri) { 300 } else { 50_000 };
+    for i in 0..n {
+        t.insert(i, !i);
+    }
+    assert!((0..n).all(|i| t.get(&i) == Some(&!i)));
+    t.memory().check().unwrap();
+
+    // Two tables sharing one region through `&Region`.
+    let region = Region::anonymous().unwrap();
+    let mut a: SwissTable<u32, u32, &Region> = SwissTable::new_in(&region);
+    let mut b: SwissTable<u32, [u8; 12], &Region> = SwissTable::new_in(&region);
+    for i in 0..200u32 {
+        a.insert(i, i);
+        b.insert(i, [i as u8; 12]);
+    }
+    assert_eq!(a.get(&7), Some(&7));
+    assert_eq!(b.get(&7), Some(&[7; 12]));
+    drop(a);
+    drop(b);
+    // Unnamed tables give their blocks back when dropped.
+    assert_eq!(region.stats().allocations, 0);
+    region.check().unwrap();
+}
+
+#[cfg(not(miri))]
+fn file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("table.region")
+}
+
+#[cfg(not(miri))]
+#[test]
+fn file_backed_table_reopens_with_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    let seed;
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t: SwissTable<u64, u64, Region> =
+            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(256))
+                .unwrap();
+        for i in 0..100_000u64 {
+            t.insert(i, i * 7);
+        }
+        for i in 0..10_000u64 {
+            t.remove(&(i * 10));
+        }
+        seed = t.seed();
+        t.memory().flush().unwrap();
+    }
+    let region = Region::open(&path).unwrap();
+    let t: SwissTable<u64, u64, Region> = SwissTable::open_in(region, "kv").unwrap();
+    assert_eq!(t.seed(), seed);
+    assert_eq!(t.len(), 90_000);
+    for i in 0..100_000u64 {
+        assert_eq!(t.get(&i).copied(), (i % 10 != 0).then_some(i * 7), "{i}");
+    }
+    drop(t);
+    let region = Region::open(&path).unwrap();
+    assert!(matches!(
+        SwissTable::<u64, u32, &Region>::open_in(&region, "kv"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        SwissTable::<u64, u64, &Region>::open_in(&region, "other"),
+        Err(Error::RootNotFound(_))
+    ));
+    assert!(matches!(
+        SwissTable::<u64, u64, &Region>::create_in(&region, "kv"),
+        Err(Error::RootExists(_))
+    ));
+}
+
+/// Reads/writes a u64 at byte `at` of the block at `off`.
+#[cfg(not(miri))]
+fn poke(region: &Region, off: u64, at: u64, f: impl FnOnce(u64) -> u64) {
+    let p = region.ptr_raw(off, at + 8).unwrap();
+    // SAFETY: the 8 bytes lie inside the mapping (checked by ptr_raw); the test owns the region.
+    unsafe {
+        let q = p.as_ptr().add(at as usize).cast::<u64>();
+        q.write_unaligned(f(q.read_unaligned()));
+    }
+}
+
+#[cfg(not(miri))]
+#[test]
+fn corrupt_tables_give_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t: SwissTable<u64, u64, Region> =
+            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(64))
+                .unwrap();
+        for i in 0..2000u64 {
+            t.insert(i, i);
+        }
+    }
+    let hdr = Region::open(&path).unwrap().root("kv").unwrap().get();
+    // (byte offset in the header, mutation, what the error must be)
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(u64, fn(u64) -> u64, Check)> = vec![
+        (0, |x| x ^ 1, |e| matches!(e, Error::Corrupt(_))), // magic
+        (8, |x| x + 1, |e| matches!(e, Error::UnsupportedVersion(_))), // version
+        (40, |x| x ^ 4, |e| matches!(e, Error::Corrupt(_))), // seed: checksum
+        (56, |x| x + 1, |e| matches!(e, Error::Corrupt(_))), // len
+        (64, |x| x + 30, |e| matches!(e, Error::Corrupt(_))), // global depth
+        (
+            72,
+            |_| 1 << 60,
+            |e| matches!(e, Error::OffsetOutOfBounds { .. }),
+        ), // directory
+        (
+            72,
+            |x| x + 8,
+            |e| matches!(e, Error::Corrupt(_) | Error::OffsetOutOfBounds { .. }),
+        ),
+    ];
+    for (i, (at, f, ok)) in cases.into_iter().enumerate() {
+        let copy = dir.path().join(format!("c{i}.region"));
+        std::fs::copy(&path, &copy).unwrap();
+        let region = Region::open(&copy).unwrap();
+        poke(&region, hdr, at, f);
+        match SwissTable::<u64, u64, &Region>::open_in(&region, "kv") {
+            Err(e) => assert!(ok(&e), "case {i}: unexpected error {e}"),
+            Ok(_) => panic!("case {i}: corrupt table opened"),
+        };
+    }
+    // Corrupt a segment: point a directory entry elsewhere, or break a segment header.
+    let region = Region::open(&path).unwrap();
+    let dir_off = {
+        let p = region.ptr_raw(hdr, 80).unwrap();
+        // SAFETY: 80 bytes in bounds.
+        unsafe { p.as_ptr().add(72).cast::<u64>().read_unaligned() }
+    };
+    drop(region);
+    let seg_cases: Vec<(bool, u64, fn(u64) -> u64)> = vec![
+        (true, 0, |x| x + 64),          // dir entry points into a segment
+        (true, 0, |_| 3),               // dir entry points at the region header
+        (false, 0, |x| x ^ 0xFF),       // segment magic
+        (false, 0, |x| x + (40 << 32)), // segment depth
+        (false, 16, |x| x + 1000),      // segment len
+    ];
+    for (i, (in_dir, at, f)) in seg_cases.into_iter().enumerate() {
+        let copy = dir.path().join(format!("s{i}.region"));
+        std::fs::copy(&path, &copy).unwrap();
+        let region = Region::open(&copy).unwrap();
+        if in_dir {
+            poke(&region, dir_off, at, f);
+        } else {
+            let seg = {
+                let p = region.ptr_raw(dir_off, 8).unwrap();
+                // SAFETY: in bounds.
+                unsafe { p.as_ptr().cast::<u64>().read_unaligned() }
+            };
+            poke(&region, seg, at, f);
+        }
+        assert!(
+            SwissTable::<u64, u64, &Region>::open_in(&region, "kv").is_err(),
+            "segment case {i} opened"
+        );
+    }
+}
