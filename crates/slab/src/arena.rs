@@ -349,7 +349,13 @@ impl<S: SlabSource> Arena<S> {
                 return Ok(false);
             }
         }
-        match self.release_chain(loc) {
+        // SAFETY: as above.
+        let r = if unsafe { (*loc.meta).next_slab } == NONE {
+            self.free_chunk(loc)
+        } else {
+            self.release_chain(loc)
+        };
+        match r {
             Ok(()) => Ok(true),
             Err(e) => Err(self.count(e)),
         }
@@ -427,13 +433,11 @@ impl<S: SlabSource> Arena<S> {
     pub fn bytes(&self, h: Handle) -> Result<&[u8], Error> {
         let loc = self.locate(h)?;
         let ci = self.classes[loc.class as usize];
-        // SAFETY: `locate` validated the chunk; its `len` bytes lie inside the slab block, which
-        // is initialized memory (the source's contract). The borrow of `self`
-        // keeps the arena from changing while the slice lives.
-        unsafe {
-            let len = (*loc.meta).len as usize;
-            Ok(std::slice::from_raw_parts(self.data_ptr(&loc, &ci), len))
-        }
+        let len = self.chunk_len(&loc)?;
+        // SAFETY: `locate` validated the chunk and `chunk_len` its length: its `len` bytes lie
+        // inside the slab block, which is initialized memory (the source's contract). The
+        // borrow of `self` keeps the arena from changing while the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts(self.data_ptr(&loc, &ci), len) })
     }
 
     /// The chunk's bytes, writable.
@@ -444,11 +448,12 @@ impl<S: SlabSource> Arena<S> {
             Err(e) => return Err(self.count(e)),
         };
         let ci = self.classes[loc.class as usize];
+        let len = match self.chunk_len(&loc) {
+            Ok(l) => l,
+            Err(e) => return Err(self.count(e)),
+        };
         // SAFETY: as in `bytes`; the exclusive borrow of `self` makes the slice unique.
-        unsafe {
-            let len = (*loc.meta).len as usize;
-            Ok(std::slice::from_raw_parts_mut(self.data_ptr(&loc, &ci), len))
-        }
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.data_ptr(&loc, &ci), len) })
     }
 
     /// Copies `buf.len()` bytes starting at `offset` of the chunk into `buf`.
@@ -478,8 +483,7 @@ impl<S: SlabSource> Arena<S> {
     /// The chunk's length (the `len` given to `alloc`).
     pub fn len(&self, h: Handle) -> Result<usize, Error> {
         let loc = self.locate(h)?;
-        // SAFETY: validated by `locate`.
-        Ok(unsafe { (*loc.meta).len } as usize)
+        self.chunk_len(&loc)
     }
 
     /// The chunk's refcount.
@@ -572,7 +576,7 @@ impl<S: SlabSource> Arena<S> {
 
     // ------------------------------------------------------------------ internals
 
-    #[inline]
+    #[inline(always)]
     fn bump(&mut self, i: usize) {
         // SAFETY: `hdr` is the validated header; `i < NSTATS`.
         unsafe { (*self.hdr).stats[i] = (*self.hdr).stats[i].wrapping_add(1) };
@@ -607,7 +611,7 @@ impl<S: SlabSource> Arena<S> {
         unsafe { &*self.hdr }
     }
 
-    #[inline]
+    #[inline(always)]
     fn class_of(&self, len: usize) -> Option<u32> {
         if let Some(&c) = self.small.get(len) {
             return Some(c as u32);
@@ -616,6 +620,17 @@ impl<S: SlabSource> Arena<S> {
             return None;
         }
         Some(self.classes.partition_point(|c| c.chunk_size < len as u64) as u32)
+    }
+
+    /// The chunk's length, checked against its class (memory may be corrupt).
+    #[inline(always)]
+    fn chunk_len(&self, loc: &Loc) -> Result<usize, Error> {
+        // SAFETY: validated by the caller's locate.
+        let len = unsafe { (*loc.meta).len } as usize;
+        if len > self.classes[loc.class as usize].stride {
+            return Err(corrupt("chunk length beyond its chunk size"));
+        }
+        Ok(len)
     }
 
     #[inline]
@@ -636,7 +651,7 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// The slab table and its length, validated.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn slab_table(&self) -> Result<(*mut SlabRec, u32), Error> {
         // SAFETY: the validated header.
         let (off, cap, len) = unsafe {
@@ -701,7 +716,7 @@ impl<S: SlabSource> Arena<S> {
 
     /// A slab record of a live slab and its block, validated. `missing` is returned when the
     /// index is out of range, `freed` when the slot holds no slab.
-    #[inline]
+    #[inline(always)]
     fn slab(&self, s: u32, missing: Error, freed: Error) -> Result<Loc, Error> {
         let (tab, len) = self.slab_table()?;
         if s >= len {
@@ -739,7 +754,7 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// Validates a handle: tag, slab, chunk, generation, live refcount.
-    #[inline]
+    #[inline(always)]
     fn locate(&self, h: Handle) -> Result<Loc, Error> {
         if h.tag != self.tag {
             return Err(Error::ForeignHandle);
@@ -752,12 +767,9 @@ impl<S: SlabSource> Arena<S> {
         // SAFETY: `h.chunk < frontier <= cps`: inside the slab's metadata array.
         let meta = unsafe { loc.meta.add(h.chunk as usize) };
         // SAFETY: as above; metadata below the frontier was written when handed out.
-        let (rc, gen, len) = unsafe { ((*meta).refcount, (*meta).gen, (*meta).len) };
+        let (rc, gen) = unsafe { ((*meta).refcount, (*meta).gen) };
         if rc == 0 || gen != h.gen {
             return Err(Error::StaleHandle);
-        }
-        if len as usize > self.classes[loc.class as usize].stride {
-            return Err(corrupt("chunk length beyond its chunk size"));
         }
         loc.chunk = h.chunk;
         loc.meta = meta;
@@ -778,19 +790,15 @@ impl<S: SlabSource> Arena<S> {
         // SAFETY: `c < frontier <= cps`.
         let meta = unsafe { loc.meta.add(c as usize) };
         // SAFETY: as above.
-        let (rc, len) = unsafe { ((*meta).refcount, (*meta).len) };
-        if rc == 0 {
+        if unsafe { (*meta).refcount } == 0 {
             return Err(corrupt("link to a free chunk"));
-        }
-        if len as usize > self.classes[loc.class as usize].stride {
-            return Err(corrupt("chunk length beyond its chunk size"));
         }
         loc.chunk = c;
         loc.meta = meta;
         Ok(loc)
     }
 
-    #[inline]
+    #[inline(always)]
     fn alloc_in(&mut self, class: u32, len: usize) -> Result<Handle, Error> {
         // SAFETY: the validated header.
         if class >= unsafe { (*self.hdr).class_count } {
@@ -1051,6 +1059,7 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// Frees a chunk whose last reference is going away, then walks its chain.
+    #[inline(never)]
     fn release_chain(&mut self, mut loc: Loc) -> Result<(), Error> {
         loop {
             // SAFETY: `loc` was validated by `locate`/`locate_link` just before.
@@ -1072,7 +1081,7 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// Puts a chunk with refcount 1 on its slab's free list; may release the slab.
-    #[inline]
+    #[inline(always)]
     fn free_chunk(&mut self, loc: Loc) -> Result<(), Error> {
         let ci = self.classes[loc.class as usize];
         let rec = loc.rec;
