@@ -41,6 +41,8 @@ mod layout;
 mod offset;
 mod os;
 mod region;
+#[cfg(feature = "slab")]
+pub mod slab_source;
 mod sync;
 
 pub use error::Error;

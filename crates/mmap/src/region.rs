@@ -411,6 +411,12 @@ impl Region {
         self.reserved
     }
 
+    /// Offset of the first block: everything below it is the header.
+    #[inline]
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
     /// The backing file's path, for file-backed regions.
     pub fn path(&self) -> Option<&Path> {
         match &self.backing {
