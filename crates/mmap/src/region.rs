@@ -248,12 +248,14 @@ impl Region {
         #[cfg(not(miri))]
         mo.no_reserve_swap();
         let mut map = mo.map_anon()?;
-        let base = NonNull::new(map.as_mut_ptr()).ok_or(Error::InvalidOptions("empty map"))?;
         let header = new_header(page, initial, creation_stamp());
-        map[..header.len()].copy_from_slice(&header);
         let data = header_size(page);
+        map[..header.len()].copy_from_slice(&header);
         map[data as usize + 8..data as usize + 16]
             .copy_from_slice(&((initial - data) | FREE).to_ne_bytes());
+        // Derived last: every later access goes through this pointer (never through `map`
+        // as a slice again, which would invalidate it under the aliasing model).
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(Error::InvalidOptions("empty map"))?;
         Ok(Self::from_parts(
             base,
             max,

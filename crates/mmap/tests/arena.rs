@@ -75,7 +75,11 @@ fn build(path: &Path) -> Vec<Chunk> {
     region.set_root("arena", Some(root)).unwrap();
     let n = chunks.len() as u64;
     let table = region.alloc(8 + 40 * n, 8).unwrap();
-    let p = region.ptr(table, 8 + 40 * n).unwrap().as_ptr().cast::<u64>();
+    let p = region
+        .ptr(table, 8 + 40 * n)
+        .unwrap()
+        .as_ptr()
+        .cast::<u64>();
     // SAFETY: the table allocation holds 1 + 5n u64s, 8-aligned.
     unsafe {
         p.write(n);
@@ -99,7 +103,11 @@ fn expectations(region: &Region) -> Vec<Chunk> {
     let p = region.ptr(table, 8).unwrap().as_ptr().cast::<u64>();
     // SAFETY: the table starts with its length.
     let n = unsafe { p.read() };
-    let p = region.ptr(table, 8 + 40 * n).unwrap().as_ptr().cast::<u64>();
+    let p = region
+        .ptr(table, 8 + 40 * n)
+        .unwrap()
+        .as_ptr()
+        .cast::<u64>();
     (0..n as usize)
         .map(|k| {
             // SAFETY: inside the table.
@@ -217,7 +225,11 @@ fn arena_in_anonymous_region() {
     let region = Region::anonymous().unwrap();
     let mut arena = Arena::create_in(region, Config::new(8, 4096, 2.0)).unwrap();
     let hs: Vec<_> = (0..1000u64)
-        .map(|i| arena.alloc_from(&data(i % 50)[..1 + (i % 50) as usize]).unwrap())
+        .map(|i| {
+            arena
+                .alloc_from(&data(i % 50)[..1 + (i % 50) as usize])
+                .unwrap()
+        })
         .collect();
     for (i, h) in hs.iter().enumerate() {
         let d = data(i as u64 % 50);
