@@ -19,9 +19,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use offheap_slab::Arena;
+use offheap_slab::{Arena, Config, ReleasePolicy};
 
-/// go-slab's README parameters: 48-byte first class, 1 MiB slabs, growth factor 2.
+/// go-slab's README parameters: 48-byte first class, 1 MiB slabs, growth factor 2; the default
+/// release policy (`Never`, as go-slab).
 fn arena() -> Arena {
     Arena::new(48, 1 << 20, 2.0).expect("valid parameters")
 }
@@ -104,6 +105,18 @@ fn chain(c: &mut Criterion) {
     };
     build_release(&mut a); // warm: the class's slabs exist
     g.bench_function("offheap_slab", |b| b.iter(|| build_release(&mut a)));
+    // The same with slabs given back to the source: 256 chunks of this class need two slabs,
+    // and keeping one empty slab means the second goes back to the allocator on every release
+    // (the price of a policy that returns memory, on a workload oscillating across a slab).
+    let mut keep1 = Arena::with_config(Config {
+        release: ReleasePolicy::KeepEmpty(1),
+        ..Config::new(48, 1 << 20, 2.0)
+    })
+    .unwrap();
+    build_release(&mut keep1);
+    g.bench_function("offheap_slab_keep_empty_1", |b| {
+        b.iter(|| build_release(&mut keep1))
+    });
     g.bench_function("vec_of_box", |b| {
         b.iter(|| {
             let mut v: Vec<Box<[std::mem::MaybeUninit<u8>]>> = Vec::with_capacity(N);

@@ -1,5 +1,6 @@
 //! The arena.
 
+use std::cell::Cell;
 use std::ptr;
 
 use crate::config::next_chunk_size;
@@ -26,6 +27,43 @@ struct ClassInfo {
     meta_bytes: usize,
     /// Bytes of a slab's block.
     block_size: usize,
+}
+
+/// Entries of the block-resolution cache (direct-mapped by slab index).
+const BLOCK_CACHE: usize = 32;
+
+/// Offsets the arena already resolved through its source, with the addresses they gave.
+///
+/// Purely an optimisation of `SlabSource::resolve`: the key is exactly what would be resolved
+/// (an offset and a length, or a slab block's offset and class), and the `SlabSource` contract
+/// says a block's memory stays valid at the same address until it is freed through this
+/// source or the source is dropped. The arena is the only user of its source, so it empties the
+/// cache before each `free` it makes. Every mutable field is still read from source memory on
+/// every operation; only the re-validation of an unchanged (offset, length) is skipped.
+struct Resolved {
+    slab_table: Cell<(u64, u32, *mut SlabRec)>,
+    class_table: Cell<(u64, u32, *mut ClassRec)>,
+    blocks: Box<[Cell<(u64, u32, *mut u8)>; BLOCK_CACHE]>,
+}
+
+impl Resolved {
+    fn new() -> Self {
+        Resolved {
+            slab_table: Cell::new((0, 0, ptr::NonNull::dangling().as_ptr())),
+            class_table: Cell::new((0, 0, ptr::NonNull::dangling().as_ptr())),
+            blocks: Box::new(std::array::from_fn(|_| Cell::new((0, 0, ptr::null_mut())))),
+        }
+    }
+
+    fn forget(&self) {
+        self.slab_table
+            .set((0, 0, ptr::NonNull::dangling().as_ptr()));
+        self.class_table
+            .set((0, 0, ptr::NonNull::dangling().as_ptr()));
+        for b in self.blocks.iter() {
+            b.set((0, 0, ptr::null_mut()));
+        }
+    }
 }
 
 /// A validated chunk: pointers into source memory that stay valid until the arena changes.
@@ -79,6 +117,7 @@ pub struct Arena<S: SlabSource = HeapSource> {
     config: Config,
     classes: Box<[ClassInfo]>,
     small: Box<[u16]>,
+    resolved: Resolved,
 }
 
 // SAFETY: the arena exclusively owns its source (and through it the memory its raw pointers
@@ -157,6 +196,7 @@ impl<S: SlabSource> Arena<S> {
             config,
             classes,
             small,
+            resolved: Resolved::new(),
         })
     }
 
@@ -236,6 +276,7 @@ impl<S: SlabSource> Arena<S> {
             config,
             classes,
             small,
+            resolved: Resolved::new(),
         })
     }
 
@@ -504,7 +545,7 @@ impl<S: SlabSource> Arena<S> {
     pub fn stats(&self) -> Result<Stats, Error> {
         let c = self.counters();
         let (tab, len) = self.slab_table()?;
-        let (ctab, ccount) = self.class_table()?;
+        let (_, ccount) = self.class_table()?;
         let mut classes: Vec<ClassStats> = (0..ccount as usize)
             .map(|i| ClassStats {
                 chunk_size: self.classes[i].chunk_size as usize,
@@ -512,12 +553,6 @@ impl<S: SlabSource> Arena<S> {
                 ..ClassStats::default()
             })
             .collect();
-        for (i, cs) in classes.iter_mut().enumerate() {
-            // SAFETY: `i < ccount`, checked against the table's capacity by `class_table`.
-            unsafe {
-                cs.empty_slabs = (*ctab.add(i)).empty_slabs as usize;
-            }
-        }
         let mut slabs = 0;
         for s in 0..len as usize {
             // SAFETY: `s < slab_len <= slab_cap`, checked by `slab_table`.
@@ -532,6 +567,7 @@ impl<S: SlabSource> Arena<S> {
             cs.slabs += 1;
             cs.chunks += cs.chunks_per_slab;
             cs.in_use += rec.in_use as usize;
+            cs.empty_slabs += (rec.in_use == 0) as usize;
         }
         for cs in &mut classes {
             cs.free = cs.chunks.saturating_sub(cs.in_use);
@@ -664,8 +700,17 @@ impl<S: SlabSource> Arena<S> {
         if len > cap {
             return Err(corrupt("slab table length"));
         }
+        let (c_off, c_cap, p) = self.resolved.slab_table.get();
+        if c_off == off && c_cap == cap {
+            return Ok((p, len));
+        }
+        self.resolve_slab_table(off, cap).map(|p| (p, len))
+    }
+
+    #[cold]
+    fn resolve_slab_table(&self, off: u64, cap: u32) -> Result<*mut SlabRec, Error> {
         if cap == 0 {
-            return Ok((ptr::NonNull::dangling().as_ptr(), 0));
+            return Ok(ptr::NonNull::dangling().as_ptr());
         }
         let p = self
             .src
@@ -674,11 +719,13 @@ impl<S: SlabSource> Arena<S> {
         if p as usize % std::mem::align_of::<SlabRec>() != 0 {
             return Err(corrupt("slab table misaligned"));
         }
-        Ok((p as *mut SlabRec, len))
+        let p = p as *mut SlabRec;
+        self.resolved.slab_table.set((off, cap, p));
+        Ok(p)
     }
 
     /// The class table and its length, validated.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn class_table(&self) -> Result<(*mut ClassRec, u32), Error> {
         // SAFETY: the validated header.
         let (off, cap, count) = unsafe {
@@ -691,8 +738,17 @@ impl<S: SlabSource> Arena<S> {
         if count > cap || cap as usize > self.classes.len() {
             return Err(corrupt("class table length"));
         }
+        let (c_off, c_cap, p) = self.resolved.class_table.get();
+        if c_off == off && c_cap == cap {
+            return Ok((p, count));
+        }
+        self.resolve_class_table(off, cap).map(|p| (p, count))
+    }
+
+    #[cold]
+    fn resolve_class_table(&self, off: u64, cap: u32) -> Result<*mut ClassRec, Error> {
         if cap == 0 {
-            return Ok((ptr::NonNull::dangling().as_ptr(), 0));
+            return Ok(ptr::NonNull::dangling().as_ptr());
         }
         let p = self
             .src
@@ -701,7 +757,39 @@ impl<S: SlabSource> Arena<S> {
         if p as usize % std::mem::align_of::<ClassRec>() != 0 {
             return Err(corrupt("class table misaligned"));
         }
-        Ok((p as *mut ClassRec, count))
+        let p = p as *mut ClassRec;
+        self.resolved.class_table.set((off, cap, p));
+        Ok(p)
+    }
+
+    /// A slab's block, validated: `block_size` bytes at an address aligned for `Meta`.
+    #[inline(always)]
+    fn slab_base(&self, s: u32, block: u64, class: u32, ci: &ClassInfo) -> Result<*mut u8, Error> {
+        let entry = &self.resolved.blocks[s as usize % BLOCK_CACHE];
+        let (c_block, c_class, p) = entry.get();
+        if c_block == block && c_class == class {
+            return Ok(p);
+        }
+        self.resolve_block(entry, block, class, ci)
+    }
+
+    #[cold]
+    fn resolve_block(
+        &self,
+        entry: &Cell<(u64, u32, *mut u8)>,
+        block: u64,
+        class: u32,
+        ci: &ClassInfo,
+    ) -> Result<*mut u8, Error> {
+        let base = self
+            .src
+            .resolve(block, ci.block_size)
+            .ok_or(corrupt("slab block offset"))?;
+        if base as usize % std::mem::align_of::<Meta>() != 0 {
+            return Err(corrupt("slab block misaligned"));
+        }
+        entry.set((block, class, base));
+        Ok(base)
     }
 
     #[inline]
@@ -733,13 +821,7 @@ impl<S: SlabSource> Arena<S> {
             .classes
             .get(class as usize)
             .ok_or(corrupt("slab of an unknown class"))?;
-        let base = self
-            .src
-            .resolve(block, ci.block_size)
-            .ok_or(corrupt("slab block offset"))?;
-        if base as usize % std::mem::align_of::<Meta>() != 0 {
-            return Err(corrupt("slab block misaligned"));
-        }
+        let base = self.slab_base(s, block, class, ci)?;
         if frontier > ci.cps {
             return Err(corrupt("slab frontier beyond its chunks"));
         }
@@ -863,7 +945,8 @@ impl<S: SlabSource> Arena<S> {
             (*m).next_chunk = NONE;
             let in_use = (*rec).in_use.wrapping_add(1);
             (*rec).in_use = in_use;
-            if in_use == 1 {
+            // Empty slabs are counted only when the policy may release them.
+            if in_use == 1 && self.keep != u32::MAX {
                 (*crec).empty_slabs = (*crec).empty_slabs.saturating_sub(1);
             }
             if full {
@@ -958,6 +1041,7 @@ impl<S: SlabSource> Arena<S> {
             unsafe { ptr::copy_nonoverlapping(old, dst, used as usize * rec) };
         }
         if cap > 0 {
+            self.resolved.forget();
             // SAFETY: the old table is a live block of exactly these size and alignment
             // (validated above; see the trait's note on corrupt memory).
             unsafe { self.src.free(off, cap as usize * rec, BLOCK_ALIGN) };
@@ -1050,7 +1134,9 @@ impl<S: SlabSource> Arena<S> {
             }
             (*crec).partial_head = slot;
             (*crec).slabs += 1;
-            (*crec).empty_slabs += 1;
+            if self.keep != u32::MAX {
+                (*crec).empty_slabs += 1;
+            }
             (*self.hdr).live_slabs += 1;
             (*self.hdr).total_chunks += ci.cps as u64;
             self.bump(stat::MALLOCS);
@@ -1105,8 +1191,9 @@ impl<S: SlabSource> Arena<S> {
             (*rec).free_head = loc.chunk;
             (*rec).in_use = in_use - 1;
             self.bump(stat::DEC_REF_ZEROES);
-            if was_full || in_use == 1 {
-                self.slab_emptier(loc, was_full, in_use == 1)?;
+            let empty = in_use == 1 && self.keep != u32::MAX;
+            if was_full || empty {
+                self.slab_emptier(loc, was_full, empty)?;
             }
         }
         Ok(())
@@ -1186,6 +1273,7 @@ impl<S: SlabSource> Arena<S> {
             });
             (*self.hdr).free_slot = loc.slab;
             // The block was resolved with exactly this size when `loc` was validated.
+            self.resolved.forget();
             self.src.free(block, ci.block_size, BLOCK_ALIGN);
             self.bump(stat::SLAB_FREES);
         }

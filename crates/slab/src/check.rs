@@ -212,10 +212,11 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
         if crec.slabs as usize != class_slabs[cl] {
             return Err(bad("class slab count disagrees with the slab table"));
         }
-        if crec.empty_slabs as usize != class_empty[cl] {
+        let counted = if a.keep_empty() == u32::MAX { 0 } else { class_empty[cl] };
+        if crec.empty_slabs as usize != counted {
             return Err(bad("class empty-slab count disagrees with the slab table"));
         }
-        if class_empty[cl] > a.keep_empty() as usize {
+        if a.keep_empty() != u32::MAX && class_empty[cl] > a.keep_empty() as usize {
             return Err(bad("more empty slabs kept than the release policy allows"));
         }
         let mut prev = NONE;

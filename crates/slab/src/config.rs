@@ -43,10 +43,11 @@ impl ReleasePolicy {
 }
 
 impl Default for ReleasePolicy {
-    /// Keep one empty slab per class: no source round trip when a class's use goes up and down
-    /// by one slab, yet memory beyond that flows back.
+    /// `Never`, as go-slab: the fastest, and no source round trips. Choose `KeepEmpty(n)` or
+    /// `Always` to let memory flow back (and between classes) at the price of asking the source
+    /// again when a class's use oscillates around a slab boundary.
     fn default() -> Self {
-        ReleasePolicy::KeepEmpty(1)
+        ReleasePolicy::Never
     }
 }
 
@@ -54,7 +55,7 @@ impl Default for ReleasePolicy {
 ///
 /// ```
 /// use offheap_slab::{Arena, Config, ReleasePolicy};
-/// let config = Config { release: ReleasePolicy::Never, ..Config::new(64, 1 << 20, 2.0) };
+/// let config = Config { release: ReleasePolicy::KeepEmpty(2), ..Config::new(64, 1 << 20, 2.0) };
 /// let arena = Arena::with_config(config)?;
 /// assert_eq!(arena.config().slab_size, 1 << 20);
 /// # Ok::<(), offheap_slab::Error>(())
@@ -73,13 +74,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parameters with the default release policy.
+    /// Parameters with the default release policy ([`ReleasePolicy::Never`], as go-slab).
     pub const fn new(start_chunk_size: usize, slab_size: usize, growth_factor: f64) -> Self {
         Config {
             start_chunk_size,
             slab_size,
             growth_factor,
-            release: ReleasePolicy::KeepEmpty(1),
+            release: ReleasePolicy::Never,
         }
     }
 

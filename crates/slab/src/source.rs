@@ -48,6 +48,10 @@ use std::ptr;
 /// is contiguous in offsets as in addresses), and `contains(off, len)` returns `true` only if
 /// `ptr(off)` is valid for reads and writes of `len` bytes for as long as the source is not
 /// mutated. Moving the source (it is owned by value by the arena) must not move the blocks.
+/// A block stops being valid only through [`free`](SlabSource::free) on this source value (or
+/// its drop): not through a `&self` method, and not because another process sharing the same
+/// memory freed it (its memory stays mapped here). The arena relies on this to cache which
+/// (offset, length) pairs it has already resolved; it forgets them before each `free` it makes.
 ///
 /// Every byte of a block is initialized (any value, for example zero) when `alloc` returns it;
 /// memory that a mapping or `alloc_zeroed` provides is. The arena hands chunk bytes out as
