@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Config::new(48, 1 << 20, 2.0)
     })?;
     let sizes: Vec<usize> = arena.class_sizes().take(8).collect();
-    println!("== size classes (first 8 of {}): {sizes:?}", arena.class_sizes().len());
+    println!(
+        "== size classes (first 8 of {}): {sizes:?}",
+        arena.class_sizes().len()
+    );
 
     // 1. Chunks and refcounts.
     println!("\n== chunks and refcounts");
@@ -21,8 +24,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     arena.add_ref(a)?;
     println!("add_ref             -> refcount {}", arena.refcount(a)?);
     let freed = arena.dec_ref(a)?;
-    println!("dec_ref             -> freed: {freed}, refcount {}", arena.refcount(a)?);
-    println!("bytes               -> {:?}", String::from_utf8_lossy(arena.bytes(a)?));
+    println!(
+        "dec_ref             -> freed: {freed}, refcount {}",
+        arena.refcount(a)?
+    );
+    println!(
+        "bytes               -> {:?}",
+        String::from_utf8_lossy(arena.bytes(a)?)
+    );
 
     // 2. A chain: a 10 KiB value cut into 4 KiB chunks, linked head to tail.
     println!("\n== chains");
@@ -34,9 +43,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n += 1;
         cur = arena.peek_next(h)?;
     }
-    println!("stored {} bytes as a chain of {n} chunks, head {head:?}", value.len());
+    println!(
+        "stored {} bytes as a chain of {n} chunks, head {head:?}",
+        value.len()
+    );
     let back = load_chain(&mut arena, head)?;
-    println!("read back through get_next: {} bytes, equal: {}", back.len(), back == value);
+    println!(
+        "read back through get_next: {} bytes, equal: {}",
+        back.len(),
+        back == value
+    );
     println!(
         "set_next(tail, head) would close a cycle -> {:?}",
         arena.set_next(last(&arena, head)?, Some(head)).unwrap_err()
@@ -70,7 +86,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 4. Memory goes back to the source: fill 64-byte chunks, release them.
     println!("\n== release policy (keep 1 empty slab per class)");
-    let many: Vec<Handle> = (0..40_000).map(|_| arena.alloc(64)).collect::<Result<_, _>>()?;
+    let many: Vec<Handle> = (0..40_000)
+        .map(|_| arena.alloc(64))
+        .collect::<Result<_, _>>()?;
     let before = arena.stats()?;
     for h in many {
         arena.dec_ref(h)?;

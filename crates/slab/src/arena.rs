@@ -32,6 +32,12 @@ struct ClassInfo {
 /// Entries of the block-resolution cache (direct-mapped by slab index).
 const BLOCK_CACHE: usize = 32;
 
+/// A cached resolution: (offset, length key, address).
+type CachedBlock = Cell<(u64, u32, *mut u8)>;
+
+/// Class facts and the small-length lookup table derived from the parameters.
+type Derived = (Box<[ClassInfo]>, Box<[u16]>);
+
 /// Offsets the arena already resolved through its source, with the addresses they gave.
 ///
 /// Purely an optimisation of `SlabSource::resolve`: the key is exactly what would be resolved
@@ -43,7 +49,7 @@ const BLOCK_CACHE: usize = 32;
 struct Resolved {
     slab_table: Cell<(u64, u32, *mut SlabRec)>,
     class_table: Cell<(u64, u32, *mut ClassRec)>,
-    blocks: Box<[Cell<(u64, u32, *mut u8)>; BLOCK_CACHE]>,
+    blocks: Box<[CachedBlock; BLOCK_CACHE]>,
 }
 
 impl Resolved {
@@ -128,7 +134,11 @@ impl Arena<HeapSource> {
     /// An arena on the heap with go-slab's three parameters and the default release policy.
     ///
     /// Errors: [`Error::InvalidConfig`] for bad parameters (see [`Config`]).
-    pub fn new(start_chunk_size: usize, slab_size: usize, growth_factor: f64) -> Result<Self, Error> {
+    pub fn new(
+        start_chunk_size: usize,
+        slab_size: usize,
+        growth_factor: f64,
+    ) -> Result<Self, Error> {
         Self::with_config(Config::new(start_chunk_size, slab_size, growth_factor))
     }
 
@@ -252,9 +262,7 @@ impl<S: SlabSource> Arena<S> {
         if h.class_count > h.class_cap || h.class_cap > h.class_total {
             return Err(corrupt("class table length"));
         }
-        if h.class_cap > 0
-            && !source.contains(h.class_table, h.class_cap as usize * CLASS_REC)
-        {
+        if h.class_cap > 0 && !source.contains(h.class_table, h.class_cap as usize * CLASS_REC) {
             return Err(corrupt("class table offset"));
         }
         if h.slab_len > h.slab_cap || h.slab_cap == NONE {
@@ -776,7 +784,7 @@ impl<S: SlabSource> Arena<S> {
     #[cold]
     fn resolve_block(
         &self,
-        entry: &Cell<(u64, u32, *mut u8)>,
+        entry: &CachedBlock,
         block: u64,
         class: u32,
         ci: &ClassInfo,
@@ -1397,7 +1405,7 @@ fn range(chunk_len: usize, offset: usize, len: usize) -> Result<std::ops::Range<
 }
 
 /// The class facts and the small-length lookup table implied by `config`.
-fn derive(config: &Config) -> Result<(Box<[ClassInfo]>, Box<[u16]>), Error> {
+fn derive(config: &Config) -> Result<Derived, Error> {
     let sizes = config.class_sizes()?;
     debug_assert!(sizes
         .windows(2)

@@ -56,18 +56,19 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
     let mut class_empty = vec![0usize; ccount];
     let mut total_chunks = 0u64;
     let mut ids = 0usize;
-    for i in 0..slen {
-        // SAFETY: as above.
+    for (i, &free_slot) in on_free_list.iter().enumerate() {
+        // SAFETY: as above (`i < slab_len`).
         let rec = unsafe { &*tab.add(i) };
         if rec.block == 0 {
-            if !on_free_list[i] {
+            if !free_slot {
                 return Err(bad("free slab slot missing from the free slot list"));
             }
             views.push(None);
             continue;
         }
-        let (_, stride, cps, _, block_size) =
-            a.class_info(rec.class).ok_or(bad("slab of an unknown class"))?;
+        let (_, stride, cps, _, block_size) = a
+            .class_info(rec.class)
+            .ok_or(bad("slab of an unknown class"))?;
         if rec.class as usize >= ccount {
             return Err(bad("slab of a class not created"));
         }
@@ -212,7 +213,11 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
         if crec.slabs as usize != class_slabs[cl] {
             return Err(bad("class slab count disagrees with the slab table"));
         }
-        let counted = if a.keep_empty() == u32::MAX { 0 } else { class_empty[cl] };
+        let counted = if a.keep_empty() == u32::MAX {
+            0
+        } else {
+            class_empty[cl]
+        };
         if crec.empty_slabs as usize != counted {
             return Err(bad("class empty-slab count disagrees with the slab table"));
         }
@@ -242,7 +247,7 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
             s = rec.next;
         }
     }
-    for i in 0..slen {
+    for (i, &listed) in on_partial.iter().enumerate() {
         // SAFETY: `i < slab_len`.
         let rec = unsafe { &*tab.add(i) };
         if rec.block == 0 {
@@ -250,7 +255,7 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
         }
         let (_, _, cps, _, _) = a.class_info(rec.class).ok_or(bad("class index"))?;
         let has_room = rec.free_head != NONE || rec.frontier < cps;
-        if has_room != on_partial[i] {
+        if has_room != listed {
             return Err(bad("slab with free chunks missing from its partial list"));
         }
     }
@@ -267,7 +272,9 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
         return Err(bad("mallocs - slab_frees disagrees with the slabs held"));
     }
     if st[stat::ALLOCS].wrapping_sub(st[stat::DEC_REF_ZEROES]) != report.chunks_in_use as u64 {
-        return Err(bad("allocs - dec_ref_zeroes disagrees with the chunks in use"));
+        return Err(bad(
+            "allocs - dec_ref_zeroes disagrees with the chunks in use",
+        ));
     }
     Ok(report)
 }

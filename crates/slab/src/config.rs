@@ -192,9 +192,15 @@ mod tests {
             (Config::new(1, 10, -2.0), "gf negative"),
             (Config::new(1, 10, f64::NAN), "nan"),
             (Config::new(1, 10, f64::INFINITY), "inf"),
-            (Config::new(1, MAX_SLAB_SIZE, 1.000_000_01), "too many classes"),
+            (
+                Config::new(1, MAX_SLAB_SIZE, 1.000_000_01),
+                "too many classes",
+            ),
         ] {
-            assert!(matches!(c.class_sizes(), Err(Error::InvalidConfig(_))), "{c:?}");
+            assert!(
+                matches!(c.class_sizes(), Err(Error::InvalidConfig(_))),
+                "{c:?}"
+            );
         }
         // Huge growth factor: two classes, the second far above the slab size.
         assert_eq!(seq(1, 2, 1e9), [1, 1_000_000_000]);

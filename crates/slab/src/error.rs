@@ -56,7 +56,10 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidConfig(why) => write!(f, "invalid arena configuration: {why}"),
             Error::TooBig { len, max } => {
-                write!(f, "allocation of {len} bytes exceeds the slab size of {max} bytes")
+                write!(
+                    f,
+                    "allocation of {len} bytes exceeds the slab size of {max} bytes"
+                )
             }
             Error::OutOfMemory => f.write_str("the slab source is out of memory"),
             Error::ForeignHandle => f.write_str("the handle belongs to another arena"),

@@ -204,7 +204,11 @@ unsafe impl SlabSource for HeapSource {
         if p.is_null() {
             return None;
         }
-        let block = HeapBlock { ptr: p, size, align };
+        let block = HeapBlock {
+            ptr: p,
+            size,
+            align,
+        };
         if slot == self.blocks.len() {
             self.blocks.push(block);
         } else {
@@ -262,7 +266,10 @@ impl Drop for HeapSource {
             if !b.ptr.is_null() {
                 // SAFETY: a live block allocated with exactly this layout.
                 unsafe {
-                    alloc::dealloc(b.ptr, Layout::from_size_align_unchecked(b.size.max(1), b.align))
+                    alloc::dealloc(
+                        b.ptr,
+                        Layout::from_size_align_unchecked(b.size.max(1), b.align),
+                    )
                 };
             }
         }
@@ -407,6 +414,11 @@ unsafe impl SlabSource for BufSource {
 impl Drop for BufSource {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with exactly this layout.
-        unsafe { alloc::dealloc(self.base, Layout::from_size_align_unchecked(self.cap, BUF_ALIGN)) }
+        unsafe {
+            alloc::dealloc(
+                self.base,
+                Layout::from_size_align_unchecked(self.cap, BUF_ALIGN),
+            )
+        }
     }
 }

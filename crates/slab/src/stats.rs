@@ -104,13 +104,7 @@ impl fmt::Display for Stats {
             writeln!(
                 f,
                 "{:>10} {:>7} {:>7} {:>9} {:>9} {:>9} {:>7}",
-                c.chunk_size,
-                c.slabs,
-                c.empty_slabs,
-                c.chunks,
-                c.free,
-                c.in_use,
-                c.chunks_per_slab
+                c.chunk_size, c.slabs, c.empty_slabs, c.chunks, c.free, c.in_use, c.chunks_per_slab
             )?;
         }
         writeln!(

@@ -103,9 +103,18 @@ fn large_lengths_use_binary_search() {
 fn too_big_is_counted_and_allocates_nothing() {
     let mut a = Arena::new(16, 100, 2.0).unwrap();
     assert_eq!(a.alloc(101), Err(Error::TooBig { len: 101, max: 100 }));
-    assert_eq!(a.alloc(usize::MAX), Err(Error::TooBig { len: usize::MAX, max: 100 }));
+    assert_eq!(
+        a.alloc(usize::MAX),
+        Err(Error::TooBig {
+            len: usize::MAX,
+            max: 100
+        })
+    );
     let st = a.stats().unwrap();
-    assert_eq!((st.too_big_errs, st.allocs, st.mallocs, st.slabs), (2, 0, 0, 0));
+    assert_eq!(
+        (st.too_big_errs, st.allocs, st.mallocs, st.slabs),
+        (2, 0, 0, 0)
+    );
     // Equal to the slab size is allowed; the last class (128) is wider than a slab.
     let h = a.alloc(100).unwrap();
     assert_eq!(a.len(h).unwrap(), 100);
@@ -185,7 +194,10 @@ fn stale_double_release_and_reuse() {
     assert_eq!(a.get_next(h), Err(Error::StaleHandle));
     // The slot is reused by the next alloc; the old handle stays stale.
     let h2 = a.alloc(10).unwrap();
-    assert_eq!((h2.slab_index(), h2.chunk_index()), (h.slab_index(), h.chunk_index()));
+    assert_eq!(
+        (h2.slab_index(), h2.chunk_index()),
+        (h.slab_index(), h.chunk_index())
+    );
     assert_ne!(h2.generation(), h.generation());
     assert_eq!(a.dec_ref(h), Err(Error::StaleHandle));
     assert_eq!(a.write(h, 0, b"x"), Err(Error::StaleHandle));
@@ -202,7 +214,10 @@ fn foreign_and_invalid_handles() {
     let mut b = Arena::new(48, 4096, 2.0).unwrap();
     let ha = a.alloc(10).unwrap();
     let hb = b.alloc(10).unwrap();
-    assert_eq!((ha.slab_index(), ha.chunk_index()), (hb.slab_index(), hb.chunk_index()));
+    assert_eq!(
+        (ha.slab_index(), ha.chunk_index()),
+        (hb.slab_index(), hb.chunk_index())
+    );
     assert_eq!(a.dec_ref(hb), Err(Error::ForeignHandle));
     assert_eq!(b.bytes(ha), Err(Error::ForeignHandle));
     assert!(!a.owns(hb));
@@ -215,7 +230,11 @@ fn foreign_and_invalid_handles() {
     assert_eq!(a.refcount(ha).unwrap(), 1);
     let st = a.stats().unwrap();
     assert_eq!(
-        (st.errors.foreign_handle, st.errors.invalid_handle, st.errors.stale_handle),
+        (
+            st.errors.foreign_handle,
+            st.errors.invalid_handle,
+            st.errors.stale_handle
+        ),
         (1, 1, 1)
     );
     assert!(format!("{ha:?}").starts_with("Handle(slab 0, chunk 0"));
@@ -232,20 +251,32 @@ fn bytes_and_ranges() {
     assert_eq!(&buf, b"arena");
     assert_eq!(
         a.write(h, 10, b"xyz"),
-        Err(Error::OutOfBounds { offset: 10, len: 3, chunk_len: 12 })
+        Err(Error::OutOfBounds {
+            offset: 10,
+            len: 3,
+            chunk_len: 12
+        })
     );
     assert_eq!(
         a.read(h, usize::MAX, &mut buf),
-        Err(Error::OutOfBounds { offset: usize::MAX, len: 5, chunk_len: 12 })
+        Err(Error::OutOfBounds {
+            offset: usize::MAX,
+            len: 5,
+            chunk_len: 12
+        })
     );
     a.write(h, 12, b"").unwrap();
     assert_eq!(a.bytes(h).unwrap(), b"hello, arena");
     a.bytes_mut(h).unwrap()[0] = b'H';
     assert_eq!(a.bytes(h).unwrap(), b"Hello, arena");
     assert_eq!(a.stats().unwrap().errors.out_of_bounds, 1);
-    assert!(Error::OutOfBounds { offset: 10, len: 3, chunk_len: 12 }
-        .to_string()
-        .contains("10..13"));
+    assert!(Error::OutOfBounds {
+        offset: 10,
+        len: 3,
+        chunk_len: 12
+    }
+    .to_string()
+    .contains("10..13"));
 }
 
 #[test]
@@ -437,7 +468,10 @@ fn reopen_in_borrowed_heap_source() {
     assert!(Arena::open_in(HeapSource::new(), root).is_err());
     // A block that is not a header.
     let blk = src.alloc(4096, 64).unwrap();
-    assert_eq!(Arena::open_in(&mut src, blk).unwrap_err(), Error::NotAnArena);
+    assert_eq!(
+        Arena::open_in(&mut src, blk).unwrap_err(),
+        Error::NotAnArena
+    );
 }
 
 #[test]
@@ -467,11 +501,20 @@ fn corrupt_header_fields_give_typed_errors() {
         Error::UnsupportedVersion(9)
     );
     // slab_size (offset 24) changed: the check value catches it.
-    assert!(matches!(open(&|b| b[root + 24] ^= 4), Err(Error::Corrupt(_))));
+    assert!(matches!(
+        open(&|b| b[root + 24] ^= 4),
+        Err(Error::Corrupt(_))
+    ));
     // slab table offset (72) beyond the buffer.
-    assert!(matches!(open(&|b| b[root + 79] = 0x7f), Err(Error::Corrupt(_))));
+    assert!(matches!(
+        open(&|b| b[root + 79] = 0x7f),
+        Err(Error::Corrupt(_))
+    ));
     // slab_len (84) > slab_cap.
-    assert!(matches!(open(&|b| b[root + 85] = 0x7f), Err(Error::Corrupt(_))));
+    assert!(matches!(
+        open(&|b| b[root + 85] = 0x7f),
+        Err(Error::Corrupt(_))
+    ));
     assert!(matches!(
         Arena::open_in(BufSource::from_bytes(&bytes), 1 << 40),
         Err(Error::Corrupt(_))
@@ -645,7 +688,14 @@ fn step<S: SlabSource>(a: &mut Arena<S>, m: &mut Model, op: &Op, fail: Option<&C
                 assert!(!m.live.contains_key(&h));
                 let data = a.bytes(h).unwrap().to_vec();
                 assert_eq!(data.len(), *len);
-                m.live.insert(h, MChunk { rc: 1, data, next: None });
+                m.live.insert(
+                    h,
+                    MChunk {
+                        rc: 1,
+                        data,
+                        next: None,
+                    },
+                );
                 m.issued.push(h);
                 m.allocs += 1;
             }
@@ -655,7 +705,10 @@ fn step<S: SlabSource>(a: &mut Arena<S>, m: &mut Model, op: &Op, fail: Option<&C
                 m.too_big += 1;
             }
             Err(Error::OutOfMemory) => {
-                assert!(fail.is_some_and(|f| f.get()), "OutOfMemory without a failing source");
+                assert!(
+                    fail.is_some_and(|f| f.get()),
+                    "OutOfMemory without a failing source"
+                );
                 m.malloc_errs += 1;
             }
             Err(e) => panic!("alloc: {e}"),
@@ -748,7 +801,10 @@ fn step<S: SlabSource>(a: &mut Arena<S>, m: &mut Model, op: &Op, fail: Option<&C
         Op::Foreign(i) => {
             let Some(h) = m.pick(*i) else { return };
             let bits = h.to_bits() ^ (1 << 100);
-            assert_eq!(a.dec_ref(Handle::from_bits(bits)), Err(Error::ForeignHandle));
+            assert_eq!(
+                a.dec_ref(Handle::from_bits(bits)),
+                Err(Error::ForeignHandle)
+            );
             m.foreign += 1;
         }
         Op::FailSource(f) => {
@@ -771,9 +827,17 @@ fn verify<S: SlabSource>(a: &Arena<S>, m: &Model) {
         (m.allocs, m.add_refs, m.dec_refs, m.zeroes)
     );
     assert_eq!((st.get_nexts, st.set_nexts), (m.get_nexts, m.set_nexts));
-    assert_eq!((st.too_big_errs, st.malloc_errs), (m.too_big, m.malloc_errs));
     assert_eq!(
-        (st.errors.stale_handle, st.errors.foreign_handle, st.errors.cycle, st.errors.out_of_bounds),
+        (st.too_big_errs, st.malloc_errs),
+        (m.too_big, m.malloc_errs)
+    );
+    assert_eq!(
+        (
+            st.errors.stale_handle,
+            st.errors.foreign_handle,
+            st.errors.cycle,
+            st.errors.out_of_bounds
+        ),
         (m.stale, m.foreign, m.cycles, m.oob)
     );
     assert_eq!(st.errors.corrupt, 0);
@@ -794,11 +858,7 @@ fn verify<S: SlabSource>(a: &Arena<S>, m: &Model) {
 /// Releases every reference the test holds (refcount minus the links to the chunk).
 fn release_all<S: SlabSource>(a: &mut Arena<S>, m: &mut Model) {
     for h in m.live.keys().copied().collect::<Vec<_>>() {
-        loop {
-            let Some(c) = m.live.get(&h) else { break };
-            if c.rc <= m.links_to(h) {
-                break;
-            }
+        while m.live.get(&h).is_some_and(|c| c.rc > m.links_to(h)) {
             a.dec_ref(h).unwrap();
             m.release(h);
         }
@@ -823,8 +883,10 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         })
 }
 
+/// Op sequences: up to 160 ops natively, 40 under Miri (which is ~1000× slower).
 fn ops_for(c: &Config) -> impl Strategy<Value = Vec<Op>> {
-    proptest::collection::vec(op_strategy(c.slab_size), 1..160)
+    let max = if cfg!(miri) { 40 } else { 160 };
+    proptest::collection::vec(op_strategy(c.slab_size), 1..max)
 }
 
 proptest! {
