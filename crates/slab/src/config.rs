@@ -94,13 +94,18 @@ impl Config {
     /// ```
     pub fn class_sizes(&self) -> Result<Vec<usize>, Error> {
         self.validate()?;
+        // While `size × (gf − 1) < 1` the sizes grow by exactly 1: if that holds for the first
+        // MAX_CLASSES sizes and the slab is not reached by then, say so without walking them.
+        if (self.growth_factor - 1.0) * ((self.start_chunk_size + MAX_CLASSES) as f64) < 1.0
+            && self.slab_size - self.start_chunk_size >= MAX_CLASSES
+        {
+            return Err(too_many_classes());
+        }
         let mut sizes = vec![self.start_chunk_size];
         let mut size = self.start_chunk_size;
         while size < self.slab_size {
             if sizes.len() == MAX_CLASSES {
-                return Err(Error::InvalidConfig(
-                    "too many size classes (growth factor too close to 1 for this slab size)",
-                ));
+                return Err(too_many_classes());
             }
             size = next_chunk_size(size, self.growth_factor);
             sizes.push(size);
@@ -138,6 +143,10 @@ impl Default for Config {
     fn default() -> Self {
         Config::new(48, 1 << 20, 2.0)
     }
+}
+
+fn too_many_classes() -> Error {
+    Error::InvalidConfig("too many size classes (growth factor too close to 1 for this slab size)")
 }
 
 /// `ceil(prev × gf)` as go-slab means it, computed with care: a product within a few ulps
@@ -202,6 +211,17 @@ mod tests {
                 "{c:?}"
             );
         }
+        // A limit found by walking the classes (65 536 steps: too slow under Miri).
+        if !cfg!(miri) {
+            let c = Config::new(1, MAX_SLAB_SIZE, 1.0001);
+            assert!(matches!(c.class_sizes(), Err(Error::InvalidConfig(_))));
+        }
+        // Large start, growth factor close to 1, yet few classes: accepted.
+        let s = seq(1_000_000, 1_100_000, 1.000_01);
+        assert!(s.len() > 1000 && s.len() < MAX_CLASSES, "{}", s.len());
+        assert!(s
+            .windows(2)
+            .all(|w| w[1] > w[0] && w[1] <= w[0] + w[0] / 100_000 + 1));
         // Huge growth factor: two classes, the second far above the slab size.
         assert_eq!(seq(1, 2, 1e9), [1, 1_000_000_000]);
     }
