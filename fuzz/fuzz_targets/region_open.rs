@@ -1,5 +1,151 @@
+//! Mutates a valid region file (byte flips, word overwrites, truncation, optionally a
+//! resealed header checksum), then opens it, runs `check`, and a few allocations and
+//! frees. Opening must give a typed error or a usable region; any panic or crash is a bug.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 
-// Placeholder until this target is written.
-fuzz_target!(|_data: &[u8]| {});
+use libfuzzer_sys::fuzz_target;
+use offheap_mmap::{Offset, Region, RegionOptions};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// A valid region file image with allocations, free blocks and roots.
+fn valid_image() -> &'static [u8] {
+    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let path = scratch_path("seed");
+        let _ = std::fs::remove_file(&path);
+        let opts = RegionOptions::new().initial_size(64 << 10);
+        let r = Region::create(&path, &opts).expect("create seed region");
+        let mut offs = Vec::new();
+        for i in 0..64u64 {
+            let o = r.alloc(1 + i * 97 % 1500, 1 << (i % 6)).unwrap();
+            offs.push(o);
+        }
+        for o in offs.iter().step_by(3) {
+            r.free(*o).unwrap();
+        }
+        r.set_root("first", Some(offs[1])).unwrap();
+        r.set_root("second", Some(offs[2])).unwrap();
+        r.flush().unwrap();
+        drop(r);
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        bytes
+    })
+}
+
+fn scratch_path(what: &str) -> PathBuf {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!("offheap-fuzz-{}-{what}.region", std::process::id()))
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes([
+            self.byte()?,
+            self.byte()?,
+            self.byte()?,
+            self.byte()?,
+        ]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from(self.u32()?) | u64::from(self.u32()?) << 32)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut img = valid_image().to_vec();
+    let mut input = Input(data);
+    let mut reseal = false;
+    // Mutations until a 0xFF separator or the end of the input.
+    while let Some(kind) = input.byte() {
+        let len = img.len().max(1);
+        match kind % 8 {
+            0 => {
+                // Flip bits of one byte anywhere.
+                let (Some(at), Some(x)) = (input.u32(), input.byte()) else {
+                    break;
+                };
+                let at = at as usize % len;
+                if at < img.len() {
+                    img[at] ^= x;
+                }
+            }
+            1 | 2 => {
+                // Overwrite an aligned word in the header (fields, bins, roots).
+                let (Some(at), Some(v)) = (input.u32(), input.u64()) else {
+                    break;
+                };
+                let at = (at as usize % 4096) & !7;
+                if at + 8 <= img.len() {
+                    img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+            3 | 4 => {
+                // Overwrite an aligned word in the block area (block headers, links).
+                let (Some(at), Some(v)) = (input.u32(), input.u64()) else {
+                    break;
+                };
+                let at = (at as usize % len) & !7;
+                if at + 8 <= img.len() {
+                    img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+            5 => {
+                let Some(n) = input.u32() else { break };
+                img.truncate(n as usize % (len + 1));
+            }
+            6 => reseal = true,
+            _ => break,
+        }
+    }
+    if reseal {
+        offheap_mmap::__fuzz::reseal(&mut img);
+    }
+    let path = scratch_path("case");
+    std::fs::write(&path, &img).unwrap();
+    let opts = RegionOptions::new().max_size(256 << 20);
+    let opened = Region::open_with(&path, &opts);
+    // The mapping keeps the file alive; unlinking now leaves nothing behind.
+    let _ = std::fs::remove_file(&path);
+    if let Ok(r) = opened {
+        let _ = r.check();
+        let _ = r.stats();
+        let _ = r.roots();
+        let mut live: Vec<Offset> = Vec::new();
+        for _ in 0..16 {
+            let Some(op) = input.byte() else { break };
+            if op & 1 == 0 || live.is_empty() {
+                let size = u64::from(input.u32().unwrap_or(64)) % (1 << 20);
+                if let Ok(o) = r.alloc(size, 1 << (op >> 1) % 13) {
+                    if let Ok(p) = r.ptr(o, size) {
+                        // SAFETY: a live allocation of `size` bytes.
+                        unsafe { p.as_ptr().write_bytes(op, size as usize) };
+                    }
+                    live.push(o);
+                }
+            } else {
+                let o = live.swap_remove(op as usize % live.len());
+                let _ = r.free(o);
+            }
+        }
+        for name in ["first", "second"] {
+            if let Some(o) = r.root(name) {
+                let _ = r.free(o);
+                let _ = r.ptr(o, 16);
+            }
+        }
+        let _ = r.check();
+    }
+});

@@ -49,3 +49,15 @@ pub use error::Error;
 pub use layout::{ROOT_NAME_LEN, ROOT_SLOTS};
 pub use offset::Offset;
 pub use region::{CheckReport, Region, RegionOptions, RegionStats};
+
+/// Helpers for the fuzz target (not part of the stable API).
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Recomputes the header checksum of a region file image in place (no-op if short).
+    pub fn reseal(image: &mut [u8]) {
+        if image.len() >= crate::layout::HEADER_LEN as usize {
+            let sum = crate::layout::checksum(image);
+            crate::layout::wr_u64(image, crate::layout::F_CHECKSUM, sum);
+        }
+    }
+}
