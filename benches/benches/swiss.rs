@@ -1,2 +1,210 @@
-//! Placeholder until this suite is written.
-fn main() {}
+//! offheap-swiss against hashbrown, u64 -> u64, both hashing with the same xxh3 (hashbrown
+//! through `offheap_swiss::Xxh3BuildHasher`, which gives `xxh3_64_with_seed(key bytes, seed)`,
+//! exactly the table's own hash), in the same run and the same criterion groups:
+//!
+//! * `insert_empty/{1000,1000000}`: insert N distinct random keys into an empty table
+//!   (no `with_capacity`: growth is part of the cost).
+//! * `lookup_hit/N`, `lookup_miss/N`: look up N present / N absent keys in a table of N.
+//! * `remove/N`: remove all N keys from a full table (setup not timed).
+//! * `get_many/N` (ours only; compare with `lookup_hit/N`): batched lookup of the N present
+//!   keys, 1024 at a time.
+//!
+//! Throughput is per key, so criterion reports ns per operation; ratio = offheap / hashbrown.
+//! Run: `cargo bench -p offheap-benches --features swiss --bench swiss`
+//! (the 50M-key rows are `--bench swiss_big`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use hashbrown::HashMap;
+use offheap_mmap::Region;
+use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+
+const SEED: u64 = 0x5EED;
+
+/// splitmix64: a bijection, so `key(i)` are distinct for distinct `i`.
+fn key(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+type Ours = SwissTable<u64, u64, &'static Region>;
+type Theirs = HashMap<u64, u64, Xxh3BuildHasher>;
+
+/// One region for all tables of the run (as an application keeps its region), so a table
+/// built in an iteration reuses the blocks the previous one freed, as hashbrown reuses what
+/// malloc kept. (A fresh region per table would add its first page faults to every insert
+/// row.) Options are those of `SwissTable::new`.
+fn region() -> &'static Region {
+    // Region is Send but not Sync; the benchmark is single-threaded, so lend it from a
+    // thread-local leak instead of a shared static.
+    thread_local! {
+        static L: &'static Region = Box::leak(Box::new(
+            Region::anonymous_with(&offheap_swiss::default_region_options()).unwrap(),
+        ));
+    }
+    L.with(|r| *r)
+}
+
+fn ours() -> Ours {
+    SwissTable::with_options_in(TableOptions::new().seed(SEED), region()).unwrap()
+}
+
+fn theirs() -> Theirs {
+    HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED))
+}
+
+fn build_ours(keys: &[u64]) -> Ours {
+    let mut t = ours();
+    for &k in keys {
+        t.insert(k, k);
+    }
+    t
+}
+
+fn build_theirs(keys: &[u64]) -> Theirs {
+    let mut t = theirs();
+    for &k in keys {
+        t.insert(k, k);
+    }
+    t
+}
+
+fn sizes() -> [usize; 2] {
+    [1_000, 1_000_000]
+}
+
+fn insert_empty(c: &mut Criterion) {
+    let mut g = c.benchmark_group("insert_empty");
+    for n in sizes() {
+        let keys: Vec<u64> = (0..n as u64).map(key).collect();
+        g.throughput(Throughput::Elements(n as u64));
+        if n > 10_000 {
+            g.sample_size(10);
+        }
+        g.bench_with_input(BenchmarkId::new("offheap", n), &keys, |b, keys| {
+            b.iter_batched(
+                ours,
+                |mut t| {
+                    for &k in keys {
+                        t.insert(k, k);
+                    }
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_with_input(BenchmarkId::new("hashbrown", n), &keys, |b, keys| {
+            b.iter_batched(
+                theirs,
+                |mut t| {
+                    for &k in keys {
+                        t.insert(k, k);
+                    }
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn lookups(c: &mut Criterion) {
+    for (name, offset) in [("lookup_hit", 0u64), ("lookup_miss", 1u64 << 40)] {
+        let mut g = c.benchmark_group(name);
+        for n in sizes() {
+            let keys: Vec<u64> = (0..n as u64).map(key).collect();
+            let probe: Vec<u64> = (0..n as u64).map(|i| key(i + offset)).collect();
+            let a = build_ours(&keys);
+            let b = build_theirs(&keys);
+            g.throughput(Throughput::Elements(n as u64));
+            if n > 10_000 {
+                g.sample_size(20);
+            }
+            g.bench_function(BenchmarkId::new("offheap", n), |bch| {
+                bch.iter(|| {
+                    let mut s = 0u64;
+                    for k in &probe {
+                        if let Some(v) = a.get(k) {
+                            s = s.wrapping_add(*v);
+                        }
+                    }
+                    black_box(s)
+                })
+            });
+            g.bench_function(BenchmarkId::new("hashbrown", n), |bch| {
+                bch.iter(|| {
+                    let mut s = 0u64;
+                    for k in &probe {
+                        if let Some(v) = b.get(k) {
+                            s = s.wrapping_add(*v);
+                        }
+                    }
+                    black_box(s)
+                })
+            });
+            if offset == 0 {
+                let mut out = vec![None; 1024];
+                g.bench_function(BenchmarkId::new("offheap_get_many", n), |bch| {
+                    bch.iter(|| {
+                        let mut found = 0;
+                        for chunk in probe.chunks(1024) {
+                            found += a.get_many(chunk, &mut out[..chunk.len()]);
+                        }
+                        black_box(found)
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+fn remove(c: &mut Criterion) {
+    let mut g = c.benchmark_group("remove");
+    for n in sizes() {
+        let keys: Vec<u64> = (0..n as u64).map(key).collect();
+        g.throughput(Throughput::Elements(n as u64));
+        if n > 10_000 {
+            g.sample_size(10);
+        }
+        g.bench_with_input(BenchmarkId::new("offheap", n), &keys, |b, keys| {
+            b.iter_batched(
+                || build_ours(keys),
+                |mut t| {
+                    for k in keys {
+                        black_box(t.remove(k));
+                    }
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_with_input(BenchmarkId::new("hashbrown", n), &keys, |b, keys| {
+            b.iter_batched(
+                || build_theirs(keys),
+                |mut t| {
+                    for k in keys {
+                        black_box(t.remove(k));
+                    }
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = insert_empty, lookups, remove
+}
+criterion_main!(benches);

@@ -237,11 +237,20 @@ impl Drop for Heap {
 }
 
 /// The memory of tables made with [`SwissTable::new`](crate::SwissTable::new): an anonymous
-/// [`Region`](offheap_mmap::Region).
+/// [`Region`](offheap_mmap::Region) (see [`default_region_options`]).
 pub type DefaultMemory = offheap_mmap::Region;
 
+/// Options of the anonymous region behind [`SwissTable::new`](crate::SwissTable::new): the
+/// region's defaults, except that only free runs of 1 MiB or more go back to the OS (the
+/// region's default of 64 KiB would give back, and fault in again, the blocks that segment
+/// rebuilds free and reallocate all the time).
+pub fn default_region_options() -> offheap_mmap::RegionOptions {
+    offheap_mmap::RegionOptions::new().release_threshold(1 << 20)
+}
+
 pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
-    offheap_mmap::Region::anonymous().map_err(|e| Error::Memory(Box::new(e)))
+    offheap_mmap::Region::anonymous_with(&default_region_options())
+        .map_err(|e| Error::Memory(Box::new(e)))
 }
 
 // SAFETY: a region's blocks come from its allocator (aligned, disjoint, never moving: the

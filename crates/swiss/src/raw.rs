@@ -42,7 +42,9 @@ pub(crate) struct SegHeader {
     pub(crate) len: u64,
     pub(crate) deleted: u64,
     pub(crate) growth_left: u64,
-    _pad: [u64; 3],
+    /// The segment's own handle (checked against the directory on open).
+    handle: u64,
+    _pad: [u64; 2],
 }
 const _: () = assert!(size_of::<SegHeader>() == SEG_HEADER);
 
@@ -99,23 +101,36 @@ pub(crate) fn groups_for(n: usize, num: usize, den: usize) -> usize {
     g
 }
 
-/// Size, offset of the slots, and alignment of a segment of `groups` groups.
-fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
-    let cap = groups.checked_mul(GROUP_WIDTH)?;
+/// Bytes before the slots: the header, padded to the slots' alignment.
+#[inline(always)]
+const fn seg_head<K, V>() -> usize {
     let sa = align_of::<Slot<K, V>>();
-    let slots_off = (SEG_HEADER + cap).checked_next_multiple_of(sa)?;
-    let size = slots_off.checked_add(cap.checked_mul(size_of::<Slot<K, V>>())?)?;
-    Some((size, slots_off, sa.max(64)))
+    if sa > SEG_HEADER {
+        sa
+    } else {
+        SEG_HEADER
+    }
 }
 
-/// The in-process view of a segment: addresses resolved once, kept per directory entry.
+/// Size, offset of the control bytes, and alignment of a segment of `groups` groups.
+///
+/// A segment is `[header][slot cap-1] ... [slot 1][slot 0][cap control bytes]`: slot `i` lies
+/// `(i + 1) * size_of::<Slot>()` bytes below the control bytes (as in hashbrown), so the
+/// control pointer and the group mask are all a lookup needs.
+fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
+    let cap = groups.checked_mul(GROUP_WIDTH)?;
+    let ctrl_off = seg_head::<K, V>().checked_add(cap.checked_mul(size_of::<Slot<K, V>>())?)?;
+    let size = ctrl_off.checked_add(cap)?;
+    Some((size, ctrl_off, align_of::<Slot<K, V>>().max(64)))
+}
+
+/// The in-process view of a segment, one per directory entry: its control bytes' address,
+/// resolved once, and its group mask. 16 bytes, so the directory mirror stays small.
 pub(crate) struct SegRef<K, V> {
     pub(crate) ctrl: NonNull<u8>,
-    pub(crate) slots: NonNull<Slot<K, V>>,
     /// Groups minus one.
     pub(crate) mask: usize,
-    pub(crate) handle: u64,
-    pub(crate) depth: u32,
+    _types: PhantomData<*mut Slot<K, V>>,
 }
 
 impl<K, V> Clone for SegRef<K, V> {
@@ -133,8 +148,21 @@ impl<K, V> SegRef<K, V> {
     }
     #[inline(always)]
     pub(crate) fn hdr(&self) -> *mut SegHeader {
-        // SAFETY: the header lies SEG_HEADER bytes before the control bytes, in the same block.
-        unsafe { self.ctrl.as_ptr().sub(SEG_HEADER).cast() }
+        let below = seg_head::<K, V>() + self.capacity() * size_of::<Slot<K, V>>();
+        // SAFETY: the header starts the block, `below` bytes before the control bytes.
+        unsafe { self.ctrl.as_ptr().sub(below).cast() }
+    }
+    /// Local depth (from the header).
+    #[inline(always)]
+    pub(crate) fn depth(&self) -> u32 {
+        // SAFETY: the header is valid while the segment is.
+        unsafe { (*self.hdr()).depth }
+    }
+    /// The block's handle (from the header).
+    #[inline(always)]
+    pub(crate) fn handle(&self) -> u64 {
+        // SAFETY: the header is valid while the segment is.
+        unsafe { (*self.hdr()).handle }
     }
     /// # Safety
     /// `i` must be below `capacity()`.
@@ -147,8 +175,9 @@ impl<K, V> SegRef<K, V> {
     /// `i` must be below `capacity()`.
     #[inline(always)]
     pub(crate) unsafe fn slot(&self, i: usize) -> *mut Slot<K, V> {
-        // SAFETY: in bounds by the caller's promise.
-        unsafe { self.slots.as_ptr().add(i) }
+        // SAFETY: in bounds by the caller's promise: slot i is (i + 1) slots below the
+        // control bytes.
+        unsafe { self.ctrl.as_ptr().cast::<Slot<K, V>>().sub(i + 1) }
     }
     /// # Safety
     /// `g` must be at most `mask`.
@@ -311,10 +340,11 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         let mut i = 0;
         while i < self.dir.len() {
             let seg = self.dir[i];
+            let d = seg.depth();
             // SAFETY: each segment is freed once (one per directory range); nothing uses the
             // table afterwards.
-            unsafe { self.mem.free(seg.handle) };
-            i += self.span(seg.depth);
+            unsafe { self.mem.free(seg.handle()) };
+            i += self.span(d);
         }
         self.dir.clear();
         // SAFETY: as above.
@@ -361,14 +391,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             Err(e) => {
                 // SAFETY: just allocated, never shared.
                 unsafe {
-                    mem.free(seg.handle);
+                    mem.free(seg.handle());
                     mem.free(hdr_handle);
                 }
                 return Err(e);
             }
         };
         // SAFETY: the directory block holds one u64.
-        unsafe { dir_ptr.as_ptr().write(seg.handle) };
+        unsafe { dir_ptr.as_ptr().write(seg.handle()) };
         let [key_size, key_align, val_size, val_align] = fingerprint::<K, V>();
         let mut h = TableHeader {
             magic: TABLE_MAGIC,
@@ -489,11 +519,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             if sh.depth > gd || !groups.is_power_of_two() || groups > MAX_GROUPS_LIMIT {
                 return Err(Error::Corrupt("segment depth or size out of range"));
             }
-            let (size, slots_off, _) =
+            let (size, ctrl_off, _) =
                 seg_layout::<K, V>(groups).ok_or(Error::Corrupt("segment size overflows"))?;
             let base = mem.ptr(off, size as u64).ok_or_else(|| oob(off, size))?;
             let cap = (groups * GROUP_WIDTH) as u64;
-            if sh.len.checked_add(sh.deleted).is_none_or(|x| x > cap)
+            if sh.len.checked_add(sh.deleted).map_or(true, |x| x > cap)
                 || sh.growth_left > max_load(groups) as u64
             {
                 return Err(Error::Corrupt("segment counters out of range"));
@@ -510,22 +540,23 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     return Err(Error::Corrupt("directory entries of a segment disagree"));
                 }
             }
+            if sh.handle != off {
+                return Err(Error::Corrupt(
+                    "segment handle disagrees with the directory",
+                ));
+            }
             if sh.depth == gd {
                 at_global += 1;
             }
             total += sh.len;
             blocks.push((base.as_ptr() as usize, size));
-            // SAFETY: offsets inside the block just vouched for.
-            let seg = unsafe {
-                SegRef {
-                    ctrl: NonNull::new_unchecked(base.as_ptr().add(SEG_HEADER)),
-                    slots: NonNull::new_unchecked(base.as_ptr().add(slots_off)).cast(),
-                    mask: groups - 1,
-                    handle: off,
-                    depth: sh.depth,
-                }
+            let seg = SegRef {
+                // SAFETY: an offset inside the block just vouched for.
+                ctrl: unsafe { NonNull::new_unchecked(base.as_ptr().add(ctrl_off)) },
+                mask: groups - 1,
+                _types: PhantomData,
             };
-            dir.extend(core::iter::repeat_n(seg, span));
+            dir.extend(core::iter::repeat(seg).take(span));
             i += span;
         }
         if total != h.len {
@@ -554,7 +585,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     }
 
     fn new_segment(mem: &M, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
-        let (size, slots_off, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
+        let (size, ctrl_off, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
         let handle = mem.alloc(size as u64, align as u64)?;
         let Some(base) = mem.ptr(handle, size as u64) else {
             // SAFETY: just allocated, never shared.
@@ -573,15 +604,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 len: 0,
                 deleted: 0,
                 growth_left: max_load(groups) as u64,
-                _pad: [0; 3],
-            });
-            core::ptr::write_bytes(base.as_ptr().add(SEG_HEADER), EMPTY, cap);
-            Ok(SegRef {
-                ctrl: NonNull::new_unchecked(base.as_ptr().add(SEG_HEADER)),
-                slots: NonNull::new_unchecked(base.as_ptr().add(slots_off)).cast(),
-                mask: groups - 1,
                 handle,
-                depth,
+                _pad: [0; 2],
+            });
+            core::ptr::write_bytes(base.as_ptr().add(ctrl_off), EMPTY, cap);
+            Ok(SegRef {
+                ctrl: NonNull::new_unchecked(base.as_ptr().add(ctrl_off)),
+                mask: groups - 1,
+                _types: PhantomData,
             })
         }
     }
@@ -685,13 +715,19 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// Removes the entry in slot `i` of `seg`, returning its value, then gives memory back if
     /// the segment became sparse.
+    #[inline]
     pub(crate) fn remove_at(&mut self, seg: SegRef<K, V>, i: usize, h: u64) -> V {
         // SAFETY: i < capacity and the slot is full.
         let v = unsafe { core::ptr::addr_of!((*seg.slot(i)).value).read() };
         // SAFETY: as above.
         unsafe { Self::erase(&seg, i) };
         self.add_len(-1);
-        let _ = self.maybe_shrink(self.dir_index(h));
+        // SAFETY: header valid.
+        let len = unsafe { (*seg.hdr()).len } as usize;
+        // Cheap test first: a segment more than 1/8 full neither merges nor shrinks.
+        if len <= max_load(self.max_groups.max(seg.mask + 1)) / 8 {
+            let _ = self.maybe_shrink(self.dir_index(h));
+        }
         v
     }
 
@@ -701,6 +737,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     ///
     /// # Safety
     /// `i` must be a full slot of `seg`, owned exclusively by the caller.
+    #[inline]
     pub(crate) unsafe fn erase(seg: &SegRef<K, V>, i: usize) {
         // SAFETY: per the caller's promise.
         unsafe {
@@ -719,6 +756,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// Makes room in the segment at directory index `idx`: drops tombstones, grows it, or
     /// splits it, whichever fits; moves at most this one segment.
+    #[cold]
+    #[inline(never)]
     fn make_room(&mut self, idx: usize) -> Result<(), Error> {
         let seg = self.dir[idx];
         let groups = seg.mask + 1;
@@ -728,7 +767,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.rebuild(idx, groups)
         } else if groups < self.max_groups {
             self.rebuild(idx, groups * 2)
-        } else if seg.depth < MAX_DEPTH {
+        } else if seg.depth() < MAX_DEPTH {
             self.split(idx, groups).map(|_| ())
         } else if groups < MAX_GROUPS_LIMIT {
             self.rebuild(idx, groups * 2)
@@ -791,7 +830,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         for j in start..start + span {
             self.dir[j] = seg;
             // SAFETY: j < dir.len() == the stored directory's length.
-            unsafe { self.dir_ptr.as_ptr().add(j).write(seg.handle) };
+            unsafe { self.dir_ptr.as_ptr().add(j).write(seg.handle()) };
         }
     }
 
@@ -801,11 +840,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let old = self.dir[idx];
         let n = Self::count_full(&old);
         let groups = groups.max(groups_for(n, 1, 1));
-        let new = Self::new_segment(&self.mem, groups, old.depth)?;
+        let new = Self::new_segment(&self.mem, groups, old.depth())?;
         self.move_all(&old, &new);
-        self.set_range(idx, old.depth, new);
+        self.set_range(idx, old.depth(), new);
         // SAFETY: `old` is no longer referenced by the directory.
-        unsafe { self.mem.free(old.handle) };
+        unsafe { self.mem.free(old.handle()) };
         Ok(())
     }
 
@@ -813,30 +852,30 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// the directory first if needed. Returns the index the range of `idx` now starts at.
     pub(crate) fn split(&mut self, mut idx: usize, groups: usize) -> Result<usize, Error> {
         let old = self.dir[idx];
-        if old.depth == self.global_depth() {
+        if old.depth() == self.global_depth() {
             self.double_dir()?;
             idx *= 2;
         }
-        let a = Self::new_segment(&self.mem, groups, old.depth + 1)?;
-        let b = match Self::new_segment(&self.mem, groups, old.depth + 1) {
+        let a = Self::new_segment(&self.mem, groups, old.depth() + 1)?;
+        let b = match Self::new_segment(&self.mem, groups, old.depth() + 1) {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
-                unsafe { self.mem.free(a.handle) };
+                unsafe { self.mem.free(a.handle()) };
                 return Err(e);
             }
         };
-        let bit = 63 - old.depth;
+        let bit = 63 - old.depth();
         self.move_entries(&old, |h| if (h >> bit) & 1 == 0 { &a } else { &b });
-        let span = self.span(old.depth);
+        let span = self.span(old.depth());
         let start = idx & !(span - 1);
-        self.set_range(start, a.depth, a);
-        self.set_range(start + span / 2, b.depth, b);
-        if a.depth == self.global_depth() {
+        self.set_range(start, a.depth(), a);
+        self.set_range(start + span / 2, b.depth(), b);
+        if a.depth() == self.global_depth() {
             self.at_global += 2;
         }
         // SAFETY: `old` is no longer referenced by the directory.
-        unsafe { self.mem.free(old.handle) };
+        unsafe { self.mem.free(old.handle()) };
         Ok(start)
     }
 
@@ -846,7 +885,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let (h, p) = Self::alloc_dir(&self.mem, n)?;
         for (j, s) in self.dir.iter().enumerate() {
             // SAFETY: the block holds n u64s.
-            unsafe { p.as_ptr().add(j).write(s.handle) };
+            unsafe { p.as_ptr().add(j).write(s.handle()) };
         }
         let old = self.dir_handle;
         self.dir_handle = h;
@@ -901,7 +940,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 return;
             }
             let gd = self.global_depth();
-            self.at_global = self.dir.iter().filter(|s| s.depth == gd).count();
+            self.at_global = self.dir.iter().filter(|s| s.depth() == gd).count();
         }
     }
 
@@ -914,31 +953,31 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         halve: bool,
     ) -> Result<bool, Error> {
         let a = self.dir[idx];
-        if a.depth == 0 {
+        if a.depth() == 0 {
             return Ok(false);
         }
-        let bidx = idx ^ self.span(a.depth);
+        let bidx = idx ^ self.span(a.depth());
         let b = self.dir[bidx];
         // SAFETY: segment headers are valid while the table lives.
         let total = unsafe { (*a.hdr()).len + (*b.hdr()).len } as usize;
-        if b.depth != a.depth || total > limit {
+        if b.depth() != a.depth() || total > limit {
             return Ok(false);
         }
         let n = Self::count_full(&a) + Self::count_full(&b);
         let groups = groups_for(n, 1, 2)
             .min(self.max_groups)
             .max(groups_for(n, 1, 1));
-        let m = Self::new_segment(&self.mem, groups, a.depth - 1)?;
+        let m = Self::new_segment(&self.mem, groups, a.depth() - 1)?;
         self.move_all(&a, &m);
         self.move_all(&b, &m);
-        if a.depth == self.global_depth() {
+        if a.depth() == self.global_depth() {
             self.at_global -= 2;
         }
-        self.set_range(idx, m.depth, m);
+        self.set_range(idx, m.depth(), m);
         // SAFETY: neither block is referenced by the directory any more.
         unsafe {
-            self.mem.free(a.handle);
-            self.mem.free(b.handle);
+            self.mem.free(a.handle());
+            self.mem.free(b.handle());
         }
         if halve {
             self.halve_dir();
@@ -947,13 +986,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     }
 
     /// After a removal: merge a sparse segment with its buddy, or shrink it.
+    #[cold]
     fn maybe_shrink(&mut self, idx: usize) -> Result<(), Error> {
         let seg = self.dir[idx];
         let groups = seg.mask + 1;
         // SAFETY: header valid.
         let len = unsafe { (*seg.hdr()).len } as usize;
         let full = max_load(self.max_groups);
-        let merge = seg.depth > 0 && len <= full / 8;
+        let merge = seg.depth() > 0 && len <= full / 8;
         let shrink = groups > 1 && len <= max_load(groups) / 8;
         if !merge && !shrink {
             return Ok(());
@@ -983,7 +1023,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 (*hdr).deleted = 0;
                 (*hdr).growth_left = max_load(seg.mask + 1) as u64;
             }
-            i += self.span(seg.depth);
+            i += self.span(seg.depth());
         }
         // SAFETY: header valid; `&mut self`.
         unsafe { (*self.hdr.as_ptr()).len = 0 };
@@ -1011,14 +1051,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut i = 0;
         while i < self.dir.len() {
             let seg = self.dir[i];
-            if seg.depth < depth {
+            let d = seg.depth();
+            if d < depth {
                 i = self.split(i, self.max_groups)?;
                 continue;
             }
             if seg.mask + 1 < self.max_groups {
                 self.rebuild(i, self.max_groups)?;
             }
-            i += self.span(seg.depth);
+            i += self.span(d);
         }
         Ok(())
     }
@@ -1030,17 +1071,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let mut merged = false;
             let mut i = 0;
             while i < self.dir.len() {
-                let seg = self.dir[i];
-                if seg.depth > 0 {
-                    let bidx = i ^ self.span(seg.depth);
+                let d = self.dir[i].depth();
+                if d > 0 {
+                    let bidx = i ^ self.span(d);
                     if bidx > i && self.try_merge(i, limit, false)? {
                         merged = true;
-                        i &= !(self.span(seg.depth - 1) - 1);
-                        i += self.span(seg.depth - 1);
+                        i &= !(self.span(d - 1) - 1);
+                        i += self.span(d - 1);
                         continue;
                     }
                 }
-                i += self.span(seg.depth);
+                i += self.span(d);
             }
             if !merged {
                 break;
@@ -1050,14 +1091,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut i = 0;
         while i < self.dir.len() {
             let seg = self.dir[i];
+            let d = seg.depth();
             // SAFETY: header valid.
-            let len = unsafe { (*seg.hdr()).len } as usize;
-            let deleted = unsafe { (*seg.hdr()).deleted };
+            let (len, deleted) = unsafe { ((*seg.hdr()).len as usize, (*seg.hdr()).deleted) };
             let g = groups_for(len, 1, 1);
             if g < seg.mask + 1 || deleted > 0 {
                 self.rebuild(i, g)?;
             }
-            i += self.span(seg.depth);
+            i += self.span(d);
         }
         Ok(())
     }
@@ -1073,7 +1114,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: header valid.
             tomb += unsafe { (*seg.hdr()).deleted } as usize;
             bytes += seg_layout::<K, V>(seg.mask + 1).map_or(0, |l| l.0);
-            i += self.span(seg.depth);
+            i += self.span(seg.depth());
         }
         bytes += self.dir.len() * 8 + size_of::<TableHeader>();
         (segs, slots, tomb, bytes)
@@ -1093,7 +1134,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     return Some((seg, i));
                 }
             }
-            *pos = (pos.0 + self.span(seg.depth), 0);
+            *pos = (pos.0 + self.span(seg.depth()), 0);
         }
     }
 }

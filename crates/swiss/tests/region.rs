@@ -106,7 +106,8 @@ fn corrupt_tables_give_typed_errors() {
     let hdr = Region::open(&path).unwrap().root("kv").unwrap().get();
     // (byte offset in the header, mutation, what the error must be)
     type Check = fn(&Error) -> bool;
-    let cases: Vec<(u64, fn(u64) -> u64, Check)> = vec![
+    type Mutate = fn(u64) -> u64;
+    let cases: Vec<(u64, Mutate, Check)> = vec![
         (0, |x| x ^ 1, |e| matches!(e, Error::Corrupt(_))), // magic
         (8, |x| x + 1, |e| matches!(e, Error::UnsupportedVersion(_))), // version
         (40, |x| x ^ 4, |e| matches!(e, Error::Corrupt(_))), // seed: checksum
@@ -141,7 +142,8 @@ fn corrupt_tables_give_typed_errors() {
         unsafe { p.as_ptr().add(72).cast::<u64>().read_unaligned() }
     };
     drop(region);
-    let seg_cases: Vec<(bool, u64, fn(u64) -> u64)> = vec![
+    type Mutate2 = fn(u64) -> u64;
+    let seg_cases: Vec<(bool, u64, Mutate2)> = vec![
         (true, 0, |x| x + 64),          // dir entry points into a segment
         (true, 0, |_| 3),               // dir entry points at the region header
         (false, 0, |x| x ^ 0xFF),       // segment magic

@@ -1,0 +1,366 @@
+//! offheap-swiss vs hashbrown at 50M keys (u64 -> u64, same xxh3 hasher), outside criterion:
+//! one process per table (so peak RSS is each table's own), each row timed once.
+//!
+//! Rows: insert from empty (ns/key), lookup hit / miss (ns/key, 10M random keys), remove
+//! (ns/key, all keys), batched lookup (`get_many`, ours only), worst single insert while
+//! growing, peak RSS while growing (bytes per entry), and a per-insert latency trace:
+//! the worst insert in each of 1000 consecutive slices of the run, written as CSV, and an SVG
+//! plot of both traces.
+//!
+//! Run (about 2-3 minutes and 2 GiB of memory at 50M):
+//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--svg PATH] [--csv PATH]`
+//! The docs' plot: `... -- 50000000 --svg docs/img/swiss-insert-latency.svg --csv target/swiss-insert-latency.csv`
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::Instant;
+
+use hashbrown::HashMap;
+use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+
+const SEED: u64 = 0x5EED;
+const SLICES: usize = 1000;
+
+fn key(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// (VmRSS, VmHWM) in bytes.
+fn rss() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The operations both tables offer.
+trait Map {
+    fn new() -> Self;
+    fn ins(&mut self, k: u64, v: u64);
+    fn get(&self, k: u64) -> Option<u64>;
+    fn rem(&mut self, k: u64) -> Option<u64>;
+    fn batched(&self, _keys: &[u64], _out: &mut [Option<u64>]) -> Option<usize> {
+        None
+    }
+}
+
+impl Map for SwissTable<u64, u64> {
+    fn new() -> Self {
+        let mem = offheap_mmap::Region::anonymous_with(
+            &offheap_swiss::default_region_options().max_size(256 << 30),
+        )
+        .unwrap();
+        SwissTable::with_options_in(TableOptions::new().seed(SEED), mem).unwrap()
+    }
+    #[inline]
+    fn ins(&mut self, k: u64, v: u64) {
+        self.insert(k, v);
+    }
+    #[inline]
+    fn get(&self, k: u64) -> Option<u64> {
+        SwissTable::get(self, &k).copied()
+    }
+    #[inline]
+    fn rem(&mut self, k: u64) -> Option<u64> {
+        self.remove(&k)
+    }
+    fn batched(&self, keys: &[u64], out: &mut [Option<u64>]) -> Option<usize> {
+        Some(self.get_many(keys, out))
+    }
+}
+
+impl Map for HashMap<u64, u64, Xxh3BuildHasher> {
+    fn new() -> Self {
+        HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED))
+    }
+    #[inline]
+    fn ins(&mut self, k: u64, v: u64) {
+        self.insert(k, v);
+    }
+    #[inline]
+    fn get(&self, k: u64) -> Option<u64> {
+        HashMap::get(self, &k).copied()
+    }
+    #[inline]
+    fn rem(&mut self, k: u64) -> Option<u64> {
+        self.remove(&k)
+    }
+}
+
+/// Runs every row for one table type; prints `name=value` pairs, then the trace.
+fn child<M: Map>(n: u64) {
+    let lookups = n.min(10_000_000);
+    let (base, _) = rss();
+    let mut out = Vec::new();
+
+    let t0 = Instant::now();
+    let mut m = M::new();
+    for i in 0..n {
+        m.ins(key(i), i);
+    }
+    let insert_ns = t0.elapsed().as_nanos() as f64 / n as f64;
+    let (now, peak) = rss();
+    out.push(format!("insert_ns={insert_ns:.1}"));
+    out.push(format!(
+        "peak_b_per_entry={:.1}",
+        (peak - base) as f64 / n as f64
+    ));
+    out.push(format!(
+        "final_b_per_entry={:.1}",
+        (now - base) as f64 / n as f64
+    ));
+
+    // Lookups: keys in a scrambled order (a multiplicative stride), so no two are adjacent.
+    let stride = 0x9E37_79B9u64 | 1;
+    let t0 = Instant::now();
+    let mut s = 0u64;
+    for j in 0..lookups {
+        s = s.wrapping_add(m.get(key(j.wrapping_mul(stride) % n)).unwrap());
+    }
+    black_box(s);
+    out.push(format!(
+        "hit_ns={:.1}",
+        t0.elapsed().as_nanos() as f64 / lookups as f64
+    ));
+    let t0 = Instant::now();
+    let mut c = 0u64;
+    for j in 0..lookups {
+        c += m.get(key(n + j)).is_some() as u64;
+    }
+    assert_eq!(black_box(c), 0);
+    out.push(format!(
+        "miss_ns={:.1}",
+        t0.elapsed().as_nanos() as f64 / lookups as f64
+    ));
+    let batch: Vec<u64> = (0..lookups)
+        .map(|j| key(j.wrapping_mul(stride) % n))
+        .collect();
+    let mut res = vec![None; 1024];
+    let t0 = Instant::now();
+    let mut found = Some(0);
+    for chunk in batch.chunks(1024) {
+        found = m
+            .batched(chunk, &mut res[..chunk.len()])
+            .and_then(|f| found.map(|g| g + f));
+    }
+    if let Some(f) = found {
+        assert_eq!(f as u64, lookups);
+        out.push(format!(
+            "batched_ns={:.1}",
+            t0.elapsed().as_nanos() as f64 / lookups as f64
+        ));
+    }
+    drop(batch);
+
+    let t0 = Instant::now();
+    for i in 0..n {
+        black_box(m.rem(key(i)));
+    }
+    out.push(format!(
+        "remove_ns={:.1}",
+        t0.elapsed().as_nanos() as f64 / n as f64
+    ));
+    drop(m);
+
+    // Per-insert latency while growing.
+    let mut m = M::new();
+    let per = (n as usize / SLICES).max(1);
+    let mut trace = Vec::with_capacity(SLICES + 1);
+    let mut worst = 0u64;
+    let mut slice_worst = 0u64;
+    for i in 0..n {
+        let k = key(i);
+        let t = Instant::now();
+        m.ins(k, i);
+        let d = t.elapsed().as_nanos() as u64;
+        slice_worst = slice_worst.max(d);
+        if (i as usize + 1) % per == 0 {
+            trace.push((i + 1, slice_worst));
+            worst = worst.max(slice_worst);
+            slice_worst = 0;
+        }
+    }
+    worst = worst.max(slice_worst);
+    out.push(format!("worst_insert_us={:.1}", worst as f64 / 1000.0));
+    println!("{}", out.join(" "));
+    for (i, w) in trace {
+        println!("trace {i} {w}");
+    }
+}
+
+struct Run {
+    rows: Vec<(String, f64)>,
+    trace: Vec<(u64, u64)>,
+}
+
+fn spawn(which: &str, n: u64) -> Run {
+    let exe = std::env::current_exe().unwrap();
+    let o = Command::new(exe)
+        .args(["--child", which, &n.to_string()])
+        .output()
+        .expect("spawn child");
+    assert!(
+        o.status.success(),
+        "{which}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut run = Run {
+        rows: Vec::new(),
+        trace: Vec::new(),
+    };
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("trace ") {
+            let mut it = t.split(' ').map(|x| x.parse::<u64>().unwrap());
+            run.trace.push((it.next().unwrap(), it.next().unwrap()));
+        } else if line.contains('=') {
+            for kv in line.split(' ') {
+                let (k, v) = kv.split_once('=').unwrap();
+                run.rows.push((k.to_string(), v.parse().unwrap()));
+            }
+        }
+    }
+    run
+}
+
+/// A log-scale SVG of the two traces (worst insert per slice, microseconds).
+fn svg(n: u64, ours: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
+    let (w, h, l, r, t, b) = (900.0, 420.0, 70.0, 20.0, 40.0, 50.0);
+    let ymin: f64 = 0.1; // µs
+    let ymax = ours
+        .iter()
+        .chain(theirs)
+        .map(|&(_, d)| d as f64 / 1000.0)
+        .fold(10.0f64, f64::max)
+        * 2.0;
+    let x = |i: u64| l + (w - l - r) * i as f64 / n as f64;
+    let y = |us: f64| {
+        let v = us.max(ymin);
+        t + (h - t - b) * (1.0 - (v.ln() - ymin.ln()) / (ymax.ln() - ymin.ln()))
+    };
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s += &format!(
+        "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">Worst single insert per {} inserts while growing to {} keys (u64 -> u64, xxh3)</text>\n",
+        w / 2.0,
+        n / SLICES as u64,
+        n
+    );
+    let mut dec = ymin;
+    while dec <= ymax {
+        let yy = y(dec);
+        s += &format!(
+            "<line x1=\"{l}\" y1=\"{yy:.1}\" x2=\"{}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/>\n",
+            w - r
+        );
+        let label = if dec >= 1000.0 {
+            format!("{} ms", dec / 1000.0)
+        } else {
+            format!("{dec} µs")
+        };
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n",
+            l - 6.0,
+            yy + 4.0
+        );
+        dec *= 10.0;
+    }
+    for k in 0..=5 {
+        let i = n * k / 5;
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}M</text>\n",
+            x(i),
+            h - b + 18.0,
+            i as f64 / 1e6
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">keys inserted</text>\n",
+        w / 2.0,
+        h - 10.0
+    );
+    for (pts, color, name, ly) in [
+        (theirs, "#d62728", "hashbrown", 0.0),
+        (ours, "#1f77b4", "offheap-swiss", 16.0),
+    ] {
+        let p: Vec<String> = pts
+            .iter()
+            .map(|&(i, d)| format!("{:.1},{:.1}", x(i), y(d as f64 / 1000.0)))
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.2\" points=\"{}\"/>\n",
+            p.join(" ")
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
+            l + 10.0,
+            t + 14.0 + ly
+        );
+    }
+    s + "</svg>\n"
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let n = args[2].parse().unwrap();
+        match args[1].as_str() {
+            "offheap" => child::<SwissTable<u64, u64>>(n),
+            _ => child::<HashMap<u64, u64, Xxh3BuildHasher>>(n),
+        }
+        return;
+    }
+    let mut n = 50_000_000u64;
+    let mut svg_path = None;
+    let mut csv_path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--svg" => svg_path = it.next().cloned(),
+            "--csv" => csv_path = it.next().cloned(),
+            s => {
+                if let Ok(v) = s.parse() {
+                    n = v
+                }
+            }
+        }
+    }
+    let ours = spawn("offheap", n);
+    let theirs = spawn("hashbrown", n);
+    println!("u64 -> u64, xxh3 for both, {n} keys (one process each)");
+    println!(
+        "{:<20} {:>12} {:>12} {:>8}",
+        "row", "offheap", "hashbrown", "ratio"
+    );
+    for (k, v) in &ours.rows {
+        match theirs.rows.iter().find(|(k2, _)| k2 == k) {
+            Some((_, h)) => println!("{k:<20} {v:>12.1} {h:>12.1} {:>8.2}", v / h),
+            None => println!("{k:<20} {v:>12.1} {:>12} {:>8}", "-", "-"),
+        }
+    }
+    if let Some(p) = csv_path {
+        let mut s = String::from("inserted,offheap_worst_ns,hashbrown_worst_ns\n");
+        for (a, b) in ours.trace.iter().zip(&theirs.trace) {
+            s += &format!("{},{},{}\n", a.0, a.1, b.1);
+        }
+        std::fs::write(&p, s).unwrap();
+        println!("wrote {p}");
+    }
+    if let Some(p) = svg_path {
+        std::fs::write(&p, svg(n, &ours.trace, &theirs.trace)).unwrap();
+        println!("wrote {p}");
+    }
+}
