@@ -17,7 +17,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u64..600, 0u32..8).prop_map(|(size, align_shift)| Op::Alloc { size, align_shift }),
-        1 => (600u64..40_000, 0u32..13).prop_map(|(size, align_shift)| Op::Alloc { size, align_shift }),
+        1 => (600u64..if cfg!(miri) { 3000 } else { 40_000 }, 0u32..13).prop_map(|(size, align_shift)| Op::Alloc { size, align_shift }),
         4 => any::<usize>().prop_map(|pick| Op::Free { pick }),
         1 => Just(Op::Check),
     ]
@@ -97,7 +97,7 @@ proptest! {
     })]
 
     #[test]
-    fn allocator_matches_model(ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 40 } else { 300 })) {
+    fn allocator_matches_model(ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 24 } else { 300 })) {
         run(ops);
     }
 }
