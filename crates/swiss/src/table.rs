@@ -469,10 +469,19 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
             out.len(),
             "get_many: keys and out differ in length"
         );
-        const B: usize = 16;
         let mut found = 0;
+        // A table of a few segments sits in the caches: nothing to overlap, plain lookups.
+        if self.raw.global_depth() < 3 {
+            for (k, o) in keys.iter().zip(out.iter_mut()) {
+                *o = self.get(k).copied();
+                found += o.is_some() as usize;
+            }
+            return found;
+        }
+        const B: usize = 16;
         let mut hashes = [0u64; B];
         for (kc, oc) in keys.chunks(B).zip(out.chunks_mut(B)) {
+            // 1: hash, prefetch each key's first control group.
             for (h, k) in hashes.iter_mut().zip(kc) {
                 *h = self.raw.hash(k);
                 let seg = self.raw.seg_at(*h);
@@ -480,6 +489,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
                 // SAFETY: g <= mask, so the address lies in the segment's control bytes.
                 prefetch(unsafe { seg.ctrl_at(g * 16) });
             }
+            // 2: match the tag in the (now arriving) group, prefetch the first candidate slot.
             for &h in &hashes[..kc.len()] {
                 let seg = self.raw.seg_at(h);
                 let g = (h >> 7) as usize & seg.mask;
@@ -489,6 +499,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
                     prefetch(unsafe { seg.slot(g * 16 + b) } as *const u8);
                 }
             }
+            // 3: probe.
             for ((&h, k), o) in hashes.iter().zip(kc).zip(oc.iter_mut()) {
                 let seg = self.raw.seg_at(h);
                 *o = find_in(&seg, h, k).map(|i| {

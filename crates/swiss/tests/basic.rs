@@ -11,7 +11,7 @@ fn small(heap: &Heap) -> SwissTable<u64, u64, &Heap> {
 fn grows_by_splitting_and_shrinks_by_merging() {
     let heap = Heap::new();
     let mut t = small(&heap);
-    let n = if cfg!(miri) { 600 } else { 20_000 };
+    let n = if cfg!(miri) { 300 } else { 20_000 };
     for i in 0..n {
         assert_eq!(t.insert(i, i * 3), None);
     }
@@ -39,7 +39,7 @@ fn churn_does_not_pile_up_tombstones() {
     let mut t: SwissTable<u64, u64, &Heap> =
         SwissTable::with_options_in(TableOptions::new().segment_slots(256).seed(3), &heap).unwrap();
     let live = 150u64;
-    let rounds = if cfg!(miri) { 400 } else { 20_000 };
+    let rounds = if cfg!(miri) { 150 } else { 20_000 };
     for i in 0..live {
         t.insert(i, i);
     }
@@ -146,7 +146,7 @@ fn with_capacity_presplits_without_moving_later() {
 fn shrink_to_fit_gives_memory_back() {
     let heap = Heap::new();
     let mut t = small(&heap);
-    let n = if cfg!(miri) { 500 } else { 5000 };
+    let n = if cfg!(miri) { 300 } else { 5000 };
     for i in 0..n {
         t.insert(i, i);
     }

@@ -25,6 +25,9 @@ enum Op {
     BulkRemove(u32, u16),
 }
 
+/// Longest bulk run (short under miri, which is ~1000x slower).
+const BULK: u16 = if cfg!(miri) { 40 } else { 400 };
+
 fn op(keys: u32) -> impl Strategy<Value = Op> {
     let k = 0..keys;
     prop_oneof![
@@ -41,8 +44,8 @@ fn op(keys: u32) -> impl Strategy<Value = Op> {
         1 => Just(Op::ShrinkToFit),
         1 => (0..600u16).prop_map(Op::Reserve),
         2 => Just(Op::Reopen),
-        2 => (k.clone(), 1..400u16).prop_map(|(k, n)| Op::Bulk(k, n)),
-        2 => (k, 1..400u16).prop_map(|(k, n)| Op::BulkRemove(k, n)),
+        2 => (k.clone(), 1..BULK).prop_map(|(k, n)| Op::Bulk(k, n)),
+        2 => (k, 1..BULK).prop_map(|(k, n)| Op::BulkRemove(k, n)),
     ]
 }
 
@@ -208,12 +211,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 8 } else { 64 }, ..ProptestConfig::default() })]
 
     #[test]
-    fn small_segments_many_keys(ops in proptest::collection::vec(op(2000), 1..if cfg!(miri) { 40 } else { 300 })) {
+    fn small_segments_many_keys(ops in proptest::collection::vec(op(2000), 1..if cfg!(miri) { 30 } else { 300 })) {
         run_heap(ops, 16);
     }
 
     #[test]
-    fn medium_segments_few_keys(ops in proptest::collection::vec(op(300), 1..if cfg!(miri) { 40 } else { 300 })) {
+    fn medium_segments_few_keys(ops in proptest::collection::vec(op(300), 1..if cfg!(miri) { 30 } else { 300 })) {
         run_heap(ops, 64);
     }
 
