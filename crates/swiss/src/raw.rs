@@ -101,27 +101,29 @@ pub(crate) fn groups_for(n: usize, num: usize, den: usize) -> usize {
     g
 }
 
-/// Bytes before the slots: the header, padded to the slots' alignment.
-#[inline(always)]
-const fn seg_head<K, V>() -> usize {
-    let sa = align_of::<Slot<K, V>>();
-    if sa > SEG_HEADER {
-        sa
-    } else {
-        SEG_HEADER
-    }
-}
-
 /// Size, offset of the control bytes, and alignment of a segment of `groups` groups.
 ///
-/// A segment is `[header][slot cap-1] ... [slot 1][slot 0][cap control bytes]`: slot `i` lies
-/// `(i + 1) * size_of::<Slot>()` bytes below the control bytes (as in hashbrown), so the
-/// control pointer and the group mask are all a lookup needs.
+/// A segment is `[slot cap-1] ... [slot 1][slot 0][header (64 B)][cap control bytes]`: the
+/// header sits right before the control bytes (same page, so an insert's counter update costs
+/// no extra TLB entry), and slot `i` lies `64 + (i + 1) * size_of::<Slot>()` bytes below them
+/// (as in hashbrown, a constant offset), so the control pointer and the group mask are all a
+/// lookup needs.
 fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
     let cap = groups.checked_mul(GROUP_WIDTH)?;
-    let ctrl_off = seg_head::<K, V>().checked_add(cap.checked_mul(size_of::<Slot<K, V>>())?)?;
+    let ctrl_off = cap
+        .checked_mul(size_of::<Slot<K, V>>())?
+        .checked_add(SEG_HEADER)?;
     let size = ctrl_off.checked_add(cap)?;
     Some((size, ctrl_off, align_of::<Slot<K, V>>().max(64)))
+}
+
+/// Low bits of a directory word: the segment's handle; high 8 bits: log2 of its group count
+/// (so that `open` can find the header, which lies after the slots).
+const HANDLE_BITS: u32 = 56;
+
+/// The stored directory word of a segment.
+fn dir_word(handle: u64, groups: usize) -> u64 {
+    handle | (u64::from(groups.trailing_zeros()) << HANDLE_BITS)
 }
 
 /// The in-process view of a segment, one per directory entry: its control bytes' address,
@@ -148,9 +150,12 @@ impl<K, V> SegRef<K, V> {
     }
     #[inline(always)]
     pub(crate) fn hdr(&self) -> *mut SegHeader {
-        let below = seg_head::<K, V>() + self.capacity() * size_of::<Slot<K, V>>();
-        // SAFETY: the header starts the block, `below` bytes before the control bytes.
-        unsafe { self.ctrl.as_ptr().sub(below).cast() }
+        // SAFETY: the header lies right before the control bytes, in the same block.
+        unsafe { self.ctrl.as_ptr().sub(SEG_HEADER).cast() }
+    }
+    /// The stored directory word of this segment.
+    fn word(&self) -> u64 {
+        dir_word(self.handle(), self.mask + 1)
     }
     /// Local depth (from the header).
     #[inline(always)]
@@ -175,9 +180,15 @@ impl<K, V> SegRef<K, V> {
     /// `i` must be below `capacity()`.
     #[inline(always)]
     pub(crate) unsafe fn slot(&self, i: usize) -> *mut Slot<K, V> {
-        // SAFETY: in bounds by the caller's promise: slot i is (i + 1) slots below the
-        // control bytes.
-        unsafe { self.ctrl.as_ptr().cast::<Slot<K, V>>().sub(i + 1) }
+        // SAFETY: in bounds by the caller's promise: slot i is (i + 1) slots below the header,
+        // which is SEG_HEADER bytes below the control bytes.
+        unsafe {
+            self.ctrl
+                .as_ptr()
+                .sub(SEG_HEADER)
+                .cast::<Slot<K, V>>()
+                .sub(i + 1)
+        }
     }
     /// # Safety
     /// `g` must be at most `mask`.
@@ -398,7 +409,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         };
         // SAFETY: the directory block holds one u64.
-        unsafe { dir_ptr.as_ptr().write(seg.handle()) };
+        unsafe { dir_ptr.as_ptr().write(seg.word()) };
         let [key_size, key_align, val_size, val_align] = fingerprint::<K, V>();
         let mut h = TableHeader {
             magic: TABLE_MAGIC,
@@ -503,25 +514,33 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut i = 0;
         while i < n {
             // SAFETY: i < n and the directory block holds n u64s.
-            let off = unsafe { dir_ptr.as_ptr().add(i).read() };
-            let sp = mem
-                .ptr(off, SEG_HEADER as u64)
-                .ok_or_else(|| oob(off, SEG_HEADER))?;
-            if sp.as_ptr() as usize % 64 != 0 {
+            let word = unsafe { dir_ptr.as_ptr().add(i).read() };
+            let off = word & ((1 << HANDLE_BITS) - 1);
+            let lg = word >> HANDLE_BITS;
+            if lg > u64::from(MAX_GROUPS_LIMIT.trailing_zeros()) {
+                return Err(Error::Corrupt("segment size out of range"));
+            }
+            let groups = 1usize << lg;
+            let (size, ctrl_off, align) =
+                seg_layout::<K, V>(groups).ok_or(Error::Corrupt("segment size overflows"))?;
+            let base = mem.ptr(off, size as u64).ok_or_else(|| oob(off, size))?;
+            if base.as_ptr() as usize % align != 0 {
                 return Err(Error::Corrupt("misaligned segment"));
             }
-            // SAFETY: SEG_HEADER bytes vouched for, aligned; any bytes are a valid SegHeader.
-            let sh = unsafe { sp.cast::<SegHeader>().as_ptr().read() };
+            // SAFETY: the block's `size` bytes are vouched for; the header lies inside them,
+            // 8-aligned (ctrl_off is a multiple of 16); any bytes are a valid SegHeader.
+            let sh = unsafe {
+                base.as_ptr()
+                    .add(ctrl_off - SEG_HEADER)
+                    .cast::<SegHeader>()
+                    .read()
+            };
             if sh.magic != SEG_MAGIC {
                 return Err(Error::Corrupt("bad segment magic"));
             }
-            let groups = sh.groups as usize;
-            if sh.depth > gd || !groups.is_power_of_two() || groups > MAX_GROUPS_LIMIT {
+            if sh.depth > gd || sh.groups as usize != groups {
                 return Err(Error::Corrupt("segment depth or size out of range"));
             }
-            let (size, ctrl_off, _) =
-                seg_layout::<K, V>(groups).ok_or(Error::Corrupt("segment size overflows"))?;
-            let base = mem.ptr(off, size as u64).ok_or_else(|| oob(off, size))?;
             let cap = (groups * GROUP_WIDTH) as u64;
             if sh.len.checked_add(sh.deleted).map_or(true, |x| x > cap)
                 || sh.growth_left > max_load(groups) as u64
@@ -536,7 +555,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
             for j in i..i + span {
                 // SAFETY: j < n (i is a multiple of span, a power of two dividing n).
-                if unsafe { dir_ptr.as_ptr().add(j).read() } != off {
+                if unsafe { dir_ptr.as_ptr().add(j).read() } != word {
                     return Err(Error::Corrupt("directory entries of a segment disagree"));
                 }
             }
@@ -587,16 +606,26 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     fn new_segment(mem: &M, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
         let (size, ctrl_off, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
         let handle = mem.alloc(size as u64, align as u64)?;
+        if handle >> HANDLE_BITS != 0 {
+            // SAFETY: just allocated, never shared.
+            unsafe { mem.free(handle) };
+            return Err(Error::Alloc {
+                size: size as u64,
+                align: align as u64,
+                source: Some("memory returned a handle of 2^56 or more".into()),
+            });
+        }
         let Some(base) = mem.ptr(handle, size as u64) else {
             // SAFETY: just allocated, never shared.
             unsafe { mem.free(handle) };
             return Err(oob(handle, size));
         };
         let cap = groups * GROUP_WIDTH;
-        // SAFETY: the block is `size` bytes aligned to `align` >= 64: the header, `cap` control
-        // bytes and the slots fit (seg_layout).
+        // SAFETY: the block is `size` bytes aligned to `align` >= 64: the slots, the header and
+        // `cap` control bytes fit (seg_layout); the header is 16-aligned.
         unsafe {
-            base.cast::<SegHeader>().as_ptr().write(SegHeader {
+            let hdr = base.as_ptr().add(ctrl_off - SEG_HEADER).cast::<SegHeader>();
+            hdr.write(SegHeader {
                 magic: SEG_MAGIC,
                 depth,
                 groups: groups as u32,
@@ -830,7 +859,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         for j in start..start + span {
             self.dir[j] = seg;
             // SAFETY: j < dir.len() == the stored directory's length.
-            unsafe { self.dir_ptr.as_ptr().add(j).write(seg.handle()) };
+            unsafe { self.dir_ptr.as_ptr().add(j).write(seg.word()) };
         }
     }
 
@@ -885,7 +914,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let (h, p) = Self::alloc_dir(&self.mem, n)?;
         for (j, s) in self.dir.iter().enumerate() {
             // SAFETY: the block holds n u64s.
-            unsafe { p.as_ptr().add(j).write(s.handle()) };
+            unsafe { p.as_ptr().add(j).write(s.word()) };
         }
         let old = self.dir_handle;
         self.dir_handle = h;

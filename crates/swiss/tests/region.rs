@@ -157,12 +157,16 @@ fn corrupt_tables_give_typed_errors() {
         if in_dir {
             poke(&region, dir_off, at, f);
         } else {
-            let seg = {
+            // A directory word is the block's offset plus log2(groups) in the top 8 bits; the
+            // segment header follows the slots (16 bytes each for u64 -> u64).
+            let word = {
                 let p = region.ptr_raw(dir_off, 8).unwrap();
                 // SAFETY: in bounds.
                 unsafe { p.as_ptr().cast::<u64>().read_unaligned() }
             };
-            poke(&region, seg, at, f);
+            let block = word & ((1 << 56) - 1);
+            let slots = 16u64 << (word >> 56);
+            poke(&region, block + slots * 16, at, f);
         }
         assert!(
             SwissTable::<u64, u64, &Region>::open_in(&region, "kv").is_err(),
