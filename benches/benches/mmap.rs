@@ -44,22 +44,28 @@ fn alloc_free_mixed(c: &mut Criterion) {
     let sizes = sizes();
     let mut g = c.benchmark_group("mmap/alloc_free_mixed");
     g.throughput(Throughput::Elements(STEPS as u64));
-    g.bench_function("region", |b| {
-        let r = Region::anonymous().unwrap();
-        let mut ring: Vec<Option<Offset>> = vec![None; RING];
-        b.iter(|| {
-            for (i, &s) in sizes.iter().enumerate() {
-                let slot = &mut ring[i % RING];
-                if let Some(o) = slot.take() {
-                    r.free(o).unwrap();
+    for (name, threshold) in [("region", None), ("region_no_giveback", Some(u64::MAX))] {
+        g.bench_function(name, |b| {
+            let mut opts = RegionOptions::new();
+            if let Some(t) = threshold {
+                opts = opts.release_threshold(t);
+            }
+            let r = Region::anonymous_with(&opts).unwrap();
+            let mut ring: Vec<Option<Offset>> = vec![None; RING];
+            b.iter(|| {
+                for (i, &s) in sizes.iter().enumerate() {
+                    let slot = &mut ring[i % RING];
+                    if let Some(o) = slot.take() {
+                        r.free(o).unwrap();
+                    }
+                    *slot = Some(black_box(r.alloc(s as u64, 8).unwrap()));
                 }
-                *slot = Some(black_box(r.alloc(s as u64, 8).unwrap()));
+            });
+            for o in ring.into_iter().flatten() {
+                r.free(o).unwrap();
             }
         });
-        for o in ring.into_iter().flatten() {
-            r.free(o).unwrap();
-        }
-    });
+    }
     g.bench_function("glibc_malloc", |b| {
         let mut ring: Vec<*mut libc::c_void> = vec![std::ptr::null_mut(); RING];
         b.iter(|| {

@@ -19,6 +19,26 @@ const FLAG_MASK: u64 = GRANULE - 1;
 /// Free-list link fields inside a free block.
 const NEXT: u64 = 16;
 const PREV: u64 = 24;
+/// Dirty-hull fields of a free block of at least [`FREE_HEADER`] bytes.
+const HULL_LO: u64 = 32;
+const HULL_HI: u64 = 40;
+/// Bytes at the start of a free block that hold its header, links and hull.
+const FREE_HEADER: u64 = 48;
+
+/// Smallest range holding both (`None` = empty).
+fn union(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (x, None) | (None, x) => x,
+    }
+}
+
+/// `hull` clipped to `lo..hi`.
+fn clip(hull: Option<(u64, u64)>, lo: u64, hi: u64) -> Option<(u64, u64)> {
+    let (a, b) = hull?;
+    let (a, b) = (a.max(lo), b.min(hi));
+    (a < b).then_some((a, b))
+}
 
 /// Options for creating (and, for `max_size`, opening) a region. Builder-style.
 ///
@@ -45,14 +65,14 @@ impl Default for RegionOptions {
             max_size: if cfg!(miri) { 8 << 20 } else { 64 << 30 },
             initial_size: if cfg!(miri) { 64 << 10 } else { 1 << 20 },
             growth_step: 1 << 20,
-            release_threshold: 64 << 10,
+            release_threshold: 1 << 20,
         }
     }
 }
 
 impl RegionOptions {
     /// The defaults: 64 GiB of reserved address space, 1 MiB initial size, growth steps of
-    /// at least 1 MiB, free runs of 64 KiB or more given back to the OS.
+    /// at least 1 MiB, freed memory given back to the OS in batches of 1 MiB.
     pub fn new() -> Self {
         Self::default()
     }
@@ -78,9 +98,10 @@ impl RegionOptions {
         self
     }
 
-    /// Free blocks at least this large have their whole pages given back to the OS
-    /// (`MADV_DONTNEED` for anonymous regions, a punched hole for files).
-    /// `u64::MAX` disables give-back.
+    /// Give-back batch: once the freed bytes of a free block (its "dirty hull", see
+    /// `docs/mmap.md`) span at least this many bytes, their whole pages go back to the OS
+    /// (`MADV_DONTNEED` for anonymous regions, a punched hole for files). Larger values
+    /// give back later and fault less under churn. `u64::MAX` disables give-back.
     pub fn release_threshold(mut self, bytes: u64) -> Self {
         self.release_threshold = bytes;
         self
@@ -597,6 +618,33 @@ impl Region {
         self.wr(b.wrapping_add(8), size | u64::from(free))
     }
 
+    // ----------------------------------------------------------------- dirty hulls
+
+    /// The dirty hull of free block `b` (`size` bytes): the smallest range that holds
+    /// every byte freed since its pages were last given back, `None` when clean. Blocks
+    /// too small to store one are dirty in full. A hull that does not lie inside its
+    /// block (corruption) is taken as the whole block: hulls only steer give-back.
+    fn hull(&self, b: u64, size: u64) -> Result<Option<(u64, u64)>, Error> {
+        if size < FREE_HEADER {
+            return Ok(Some((b, b + size)));
+        }
+        let (lo, hi) = (self.rd(b + HULL_LO)?, self.rd(b + HULL_HI)?);
+        Ok(match (lo, hi) {
+            (0, 0) => None,
+            (lo, hi) if b <= lo && lo < hi && hi <= b + size => Some((lo, hi)),
+            _ => Some((b, b + size)),
+        })
+    }
+
+    fn set_hull(&self, b: u64, size: u64, hull: Option<(u64, u64)>) -> Result<(), Error> {
+        if size >= FREE_HEADER {
+            let (lo, hi) = hull.unwrap_or((0, 0));
+            self.wr(b + HULL_LO, lo)?;
+            self.wr(b + HULL_HI, hi)?;
+        }
+        Ok(())
+    }
+
     // ----------------------------------------------------------------- free lists
 
     #[inline]
@@ -744,6 +792,7 @@ impl Region {
     fn carve(&self, b0: u64, s0: u64, need: u64, align: u64, end: u64) -> Result<Offset, Error> {
         let (mut b, mut s) = (b0, s0);
         let mut new_free = 0i64;
+        let hull = self.hull(b0, s0)?;
         if align > GRANULE {
             let payload = (b + BLOCK_HEADER + align - 1) & !(align - 1);
             let mut gap = payload - BLOCK_HEADER - b;
@@ -756,6 +805,7 @@ impl Region {
                 // blocks are adjacent), so it needs no coalescing.
                 self.set_block(b, gap, true)?;
                 self.insert(b, gap)?;
+                self.set_hull(b, gap, clip(hull, b, b + gap))?;
                 new_free += 1;
                 b += gap;
                 s -= gap;
@@ -769,6 +819,7 @@ impl Region {
             self.wr(t, need)?;
             self.set_block(t, ts, true)?;
             self.insert(t, ts)?;
+            self.set_hull(t, ts, clip(hull, t, t + ts))?;
             new_free += 1;
             s = need;
             last_piece = (t, ts);
@@ -836,27 +887,24 @@ impl Region {
         self.hadd(F_ALLOCS, -1);
         let (mut start, mut len) = (b, size);
         let mut merged = 1i64;
-        let mut lo = None;
-        let mut hi = None;
+        // The freed block is dirty (resident) in full; free neighbours bring their own
+        // dirty hulls.
+        let mut hull = Some((b, n));
         if n < end {
             let (ns, nfree) = self.block(n)?;
             if nfree {
+                hull = union(hull, self.hull(n, ns)?);
                 self.unlink(n, ns)?;
                 len += ns;
                 merged -= 1;
-                if ns >= self.release_threshold {
-                    hi = Some(n + MIN_BLOCK);
-                }
             }
         }
         if let Some((p, true)) = prev {
+            hull = union(hull, self.hull(p, ps)?);
             self.unlink(p, ps)?;
             start = p;
             len += ps;
             merged -= 1;
-            if ps >= self.release_threshold {
-                lo = Some(b);
-            }
         }
         self.set_block(start, len, true)?;
         self.insert(start, len)?;
@@ -867,23 +915,19 @@ impl Region {
             self.hset(F_LAST_BLOCK, start);
         }
         self.hadd(F_FREE_BLOCKS, merged);
-        if len >= self.release_threshold {
-            // Neighbours that were already large had their pages given back when they
-            // were freed: only the pages around the freed block need it now, so the
-            // work stays proportional to the freed block.
-            let page = self.page;
-            let mut from = round_up(start + MIN_BLOCK, page).unwrap_or(e);
-            let mut to = round_down(e, page);
-            if let Some(lo) = lo {
-                from = from.max(round_down(lo, page));
-            }
-            if let Some(hi) = hi {
-                to = to.min(round_up(hi, page).unwrap_or(to));
-            }
-            if from < to {
-                self.release(from, to);
+        if let Some((lo, hi)) = hull {
+            if hi - lo >= self.release_threshold {
+                // Give the hull's whole pages back (never the block's first bytes, which
+                // hold its header, links and hull) and start clean.
+                let from = round_up(lo.max(start + FREE_HEADER), self.page).unwrap_or(hi);
+                let to = round_down(hi.min(e), self.page);
+                if from < to {
+                    self.release(from, to);
+                }
+                hull = None;
             }
         }
+        self.set_hull(start, len, hull)?;
         Ok(())
     }
 
@@ -946,13 +990,17 @@ impl Region {
         self.mapped.set(new);
         let add = new - old;
         if lfree {
+            // The new pages are clean: the hull stays what it was.
+            let hull = self.hull(last, ls)?;
             self.unlink(last, ls)?;
             self.set_block(last, ls + add, true)?;
             self.insert(last, ls + add)?;
+            self.set_hull(last, ls + add, hull)?;
         } else {
             self.wr(old, ls)?;
             self.set_block(old, add, true)?;
             self.insert(old, add)?;
+            self.set_hull(old, add, None)?;
             self.hset(F_LAST_BLOCK, old);
             self.hadd(F_FREE_BLOCKS, 1);
         }
@@ -1131,6 +1179,12 @@ impl Region {
                 return Err(corrupt(b, "two adjacent free blocks"));
             }
             r.blocks += 1;
+            if free && size >= FREE_HEADER {
+                let (lo, hi) = (self.rd(b + HULL_LO)?, self.rd(b + HULL_HI)?);
+                if (lo, hi) != (0, 0) && !(b <= lo && lo < hi && hi <= b + size) {
+                    return Err(corrupt(b, "dirty hull outside its free block"));
+                }
+            }
             if free {
                 r.free_blocks += 1;
                 r.free += size;

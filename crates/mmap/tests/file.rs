@@ -267,7 +267,7 @@ fn random_data_corruption_never_panics() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let at = 4096 + (x as usize % (m.len() - 4096 - 8)) & !7;
+            let at = (4096 + (x as usize % (m.len() - 4096 - 8))) & !7;
             let v = x.rotate_left(17) % (m.len() as u64 * 2);
             put_u64(&mut m, at, v);
         }
