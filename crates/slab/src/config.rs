@@ -217,8 +217,10 @@ mod tests {
             assert!(matches!(c.class_sizes(), Err(Error::InvalidConfig(_))));
         }
         // Large start, growth factor close to 1, yet few classes: accepted.
-        let s = seq(1_000_000, 1_100_000, 1.000_01);
-        assert!(s.len() > 1000 && s.len() < MAX_CLASSES, "{}", s.len());
+        // (Miri's software floats are slow: a shorter range there.)
+        let end = if cfg!(miri) { 1_002_000 } else { 1_100_000 };
+        let s = seq(1_000_000, end, 1.000_01);
+        assert!(s.len() > 150 && s.len() < MAX_CLASSES, "{}", s.len());
         assert!(s
             .windows(2)
             .all(|w| w[1] > w[0] && w[1] <= w[0] + w[0] / 100_000 + 1));

@@ -550,7 +550,7 @@ fn single_byte_corruption_never_panics() {
     let src = a.into_source();
     let used = src.used();
     let bytes = src.as_bytes().to_vec();
-    let step = if cfg!(miri) { 61 } else { 1 };
+    let step = if cfg!(miri) { 127 } else { 1 };
     for pos in (0..used).step_by(step) {
         for v in [0x00u8, 0xff, bytes[pos] ^ 0x01] {
             let mut b = bytes.clone();
@@ -883,9 +883,9 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         })
 }
 
-/// Op sequences: up to 160 ops natively, 24 under Miri (which is ~1000× slower).
+/// Op sequences: up to 160 ops natively, 16 under Miri (which is ~1000× slower).
 fn ops_for(c: &Config) -> impl Strategy<Value = Vec<Op>> {
-    let max = if cfg!(miri) { 24 } else { 160 };
+    let max = if cfg!(miri) { 16 } else { 160 };
     proptest::collection::vec(op_strategy(c.slab_size), 1..max)
 }
 
