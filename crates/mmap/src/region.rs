@@ -15,6 +15,8 @@ use crate::sync::{publish_size, refresh_view};
 use crate::{os, Error, Offset};
 
 const FREE: u64 = 1;
+/// Set in a block whose predecessor is free (so `free` reads the predecessor only then).
+const PREV_FREE: u64 = 2;
 const FLAG_MASK: u64 = GRANULE - 1;
 /// Free-list link fields inside a free block.
 const NEXT: u64 = 16;
@@ -579,7 +581,7 @@ impl Region {
 
     // ----------------------------------------------------------------- data access
 
-    #[inline]
+    #[inline(always)]
     fn rd(&self, off: u64) -> Result<u64, Error> {
         if off < self.data_start || off % 8 != 0 || off > self.mapped.get() - 8 {
             return Err(corrupt(off, "link points outside the block area"));
@@ -588,7 +590,7 @@ impl Region {
         Ok(unsafe { ptr::read(self.base.as_ptr().add(off as usize).cast::<u64>()) })
     }
 
-    #[inline]
+    #[inline(always)]
     fn wr(&self, off: u64, v: u64) -> Result<(), Error> {
         if off < self.data_start || off % 8 != 0 || off > self.mapped.get() - 8 {
             return Err(corrupt(off, "link points outside the block area"));
@@ -599,12 +601,12 @@ impl Region {
     }
 
     /// Size and free flag of the block at `b`, checked to lie inside the region.
-    #[inline]
+    #[inline(always)]
     fn block(&self, b: u64) -> Result<(u64, bool), Error> {
         let v = self.rd(b.wrapping_add(8))?;
         let size = v & !FLAG_MASK;
         if b % GRANULE != 0
-            || v & FLAG_MASK & !FREE != 0
+            || v & FLAG_MASK & !(FREE | PREV_FREE) != 0
             || size < MIN_BLOCK
             || size > self.mapped.get() - b
         {
@@ -613,9 +615,22 @@ impl Region {
         Ok((size, v & FREE != 0))
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_block(&self, b: u64, size: u64, free: bool) -> Result<(), Error> {
+        // A free block's predecessor is never free (frees coalesce): PREV_FREE is clear.
         self.wr(b.wrapping_add(8), size | u64::from(free))
+    }
+
+    /// Sets or clears PREV_FREE in the block at `b`.
+    #[inline(always)]
+    fn mark_prev_free(&self, b: u64, prev_free: bool) -> Result<(), Error> {
+        let v = self.rd(b.wrapping_add(8))?;
+        let v = if prev_free {
+            v | PREV_FREE
+        } else {
+            v & !PREV_FREE
+        };
+        self.wr(b.wrapping_add(8), v)
     }
 
     // ----------------------------------------------------------------- dirty hulls
@@ -624,6 +639,7 @@ impl Region {
     /// every byte freed since its pages were last given back, `None` when clean. Blocks
     /// too small to store one are dirty in full. A hull that does not lie inside its
     /// block (corruption) is taken as the whole block: hulls only steer give-back.
+    #[inline(always)]
     fn hull(&self, b: u64, size: u64) -> Result<Option<(u64, u64)>, Error> {
         if size < FREE_HEADER {
             return Ok(Some((b, b + size)));
@@ -636,6 +652,7 @@ impl Region {
         })
     }
 
+    #[inline(always)]
     fn set_hull(&self, b: u64, size: u64, hull: Option<(u64, u64)>) -> Result<(), Error> {
         if size >= FREE_HEADER {
             let (lo, hi) = hull.unwrap_or((0, 0));
@@ -647,12 +664,12 @@ impl Region {
 
     // ----------------------------------------------------------------- free lists
 
-    #[inline]
+    #[inline(always)]
     fn head(&self, bin: usize) -> u64 {
         self.hget(F_BINS_HEADS + bin * 8)
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_head(&self, bin: usize, b: u64) {
         self.hset(F_BINS_HEADS + bin * 8, b);
         let word = F_BITMAP + (bin / 64) * 8;
@@ -661,6 +678,7 @@ impl Region {
         self.hset(word, if b == 0 { bits & !bit } else { bits | bit });
     }
 
+    #[inline(always)]
     fn insert(&self, b: u64, size: u64) -> Result<(), Error> {
         let bin = bin_index(size);
         let h = self.head(bin);
@@ -673,6 +691,7 @@ impl Region {
         Ok(())
     }
 
+    #[inline(always)]
     fn unlink(&self, b: u64, size: u64) -> Result<(), Error> {
         let next = self.rd(b.wrapping_add(NEXT))?;
         let prev = self.rd(b.wrapping_add(PREV))?;
@@ -698,7 +717,7 @@ impl Region {
     }
 
     /// First non-empty free list at or after `from`.
-    #[inline]
+    #[inline(always)]
     fn find_bin(&self, from: usize) -> Option<usize> {
         let mut w = from / 64;
         let mut bits = self.hget(F_BITMAP + w * 8) & (!0u64 << (from % 64));
@@ -715,6 +734,7 @@ impl Region {
     }
 
     /// Takes a free block of at least `need` bytes out of its list: O(1).
+    #[inline(always)]
     fn take_fit(&self, need: u64) -> Result<Option<(u64, u64)>, Error> {
         // The head of the exact list often fits (same-size churn) without splitting
         // a larger block.
@@ -789,6 +809,7 @@ impl Region {
 
     /// Cuts an allocation of `need` bytes aligned for `align` out of free block `b`
     /// (already unlinked), returning the rest to the free lists.
+    #[inline(always)]
     fn carve(&self, b0: u64, s0: u64, need: u64, align: u64, end: u64) -> Result<Offset, Error> {
         let (mut b, mut s) = (b0, s0);
         let mut new_free = 0i64;
@@ -824,10 +845,12 @@ impl Region {
             s = need;
             last_piece = (t, ts);
         }
-        self.set_block(b, s, false)?;
+        // Allocated; its predecessor is free only if a front gap was split off.
+        self.wr(b + 8, s | if b != b0 { PREV_FREE } else { 0 })?;
         let orig_end = b0 + s0;
         if orig_end < end {
             self.wr(orig_end, last_piece.1)?;
+            self.mark_prev_free(orig_end, last_piece.0 != b)?;
         } else {
             self.hset(F_LAST_BLOCK, last_piece.0);
         }
@@ -856,19 +879,18 @@ impl Region {
             return Err(invalid("block is already free"));
         }
         let size = v & !FLAG_MASK;
-        if v & FLAG_MASK != 0 || size < MIN_BLOCK || size > end - b {
+        if v & FLAG_MASK & !PREV_FREE != 0 || size < MIN_BLOCK || size > end - b {
             return Err(invalid("no block header at this offset"));
         }
         let n = b + size;
         if n < end && self.rd(n)? != size {
             return Err(invalid("boundary tag of the next block disagrees"));
         }
-        let ps = self.rd(b)?;
-        let prev = if b == self.data_start {
-            if ps != 0 {
-                return Err(invalid("first block has a predecessor"));
-            }
+        let ps = if v & PREV_FREE != 0 { self.rd(b)? } else { 0 };
+        let prev = if v & PREV_FREE == 0 {
             None
+        } else if b == self.data_start {
+            return Err(invalid("first block has a predecessor"));
         } else {
             if ps < MIN_BLOCK || ps % GRANULE != 0 || ps > b - self.data_start {
                 return Err(invalid(
@@ -877,10 +899,10 @@ impl Region {
             }
             let p = b - ps;
             let (pss, pfree) = self.block(p)?;
-            if pss != ps {
-                return Err(invalid("boundary tag of the previous block disagrees"));
+            if pss != ps || !pfree {
+                return Err(corrupt(b, "boundary tag of the previous block disagrees"));
             }
-            Some((p, pfree))
+            Some(p)
         };
         self.hadd(F_IN_USE, -(size as i64));
         self.hadd(F_FREE, size as i64);
@@ -899,7 +921,7 @@ impl Region {
                 merged -= 1;
             }
         }
-        if let Some((p, true)) = prev {
+        if let Some(p) = prev {
             hull = union(hull, self.hull(p, ps)?);
             self.unlink(p, ps)?;
             start = p;
@@ -911,6 +933,7 @@ impl Region {
         let e = start + len;
         if e < end {
             self.wr(e, len)?;
+            self.mark_prev_free(e, true)?;
         } else {
             self.hset(F_LAST_BLOCK, start);
         }
@@ -1177,6 +1200,12 @@ impl Region {
             }
             if free && prev_free {
                 return Err(corrupt(b, "two adjacent free blocks"));
+            }
+            if (self.rd(b + 8)? & PREV_FREE != 0) != prev_free {
+                return Err(corrupt(
+                    b,
+                    "PREV_FREE flag disagrees with the previous block",
+                ));
             }
             r.blocks += 1;
             if free && size >= FREE_HEADER {
