@@ -11,8 +11,9 @@ use crate::layout::{
 use crate::stats::{CheckReport, ClassStats, ErrorCounts, Stats};
 use crate::{Config, Error, Handle, HeapSource, ReleasePolicy, SlabSource};
 
-/// Lengths below this are mapped to their class by a table lookup; longer ones by binary search.
-const SMALL_LENS: usize = 1024;
+/// Lengths up to this are mapped to their class by a table lookup (8 KiB per arena); longer
+/// ones by a binary search over the class sizes.
+const SMALL_LENS: usize = 4096;
 
 /// Immutable facts about a class, derived from the parameters (cached in the `Arena`).
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +50,7 @@ type Derived = (Box<[ClassInfo]>, Box<[u16]>);
 struct Resolved {
     slab_table: Cell<(u64, u32, *mut SlabRec)>,
     class_table: Cell<(u64, u32, *mut ClassRec)>,
-    blocks: Box<[CachedBlock; BLOCK_CACHE]>,
+    blocks: [CachedBlock; BLOCK_CACHE],
 }
 
 impl Resolved {
@@ -57,7 +58,7 @@ impl Resolved {
         Resolved {
             slab_table: Cell::new((0, 0, ptr::NonNull::dangling().as_ptr())),
             class_table: Cell::new((0, 0, ptr::NonNull::dangling().as_ptr())),
-            blocks: Box::new(std::array::from_fn(|_| Cell::new((0, 0, ptr::null_mut())))),
+            blocks: std::array::from_fn(|_| Cell::new((0, 0, ptr::null_mut()))),
         }
     }
 
@@ -322,7 +323,7 @@ impl<S: SlabSource> Arena<S> {
     /// chunk size is at least `len`, with refcount 1 and no next. Its bytes are unspecified
     /// (what the source or a previous chunk left there; zero for fresh heap memory).
     ///
-    /// O(1): a table lookup (or a binary search over the classes for `len >= 1024`), then a pop
+    /// O(1): a table lookup (or a binary search over the classes for `len > 4096`), then a pop
     /// from the class's first partially used slab, or a new slab from the source.
     ///
     /// Errors: [`Error::TooBig`] (nothing allocated), [`Error::OutOfMemory`] (the source had
@@ -1432,7 +1433,7 @@ fn derive(config: &Config) -> Result<Derived, Error> {
             block_size,
         });
     }
-    let small_len = SMALL_LENS.min(slab + 1);
+    let small_len = SMALL_LENS.min(slab) + 1;
     let mut small = Vec::with_capacity(small_len);
     let mut c = 0usize;
     for len in 0..small_len {
