@@ -109,7 +109,7 @@ impl fmt::Display for Stats {
         }
         writeln!(
             f,
-            "classes created: {} (empty ones not shown), slabs held: {}",
+            "classes created: {} (those holding no slab not shown), slabs held: {}",
             self.classes.len(),
             self.slabs
         )?;
