@@ -226,7 +226,7 @@ fn arena_in_file_region_survives_reopen_in_a_child() {
 fn arena_in_anonymous_region() {
     let region = Region::anonymous().unwrap();
     let mut arena = Arena::create_in(region, Config::new(8, 4096, 2.0)).unwrap();
-    let hs: Vec<_> = (0..if cfg!(miri) { 200 } else { 1000u64 })
+    let hs: Vec<_> = (0..if cfg!(miri) { 40 } else { 1000u64 })
         .map(|i| {
             arena
                 .alloc_from(&data(i % 50)[..1 + (i % 50) as usize])
