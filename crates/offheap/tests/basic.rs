@@ -1,0 +1,104 @@
+//! Unit tests of the facade maps.
+
+use offheap::{BytesMap, BytesMapOptions, Error, Map};
+
+#[test]
+fn colliding_long_keys_stay_distinct() {
+    let mut m = BytesMap::anonymous_with(&BytesMapOptions::new().hash_mask(0)).unwrap();
+    let keys: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| format!("key-number-{i}").into_bytes())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(m.insert(k, &i.to_le_bytes()).unwrap(), None);
+    }
+    assert_eq!(m.len(), 100);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(m.get(k).unwrap(), Some(i.to_le_bytes().to_vec()));
+    }
+    for k in keys.iter().step_by(2) {
+        assert!(m.delete(k).unwrap());
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(m.contains_key(k).unwrap(), i % 2 == 1);
+    }
+    assert_eq!(m.len(), 50);
+}
+
+#[test]
+fn large_value_is_a_chain() {
+    let mut m = BytesMap::anonymous_with(&BytesMapOptions::new().slab_size(4096)).unwrap();
+    let v: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    m.insert(b"big", &v).unwrap();
+    assert_eq!(m.get(b"big").unwrap().as_deref(), Some(&v[..]));
+    assert_eq!(m.get_with(b"big", |b| b == &v[..]).unwrap(), Some(true));
+    let w = vec![1u8; 50_000];
+    assert_eq!(m.insert(b"big", &w).unwrap(), Some(v));
+    assert_eq!(m.remove(b"big").unwrap(), Some(w));
+    m.check().unwrap();
+}
+
+#[test]
+fn removed_space_is_reused() {
+    let mut m = BytesMap::anonymous().unwrap();
+    let val = [9u8; 100];
+    for round in 0..5 {
+        for i in 0..2000u32 {
+            m.insert(format!("long key {i}").as_bytes(), &val).unwrap();
+        }
+        let used = m.region().stats();
+        for i in 0..2000u32 {
+            assert!(m.delete(format!("long key {i}").as_bytes()).unwrap());
+        }
+        if round > 0 {
+            // The same workload fits in the space the previous round left.
+            let again = m.region().stats();
+            assert!(again.size <= used.size, "{again:?} vs {used:?}");
+        }
+    }
+    assert!(m.is_empty());
+}
+
+#[test]
+fn invalid_options_are_errors() {
+    assert!(matches!(
+        BytesMap::anonymous_with(&BytesMapOptions::new().slab_size(8)),
+        Err(Error::InvalidOptions(_))
+    ));
+    assert!(matches!(
+        BytesMap::anonymous_with(&BytesMapOptions::new().growth_factor(1.0)),
+        Err(Error::Arena(_))
+    ));
+}
+
+#[cfg_attr(miri, ignore)]
+#[test]
+fn reopen_and_open_or_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.map");
+    {
+        let mut m = BytesMap::open_or_create(&p).unwrap();
+        for i in 0..10_000u32 {
+            m.insert(&i.to_le_bytes(), &(i * 3).to_le_bytes()).unwrap();
+        }
+        m.flush().unwrap();
+    }
+    let m = BytesMap::open_or_create(&p).unwrap();
+    assert_eq!(m.len(), 10_000);
+    assert_eq!(
+        m.get(&7u32.to_le_bytes()).unwrap(),
+        Some(21u32.to_le_bytes().to_vec())
+    );
+    drop(m);
+    // A typed map is not a bytes map.
+    assert!(matches!(BytesMap::create(&p), Err(Error::Region(_))));
+    let q = dir.path().join("t.map");
+    {
+        let mut t: Map<u64, [u8; 16]> = Map::open_or_create(&q).unwrap();
+        t.insert(5, [1; 16]).unwrap();
+    }
+    let t: Map<u64, [u8; 16]> = Map::open_or_create(&q).unwrap();
+    assert_eq!(t.get(&5), Some([1; 16]));
+    drop(t);
+    assert!(matches!(Map::<u32, u64>::open(&q), Err(Error::Table(_))));
+    assert!(matches!(BytesMap::open(&q), Err(Error::NotFound)));
+}
