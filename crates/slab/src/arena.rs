@@ -1,6 +1,6 @@
 //! The arena.
 
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 
 use crate::config::next_chunk_size;
@@ -51,7 +51,39 @@ struct Resolved {
     slab_table: Cell<(u64, u32, *mut SlabRec)>,
     class_table: Cell<(u64, u32, *mut ClassRec)>,
     blocks: [CachedBlock; BLOCK_CACHE],
+    /// The header's structure epoch when the fast-path caches below were filled. The fast
+    /// paths use them only while the header still holds this value (one compare per
+    /// operation); any other value sends the operation down the validating path, which
+    /// empties them.
+    epoch: Cell<u64>,
+    /// The class table and the class count seen at the last sync (`count <= capacity`).
+    ctab: Cell<*mut ClassRec>,
+    ccount: Cell<u32>,
+    /// Slab index → the slab's record, metadata array and class facts, filled by the
+    /// validating path. An entry with a null `meta` is empty.
+    entries: UnsafeCell<Vec<Entry>>,
+    /// Indices of the filled entries (so `forget` is O(filled), not O(slabs)).
+    filled: UnsafeCell<Vec<u32>>,
 }
+
+/// A slab resolved and validated by the validating path: its record in the slab table, its
+/// block's metadata array, and its class (immutable while the slab lives).
+#[derive(Clone, Copy)]
+struct Entry {
+    meta: *mut Meta,
+    rec: *mut SlabRec,
+    cps: u32,
+    class: u32,
+}
+
+/// An empty entry: `cps == 0` (no chunk index passes `< cps`) and `class == u32::MAX` (no
+/// class matches), so readers test those before following `rec` or `meta`.
+const EMPTY_ENTRY: Entry = Entry {
+    meta: ptr::null_mut(),
+    rec: ptr::null_mut(),
+    cps: 0,
+    class: u32::MAX,
+};
 
 impl Resolved {
     fn new() -> Self {
@@ -59,9 +91,15 @@ impl Resolved {
             slab_table: Cell::new((0, 0, ptr::NonNull::dangling().as_ptr())),
             class_table: Cell::new((0, 0, ptr::NonNull::dangling().as_ptr())),
             blocks: std::array::from_fn(|_| Cell::new((0, 0, ptr::null_mut()))),
+            epoch: Cell::new(0),
+            ctab: Cell::new(ptr::NonNull::dangling().as_ptr()),
+            ccount: Cell::new(0),
+            entries: UnsafeCell::new(Vec::new()),
+            filled: UnsafeCell::new(Vec::new()),
         }
     }
 
+    /// Forgets every resolution (before a block is freed, or when the epoch moved).
     fn forget(&self) {
         self.slab_table
             .set((0, 0, ptr::NonNull::dangling().as_ptr()));
@@ -69,6 +107,41 @@ impl Resolved {
             .set((0, 0, ptr::NonNull::dangling().as_ptr()));
         for b in self.blocks.iter() {
             b.set((0, 0, ptr::null_mut()));
+        }
+        self.ccount.set(0);
+        // SAFETY: the arena is not `Sync` and no reference into these vectors lives across a
+        // call (readers copy an `Entry` out), so these are the only references now.
+        let (entries, filled) = unsafe { (&mut *self.entries.get(), &mut *self.filled.get()) };
+        for &i in filled.iter() {
+            entries[i as usize] = EMPTY_ENTRY;
+        }
+        filled.clear();
+    }
+
+    /// Records a validated slab.
+    fn remember(&self, s: u32, e: Entry) {
+        // SAFETY: as in `forget`.
+        let (entries, filled) = unsafe { (&mut *self.entries.get(), &mut *self.filled.get()) };
+        let i = s as usize;
+        if i >= entries.len() {
+            entries.resize(i + 1, EMPTY_ENTRY);
+        }
+        if entries[i].cps == 0 {
+            filled.push(s);
+        }
+        entries[i] = e;
+    }
+
+    /// The entry of slab `s`, or an empty one. Its `rec` and `meta` may be followed only
+    /// after a chunk index was checked `< cps` or its class matched (empty entries pass
+    /// neither).
+    #[inline(always)]
+    fn entry(&self, s: u32) -> Entry {
+        // SAFETY: as in `forget`; the reference does not outlive this call.
+        let entries = unsafe { &*self.entries.get() };
+        match entries.get(s as usize) {
+            Some(e) => *e,
+            None => EMPTY_ENTRY,
         }
     }
 }
@@ -79,6 +152,8 @@ struct Loc {
     slab: u32,
     chunk: u32,
     class: u32,
+    /// Chunks per slab of the class.
+    cps: u32,
     rec: *mut SlabRec,
     meta: *mut Meta,
     base: *mut u8,
@@ -193,6 +268,7 @@ impl<S: SlabSource> Arena<S> {
             free_slot: NONE,
             live_slabs: 0,
             total_chunks: 0,
+            epoch: 0,
             stats: [0; NSTATS],
         };
         // SAFETY: `root` is a fresh block of HEADER_SIZE bytes aligned to 64 (>= Header's align).
@@ -328,8 +404,23 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// Errors: [`Error::TooBig`] (nothing allocated), [`Error::OutOfMemory`] (the source had
     /// no room for a new slab or a larger table), [`Error::Corrupt`].
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&mut self, len: usize) -> Result<Handle, Error> {
+        if let Some(&class) = self.small.get(len) {
+            if let Some(h) = self.alloc_fast(class as u32, len) {
+                return Ok(h);
+            }
+        }
+        self.alloc_slow(len)
+    }
+
+    /// `alloc` by the validating path: every case the fast path leaves (a new class or slab,
+    /// a slab becoming full, the release policy's bookkeeping, lengths above the lookup table,
+    /// caches to refill, errors).
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&mut self, len: usize) -> Result<Handle, Error> {
+        self.sync();
         let Some(class) = self.class_of(len) else {
             return Err(self.count(Error::TooBig {
                 len,
@@ -342,6 +433,73 @@ impl<S: SlabSource> Arena<S> {
                 Ok(h)
             }
             Err(e) => Err(self.count(e)),
+        }
+    }
+
+    /// The common case of `alloc`: a chunk from the class's first partial slab that does not
+    /// make it full. `None` (having changed nothing) for anything else.
+    #[inline(always)]
+    fn alloc_fast(&mut self, class: u32, len: usize) -> Option<Handle> {
+        if !self.synced() || class >= self.resolved.ccount.get() {
+            return None;
+        }
+        // SAFETY: `ctab` is the class table validated at the current epoch with
+        // `ccount <= capacity` records (see `sync`), and `class < ccount`.
+        let s = unsafe { (*self.resolved.ctab.get().add(class as usize)).partial_head };
+        let e = self.resolved.entry(s);
+        if e.class != class {
+            return None; // also an empty entry
+        }
+        let rec = e.rec;
+        // SAFETY: `e` was validated at the current epoch: `rec` is the slab's record and
+        // `meta` its metadata array of `cps` entries. Every chunk index used below is checked
+        // against `cps` (through the frontier) before it is followed; nothing is written until
+        // everything is checked.
+        unsafe {
+            let fh = (*rec).free_head;
+            let frontier = (*rec).frontier;
+            if frontier > e.cps {
+                return None;
+            }
+            let (chunk, new_free, new_frontier) = if fh != NONE {
+                if fh >= frontier {
+                    return None;
+                }
+                let m = e.meta.add(fh as usize);
+                if (*m).refcount != 0 {
+                    return None;
+                }
+                (fh, (*m).next_chunk, frontier)
+            } else if frontier < e.cps {
+                (frontier, NONE, frontier + 1)
+            } else {
+                return None;
+            };
+            if new_free == NONE && new_frontier == e.cps {
+                return None; // the slab becomes full: it leaves the partial list
+            }
+            let in_use = (*rec).in_use;
+            if in_use == 0 && self.keep != u32::MAX {
+                return None; // the class's empty-slab count changes
+            }
+            let m = e.meta.add(chunk as usize);
+            if new_frontier != frontier {
+                (*rec).frontier = new_frontier;
+                (*m).gen = (*rec).gen_floor;
+            }
+            (*rec).free_head = new_free;
+            (*m).refcount = 1;
+            (*m).len = len as u32;
+            (*m).next_slab = NONE;
+            (*m).next_chunk = NONE;
+            (*rec).in_use = in_use.wrapping_add(1);
+            self.bump(stat::ALLOCS);
+            Some(Handle {
+                slab: s,
+                chunk,
+                gen: (*m).gen,
+                tag: self.tag,
+            })
         }
     }
 
@@ -360,8 +518,23 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// Errors: [`Error::StaleHandle`], [`Error::ForeignHandle`], [`Error::InvalidHandle`],
     /// [`Error::RefcountOverflow`], [`Error::Corrupt`].
-    #[inline]
+    #[inline(always)]
     pub fn add_ref(&mut self, h: Handle) -> Result<(), Error> {
+        if let Some(loc) = self.locate_fast(h) {
+            // SAFETY: `loc.meta` was validated by `locate_fast`.
+            let rc = unsafe { &mut (*loc.meta).refcount };
+            if *rc != u32::MAX {
+                *rc += 1;
+                self.bump(stat::ADD_REFS);
+                return Ok(());
+            }
+        }
+        self.add_ref_slow(h)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_ref_slow(&mut self, h: Handle) -> Result<(), Error> {
         match self.locate(h) {
             Ok(loc) => {
                 // SAFETY: `loc.meta` was validated by `locate`.
@@ -384,8 +557,30 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// Errors: [`Error::StaleHandle`] (also for a double release), [`Error::ForeignHandle`],
     /// [`Error::InvalidHandle`], [`Error::Corrupt`].
-    #[inline]
+    #[inline(always)]
     pub fn dec_ref(&mut self, h: Handle) -> Result<bool, Error> {
+        if let Some(loc) = self.locate_fast(h) {
+            // SAFETY: `loc.meta` was validated by `locate_fast` (its refcount is not zero).
+            unsafe {
+                let rc = (*loc.meta).refcount;
+                if rc > 1 {
+                    (*loc.meta).refcount = rc - 1;
+                    self.bump(stat::DEC_REFS);
+                    return Ok(false);
+                }
+                if (*loc.meta).next_slab == NONE && self.free_fast(loc) {
+                    self.bump(stat::DEC_REFS);
+                    return Ok(true);
+                }
+            }
+        }
+        self.dec_ref_slow(h)
+    }
+
+    /// `dec_ref` by the validating path: chains, slabs that change lists, errors.
+    #[cold]
+    #[inline(never)]
+    fn dec_ref_slow(&mut self, h: Handle) -> Result<bool, Error> {
         let loc = match self.locate(h) {
             Ok(loc) => loc,
             Err(e) => return Err(self.count(e)),
@@ -813,7 +1008,7 @@ impl<S: SlabSource> Arena<S> {
 
     /// A slab record of a live slab and its block, validated. `missing` is returned when the
     /// index is out of range, `freed` when the slot holds no slab.
-    #[inline(always)]
+    #[inline]
     fn slab(&self, s: u32, missing: Error, freed: Error) -> Result<Loc, Error> {
         let (tab, len) = self.slab_table()?;
         if s >= len {
@@ -834,19 +1029,116 @@ impl<S: SlabSource> Arena<S> {
         if frontier > ci.cps {
             return Err(corrupt("slab frontier beyond its chunks"));
         }
+        if self.synced() {
+            self.resolved.remember(
+                s,
+                Entry {
+                    meta: base as *mut Meta,
+                    rec,
+                    cps: ci.cps,
+                    class,
+                },
+            );
+        }
         Ok(Loc {
             slab: s,
             chunk: frontier,
             class,
+            cps: ci.cps,
             rec,
             meta: base as *mut Meta,
             base,
         })
     }
 
+    /// Whether the fast-path caches were filled at the header's current structure epoch.
+    #[inline(always)]
+    fn synced(&self) -> bool {
+        // SAFETY: the validated header.
+        unsafe { (*self.hdr).epoch == self.resolved.epoch.get() }
+    }
+
+    /// Brings the fast-path caches to the header's current epoch: empties them if it moved,
+    /// and re-reads the class table (validated).
+    #[cold]
+    #[inline(never)]
+    fn sync(&self) {
+        // SAFETY: the validated header.
+        let epoch = unsafe { (*self.hdr).epoch };
+        if epoch != self.resolved.epoch.get() {
+            self.resolved.forget();
+            self.resolved.epoch.set(epoch);
+        }
+        match self.class_table() {
+            Ok((tab, count)) => {
+                self.resolved.ctab.set(tab);
+                self.resolved.ccount.set(count);
+            }
+            Err(_) => self.resolved.ccount.set(0),
+        }
+    }
+
+    /// A structural change (a table moves, a slab's block goes back to the source): moves the
+    /// header's epoch on, so that every arena on this memory (other processes too) drops its
+    /// resolved addresses, and drops this arena's. Called before the old block is freed.
+    fn restructure(&self) {
+        // SAFETY: the validated header.
+        let epoch = unsafe {
+            let e = (*self.hdr).epoch.wrapping_add(1);
+            (*self.hdr).epoch = e;
+            e
+        };
+        self.resolved.forget();
+        self.resolved.epoch.set(epoch);
+    }
+
+    /// The common case of `locate`, through the per-slab cache: `None` for anything it does
+    /// not accept (the validating path then decides, with the right error).
+    #[inline(always)]
+    fn locate_fast(&self, h: Handle) -> Option<Loc> {
+        if h.tag != self.tag || !self.synced() {
+            return None;
+        }
+        let e = self.resolved.entry(h.slab);
+        if h.chunk >= e.cps {
+            return None; // also an empty entry
+        }
+        // SAFETY: `e` was validated at the current epoch (see `Entry`).
+        let frontier = unsafe { (*e.rec).frontier };
+        if h.chunk >= frontier {
+            return None;
+        }
+        // SAFETY: `h.chunk < cps`: inside the slab's metadata array.
+        let meta = unsafe { e.meta.add(h.chunk as usize) };
+        // SAFETY: as above.
+        let (rc, gen) = unsafe { ((*meta).refcount, (*meta).gen) };
+        if rc == 0 || gen != h.gen {
+            return None;
+        }
+        Some(Loc {
+            slab: h.slab,
+            chunk: h.chunk,
+            class: e.class,
+            cps: e.cps,
+            rec: e.rec,
+            meta,
+            base: e.meta as *mut u8,
+        })
+    }
+
     /// Validates a handle: tag, slab, chunk, generation, live refcount.
     #[inline(always)]
     fn locate(&self, h: Handle) -> Result<Loc, Error> {
+        match self.locate_fast(h) {
+            Some(loc) => Ok(loc),
+            None => self.locate_slow(h),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn locate_slow(&self, h: Handle) -> Result<Loc, Error> {
+        self.sync();
         if h.tag != self.tag {
             return Err(Error::ForeignHandle);
         }
@@ -868,8 +1160,37 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// Validates a link read from memory (a next or a list entry) to a live chunk.
-    #[inline]
+    #[inline(always)]
     fn locate_link(&self, s: u32, c: u32) -> Result<Loc, Error> {
+        let e = self.resolved.entry(s);
+        if c < e.cps {
+            // SAFETY: `e` was validated at the current epoch (see `Entry`) and is not empty
+            // (`c < cps`).
+            unsafe {
+                let frontier = (*e.rec).frontier;
+                if c < frontier {
+                    let meta = e.meta.add(c as usize);
+                    if (*meta).refcount != 0 {
+                        return Ok(Loc {
+                            slab: s,
+                            chunk: c,
+                            class: e.class,
+                            cps: e.cps,
+                            rec: e.rec,
+                            meta,
+                            base: e.meta as *mut u8,
+                        });
+                    }
+                }
+            }
+        }
+        self.locate_link_slow(s, c)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn locate_link_slow(&self, s: u32, c: u32) -> Result<Loc, Error> {
+        self.sync();
         let mut loc = self.slab(
             s,
             corrupt("link to a slab out of range"),
@@ -1049,8 +1370,8 @@ impl<S: SlabSource> Arena<S> {
             // `new_cap * rec` bytes (`new_cap > cap`), and blocks do not overlap.
             unsafe { ptr::copy_nonoverlapping(old, dst, used as usize * rec) };
         }
+        self.restructure();
         if cap > 0 {
-            self.resolved.forget();
             // SAFETY: the old table is a live block of exactly these size and alignment
             // (validated above; see the trait's note on corrupt memory).
             unsafe { self.src.free(off, cap as usize * rec, BLOCK_ALIGN) };
@@ -1175,10 +1496,40 @@ impl<S: SlabSource> Arena<S> {
         }
     }
 
+    /// The common case of `free_chunk`: the slab neither was full nor becomes empty under a
+    /// release policy. `false` (having changed nothing) otherwise.
+    #[inline(always)]
+    fn free_fast(&mut self, loc: Loc) -> bool {
+        let rec = loc.rec;
+        let m = loc.meta;
+        // SAFETY: `loc` was validated just before.
+        unsafe {
+            let in_use = (*rec).in_use;
+            if in_use == 0 || (in_use == 1 && self.keep != u32::MAX) {
+                return false;
+            }
+            let fh = (*rec).free_head;
+            if fh == NONE && (*rec).frontier == loc.cps {
+                return false;
+            }
+            let gen = (*m).gen.wrapping_add(1);
+            (*m).gen = gen;
+            (*m).refcount = 0;
+            (*m).next_slab = NONE;
+            (*m).next_chunk = fh;
+            if gen > (*rec).gen_max {
+                (*rec).gen_max = gen;
+            }
+            (*rec).free_head = loc.chunk;
+            (*rec).in_use = in_use - 1;
+            self.bump(stat::DEC_REF_ZEROES);
+            true
+        }
+    }
+
     /// Puts a chunk with refcount 1 on its slab's free list; may release the slab.
     #[inline(always)]
     fn free_chunk(&mut self, loc: Loc) -> Result<(), Error> {
-        let ci = self.classes[loc.class as usize];
         let rec = loc.rec;
         let m = loc.meta;
         // SAFETY: `loc` was validated just before; the header is validated.
@@ -1195,7 +1546,7 @@ impl<S: SlabSource> Arena<S> {
                 (*rec).gen_max = gen;
             }
             let fh = (*rec).free_head;
-            let was_full = fh == NONE && (*rec).frontier == ci.cps;
+            let was_full = fh == NONE && (*rec).frontier == loc.cps;
             (*m).next_chunk = fh;
             (*rec).free_head = loc.chunk;
             (*rec).in_use = in_use - 1;
@@ -1282,7 +1633,7 @@ impl<S: SlabSource> Arena<S> {
             });
             (*self.hdr).free_slot = loc.slab;
             // The block was resolved with exactly this size when `loc` was validated.
-            self.resolved.forget();
+            self.restructure();
             self.src.free(block, ci.block_size, BLOCK_ALIGN);
             self.bump(stat::SLAB_FREES);
         }

@@ -5,7 +5,7 @@
 /// "OHSLAB" + layout version byte pair, little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"OHSLABv1");
 /// Layout version of the records below.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// "No index" in a `u32` link.
 pub(crate) const NONE: u32 = u32::MAX;
 /// Alignment of every block the arena asks for.
@@ -64,6 +64,10 @@ pub(crate) struct Header {
     pub live_slabs: u32,
     /// Chunks in all live slabs (bounds chain walks on possibly corrupt memory).
     pub total_chunks: u64,
+    /// Structure epoch: incremented whenever a table moves or a slab's block goes back to the
+    /// source. An `Arena` caches resolved addresses of tables and slab blocks only while this
+    /// value is the one it saw when it resolved them.
+    pub epoch: u64,
     pub stats: [u64; NSTATS],
 }
 
@@ -118,7 +122,7 @@ pub(crate) const SLAB_REC: usize = std::mem::size_of::<SlabRec>();
 pub(crate) const META: usize = std::mem::size_of::<Meta>();
 
 const _: () = {
-    assert!(HEADER_SIZE == 104 + 8 * NSTATS);
+    assert!(HEADER_SIZE == 112 + 8 * NSTATS);
     assert!(CLASS_REC == 32);
     assert!(SLAB_REC == 40);
     assert!(META == 20);

@@ -952,3 +952,108 @@ proptest! {
         a.check().unwrap();
     }
 }
+
+/// A source over a buffer it does not own, with `BufSource`'s bump allocator (its top in the
+/// buffer's bytes 8..16): two of them on one buffer model two processes mapping one region.
+struct Shared {
+    base: *mut u8,
+    cap: usize,
+}
+
+impl Shared {
+    fn top(&self) -> u64 {
+        // SAFETY: the buffer is at least 64 bytes, 4096-aligned, alive for the test.
+        unsafe { (self.base.add(8) as *const u64).read() }
+    }
+    fn set_top(&self, t: u64) {
+        // SAFETY: as in `top`.
+        unsafe { (self.base.add(8) as *mut u64).write(t) }
+    }
+}
+
+// SAFETY: blocks are disjoint ranges above the bump top inside the (4096-aligned, zeroed)
+// buffer, offsets >= 64, aligned as asked; the buffer outlives both sources.
+unsafe impl SlabSource for Shared {
+    fn alloc(&mut self, size: usize, align: usize) -> Option<u64> {
+        let off = self.top().max(64).checked_next_multiple_of(align as u64)?;
+        let end = off.checked_add(size as u64)?;
+        if end > self.cap as u64 {
+            return None;
+        }
+        self.set_top(end);
+        Some(off)
+    }
+    unsafe fn free(&mut self, off: u64, size: usize, _align: usize) {
+        if off >= 64 && off + size as u64 == self.top() {
+            self.set_top(off);
+        }
+    }
+    fn ptr(&self, off: u64) -> *mut u8 {
+        self.base.wrapping_add(off as usize)
+    }
+    fn contains(&self, off: u64, len: usize) -> bool {
+        off >= 64 && (len as u64) <= self.cap as u64 && off <= (self.cap - len) as u64
+    }
+}
+
+/// The fast paths cache resolved addresses; two arenas on one memory (two processes under a
+/// higher-level lock) must each see the other's structural changes: a slab released and its
+/// slot and block reused by another class, and tables that moved.
+#[test]
+fn two_arenas_on_one_memory_see_each_others_changes() {
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+    let cap = 1 << 16;
+    let layout = Layout::from_size_align(cap, 4096).unwrap();
+    // SAFETY: non-zero size.
+    let base = unsafe { alloc_zeroed(layout) };
+    assert!(!base.is_null());
+    {
+        let config = Config {
+            release: ReleasePolicy::Always,
+            ..Config::new(16, 1024, 2.0)
+        };
+        let mut a = Arena::create_in(Shared { base, cap }, config).unwrap();
+        let mut b = Arena::open_in(Shared { base, cap }, a.root()).unwrap();
+        let x = a.alloc(16).unwrap();
+        a.write(x, 0, b"x").unwrap();
+        // b resolves x's slab (and caches it).
+        assert_eq!(&b.bytes(x).unwrap()[..1], b"x");
+        b.add_ref(x).unwrap();
+        assert!(!b.dec_ref(x).unwrap());
+        // a frees x: its slab goes back to the source, then a slab of another class takes
+        // the same slot and the same block.
+        assert!(a.dec_ref(x).unwrap());
+        let y = a.alloc(300).unwrap();
+        assert_eq!(y.slab_index(), x.slab_index());
+        a.write(y, 0, b"hello y").unwrap();
+        // (y first: a failing call would send b down the validating path, which resyncs.)
+        assert_eq!(&b.bytes(y).unwrap()[..7], b"hello y");
+        assert_eq!(b.len(y).unwrap(), 300);
+        assert_eq!(b.bytes(x), Err(Error::StaleHandle));
+        assert_eq!(b.add_ref(x), Err(Error::StaleHandle));
+        b.add_ref(y).unwrap();
+        assert_eq!(a.refcount(y).unwrap(), 2);
+        // b grows the slab table (one chunk per slab for 1 KiB); a follows it.
+        let hs: Vec<Handle> = (0..20u8)
+            .map(|i| {
+                let h = b.alloc(1024).unwrap();
+                b.bytes_mut(h).unwrap()[0] = i;
+                h
+            })
+            .collect();
+        for (i, &h) in hs.iter().enumerate() {
+            assert_eq!(a.bytes(h).unwrap()[0], i as u8);
+            assert!(a.dec_ref(h).unwrap());
+            assert_eq!(b.len(h), Err(Error::StaleHandle));
+        }
+        assert!(!b.dec_ref(y).unwrap());
+        assert!(a.dec_ref(y).unwrap());
+        assert!(!b.owns(y));
+        a.check().unwrap();
+        b.check().unwrap();
+        let s = b.stats().unwrap();
+        assert_eq!((s.allocs, s.dec_ref_zeroes), (22, 22));
+    }
+    // SAFETY: allocated above with this layout; both arenas are gone.
+    unsafe { dealloc(base, layout) };
+}
