@@ -77,10 +77,12 @@ trait Map {
 
 impl Map for SwissTable<u64, u64> {
     fn new() -> Self {
-        let mem = offheap_mmap::Region::anonymous_with(
-            &offheap_swiss::default_region_options().max_size(256 << 30),
-        )
-        .unwrap();
+        let mut opts = offheap_swiss::default_region_options().max_size(256 << 30);
+        // Experiment knob: the region's give-back threshold (bytes; default 1 MiB).
+        if let Some(t) = std::env::var("SWISS_BIG_RELEASE").ok().and_then(|v| v.parse().ok()) {
+            opts = opts.release_threshold(t);
+        }
+        let mem = offheap_mmap::Region::anonymous_with(&opts).unwrap();
         SwissTable::with_options_in(TableOptions::new().seed(SEED), mem).unwrap()
     }
     #[inline]
@@ -364,6 +366,13 @@ fn main() {
             }
         }
     }
+    // Relative paths are taken from the workspace root (cargo runs benches in `benches/`).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let svg_path = svg_path.map(|p| root.join(p));
+    let csv_path = csv_path.map(|p| root.join(p));
     let ours = spawn("offheap", n);
     let theirs = spawn("hashbrown", n);
     println!("u64 -> u64, xxh3 for both, {n} keys (one process each)");
@@ -385,11 +394,11 @@ fn main() {
             s += &format!("{},{},{},{},{}\n", a.0, a.1, a.2, b.1, b.2);
         }
         std::fs::write(&p, s).unwrap();
-        println!("wrote {p}");
+        println!("wrote {}", p.display());
     }
     if let Some(p) = svg_path {
         let cpu = |t: &[(u64, u64, u64)]| t.iter().map(|&(i, c, _)| (i, c)).collect::<Vec<_>>();
         std::fs::write(&p, svg(n, &cpu(&ours.trace), &cpu(&theirs.trace))).unwrap();
-        println!("wrote {p}");
+        println!("wrote {}", p.display());
     }
 }

@@ -211,12 +211,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 8 } else { 64 }, ..ProptestConfig::default() })]
 
     #[test]
-    fn small_segments_many_keys(ops in proptest::collection::vec(op(2000), 1..if cfg!(miri) { 30 } else { 300 })) {
+    fn small_segments_many_keys(ops in proptest::collection::vec(op(2000), 1..if cfg!(miri) { 20 } else { 300 })) {
         run_heap(ops, 16);
     }
 
     #[test]
-    fn medium_segments_few_keys(ops in proptest::collection::vec(op(300), 1..if cfg!(miri) { 30 } else { 300 })) {
+    fn medium_segments_few_keys(ops in proptest::collection::vec(op(300), 1..if cfg!(miri) { 20 } else { 300 })) {
         run_heap(ops, 64);
     }
 
