@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Modes: `pair` (alloc + dec_ref of 64 B), `pair1k` (1 KiB), `addref` (add_ref + dec_ref),
-//! `chain` (build and release a chain of 256 × 4 KiB), `box` (`Box<[u8]>` malloc + free of
+//! `chain` (build and release a chain of 256 × 4 KiB), `pairfn` / `addreffn` (the same
+//! through `#[inline(never)]` functions, whose code `objdump -d` shows), `box` (`Box<[u8]>` malloc + free of
 //! 64 B), `none` (set-up only, to subtract). Compare `N` and `2N` iterations to cancel
 //! start-up costs.
 
@@ -56,6 +57,16 @@ fn main() {
                 acc += a.dec_ref(black_box(head)).unwrap() as u64;
             }
         }
+        "pairfn" => {
+            for _ in 0..n {
+                acc += pair_once(&mut a, black_box(64)) as u64;
+            }
+        }
+        "addreffn" => {
+            for _ in 0..n {
+                acc += addref_once(&mut a, black_box(keep)) as u64;
+            }
+        }
         "box" => {
             for _ in 0..n {
                 let v: Box<[u8]> = Vec::with_capacity(black_box(64)).into_boxed_slice();
@@ -65,4 +76,17 @@ fn main() {
         _ => {}
     }
     println!("{mode} {n} {acc}");
+}
+
+/// One alloc + dec_ref (a function of its own, to read its code with `objdump`).
+#[inline(never)]
+pub fn pair_once(a: &mut Arena, len: usize) -> bool {
+    let h = a.alloc(len).unwrap();
+    a.dec_ref(h).unwrap()
+}
+/// One add_ref + dec_ref (likewise).
+#[inline(never)]
+pub fn addref_once(a: &mut Arena, h: offheap_slab::Handle) -> bool {
+    a.add_ref(h).unwrap();
+    a.dec_ref(h).unwrap()
 }

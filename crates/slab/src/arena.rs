@@ -64,6 +64,8 @@ struct Resolved {
     entries: UnsafeCell<Vec<Entry>>,
     /// Indices of the filled entries (so `forget` is O(filled), not O(slabs)).
     filled: UnsafeCell<Vec<u32>>,
+    /// The error of a slow path, on its way to the public wrapper.
+    error: Cell<Option<Error>>,
 }
 
 /// A slab resolved and validated by the validating path: its record in the slab table, its
@@ -96,6 +98,7 @@ impl Resolved {
             ccount: Cell::new(0),
             entries: UnsafeCell::new(Vec::new()),
             filled: UnsafeCell::new(Vec::new()),
+            error: Cell::new(None),
         }
     }
 
@@ -411,7 +414,22 @@ impl<S: SlabSource> Arena<S> {
                 return Ok(h);
             }
         }
-        self.alloc_slow(len)
+        // The slow path returns the handle in two registers (its complement is never zero:
+        // a live slab index is never `u32::MAX`) and parks its error, so that the fast and
+        // slow results merge without a trip through the stack.
+        match self.alloc_slow(len) {
+            Some(bits) => Ok(Handle::from_bits(!bits.get())),
+            None => Err(self.take_error()),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_error(&self) -> Error {
+        self.resolved
+            .error
+            .take()
+            .unwrap_or(Error::Corrupt("lost error"))
     }
 
     /// `alloc` by the validating path: every case the fast path leaves (a new class or slab,
@@ -419,7 +437,17 @@ impl<S: SlabSource> Arena<S> {
     /// caches to refill, errors).
     #[cold]
     #[inline(never)]
-    fn alloc_slow(&mut self, len: usize) -> Result<Handle, Error> {
+    fn alloc_slow(&mut self, len: usize) -> Option<std::num::NonZeroU128> {
+        match self.alloc_validated(len) {
+            Ok(h) => std::num::NonZeroU128::new(!h.to_bits()),
+            Err(e) => {
+                self.resolved.error.set(Some(e));
+                None
+            }
+        }
+    }
+
+    fn alloc_validated(&mut self, len: usize) -> Result<Handle, Error> {
         self.sync();
         let Some(class) = self.class_of(len) else {
             return Err(self.count(Error::TooBig {
