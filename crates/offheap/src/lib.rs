@@ -6,6 +6,9 @@
 //! - [`BytesMap`]: byte-string keys and values of any length (up to 4 GiB), keys compared in
 //!   full, small pairs stored inline in the table slot, larger ones in a slab arena
 //!   ([`slab::Arena`]) in the same region, long values as chains of chunks.
+//! - [`SharedMap`]: `BytesMap` semantics through `&self` for many threads and processes
+//!   on one file: sharded, process-shared reader-writer locks that record their owners and
+//!   recover (repairing the shard) when an owner dies.
 //!
 //! The building blocks are re-exported as modules: [`slab`] (offheap-slab), [`mmap`]
 //! (offheap-mmap) and [`swiss`] (offheap-swiss).
@@ -29,12 +32,16 @@
 
 mod bytes_map;
 mod error;
+mod lock;
 mod map;
+mod region;
+mod shared;
 mod source;
 
 pub use bytes_map::{BytesMap, BytesMapOptions, Iter, MAX_LEN};
 pub use error::Error;
 pub use map::Map;
+pub use shared::{SharedMap, SharedMapOptions};
 
 /// The slab arena crate (offheap-slab).
 pub mod slab {

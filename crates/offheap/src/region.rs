@@ -1,0 +1,148 @@
+//! A region shared by the threads of one process (and, through its file, by processes).
+
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use offheap_mmap::{Offset, Region};
+use offheap_slab::SlabSource;
+
+use crate::lock::{self, LockWords};
+use crate::Error;
+
+/// A [`Region`] usable from many threads: every call into the region (which is `Send` but
+/// not `Sync`: it keeps its view length in a `Cell`) is made under a process-local mutex,
+/// except address translation inside the known view, which is `base + offset` from an
+/// atomic copy of the view length. Allocation and free also take the map's process-shared
+/// allocator lock (the region's block allocator is shared by every process).
+pub(crate) struct SharedRegion {
+    region: Mutex<Region>,
+    base: *mut u8,
+    data_start: u64,
+    view: AtomicU64,
+    /// The process-shared allocator lock (null until the map header exists).
+    alloc_lock: AtomicPtr<LockWords>,
+    me: u64,
+}
+
+// SAFETY: the region is only used under `region`'s mutex (the `Region` is `Send`); `base`
+// points to a mapping that never moves while the region lives; the lock words are atomics
+// in that mapping.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above: every shared access is to atomics, to the mutex, or to immutable fields.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    pub(crate) fn new(region: Region, me: u64) -> Self {
+        SharedRegion {
+            base: region.base(),
+            data_start: region.data_start(),
+            view: AtomicU64::new(region.mapped_len()),
+            region: Mutex::new(region),
+            alloc_lock: AtomicPtr::new(std::ptr::null_mut()),
+            me,
+        }
+    }
+
+    pub(crate) fn set_alloc_lock(&self, l: *mut LockWords) {
+        self.alloc_lock.store(l, Ordering::Release);
+    }
+
+    /// The region, for calls that do not allocate (roots, flush, stats).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Region> {
+        self.region.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The address of `off..off + len`, extending this process's view if another process
+    /// grew the region; `None` if out of bounds.
+    #[inline]
+    pub(crate) fn ptr(&self, off: u64, len: u64) -> Option<*mut u8> {
+        let end = off.checked_add(len)?;
+        if off >= self.data_start && end <= self.view.load(Ordering::Acquire) {
+            return Some(self.base.wrapping_add(off as usize));
+        }
+        self.ptr_slow(off, len)
+    }
+
+    #[cold]
+    fn ptr_slow(&self, off: u64, len: u64) -> Option<*mut u8> {
+        if off < self.data_start {
+            return None;
+        }
+        let r = self.lock();
+        let p = r.ptr_raw(off, len).map(|p| p.as_ptr());
+        self.view.fetch_max(r.mapped_len(), Ordering::Release);
+        p
+    }
+
+    fn with_alloc_lock<T>(&self, f: impl FnOnce(&Region) -> Result<T, Error>) -> Result<T, Error> {
+        let l = self.alloc_lock.load(Ordering::Acquire);
+        let r = self.lock();
+        if l.is_null() {
+            return f(&r);
+        }
+        // SAFETY: `l` points to the lock words in the map header, inside the mapping.
+        let words = unsafe { &*l };
+        let how = lock::write_lock(&words.state, &words.slots, self.me, lock::owner_is_dead);
+        struct Unlock<'a>(&'a LockWords);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                lock::write_unlock(&self.0.state);
+            }
+        }
+        let _u = Unlock(words);
+        if how == lock::Acquired::Recovered {
+            // A process died inside the block allocator: its state may be torn. Refuse to
+            // go on if it is.
+            r.check()
+                .map_err(|_| Error::Corrupt("region allocator torn by a dead process"))?;
+        }
+        let out = f(&r);
+        self.view.fetch_max(r.mapped_len(), Ordering::Release);
+        out
+    }
+
+    pub(crate) fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        self.with_alloc_lock(|r| Ok(r.alloc(size, align)?.get()))
+    }
+
+    pub(crate) fn free(&self, off: u64) -> Result<(), Error> {
+        let o = Offset::new(off).ok_or(Error::Corrupt("free of offset 0"))?;
+        self.with_alloc_lock(|r| Ok(r.free(o)?))
+    }
+}
+
+/// A shard arena's slab source: the shared region, through the allocator lock.
+pub(crate) struct ShardSource(pub(crate) Arc<SharedRegion>);
+
+// SAFETY: `alloc` returns offsets of live, disjoint, aligned region blocks (the region's
+// allocator, under the process-shared allocator lock); the mapping never moves, so `ptr`
+// is stable and contiguous; `resolve`/`contains` are true only inside the mapping past the
+// header; mapped memory is initialized. A shard's arena blocks are freed only by that
+// shard's arena (under the shard's write lock); other shards and processes free only their
+// own blocks, so nothing frees this arena's blocks behind its back.
+unsafe impl SlabSource for ShardSource {
+    fn alloc(&mut self, size: usize, align: usize) -> Option<u64> {
+        self.0.alloc(size as u64, align as u64).ok()
+    }
+
+    unsafe fn free(&mut self, off: u64, _size: usize, _align: usize) {
+        let _ = self.0.free(off);
+    }
+
+    #[inline]
+    fn ptr(&self, off: u64) -> *mut u8 {
+        self.0
+            .ptr(off, 1)
+            .unwrap_or(self.0.base.wrapping_add(off as usize))
+    }
+
+    #[inline]
+    fn contains(&self, off: u64, len: usize) -> bool {
+        self.0.ptr(off, len as u64).is_some()
+    }
+
+    #[inline]
+    fn resolve(&self, off: u64, len: usize) -> Option<*mut u8> {
+        self.0.ptr(off, len as u64)
+    }
+}

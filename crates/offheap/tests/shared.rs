@@ -1,0 +1,325 @@
+//! SharedMap: model test, threads, and real child processes (the test binary re-executed
+//! with `OFFHEAP_CHILD` naming the child's role), including children killed with SIGKILL
+//! while they write.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use offheap::{SharedMap, SharedMapOptions};
+use proptest::prelude::*;
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+    Get(Vec<u8>),
+    Reopen,
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(0u8..4, 0..8),
+        proptest::collection::vec(0u8..3, 8..20),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let value = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..13),
+        proptest::collection::vec(any::<u8>(), 13..400),
+    ];
+    prop_oneof![
+        5 => (key(), value).prop_map(|(k, v)| Op::Insert(k, v)),
+        3 => key().prop_map(Op::Remove),
+        3 => key().prop_map(Op::Get),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn shared_map_matches_std(ops in proptest::collection::vec(op(), 1..300), collide in any::<bool>()) {
+        let file = !cfg!(miri);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.map");
+        let mut opts = SharedMapOptions::new().shards(4).slab_size(128);
+        if collide {
+            opts = opts.hash_mask(0);
+        }
+        let mut m = if file { SharedMap::create_with(&path, &opts).unwrap() } else { SharedMap::anonymous_with(&opts).unwrap() };
+        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Insert(k, v) => prop_assert_eq!(m.insert(&k, &v).unwrap(), model.insert(k, v)),
+                Op::Remove(k) => prop_assert_eq!(m.remove(&k).unwrap(), model.remove(&k)),
+                Op::Get(k) => prop_assert_eq!(m.get(&k).unwrap(), model.get(&k).cloned()),
+                Op::Reopen => if file {
+                    m.flush().unwrap();
+                    drop(m);
+                    m = SharedMap::open(&path).unwrap();
+                },
+            }
+            prop_assert_eq!(m.len(), model.len());
+        }
+        let got: HashMap<Vec<u8>, Vec<u8>> = m.to_vec().unwrap().into_iter().collect();
+        prop_assert_eq!(got, model);
+        m.check().unwrap();
+    }
+}
+
+#[test]
+fn threads_share_one_map() {
+    let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(16)).unwrap();
+    let n = if cfg!(miri) { 50u32 } else { 5000 };
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let m = &m;
+            s.spawn(move || {
+                for i in 0..n {
+                    let k = (t * n + i).to_le_bytes();
+                    m.insert(&k, &(i * 7).to_le_bytes()).unwrap();
+                    assert_eq!(m.get(&k).unwrap(), Some((i * 7).to_le_bytes().to_vec()));
+                    // Overlapping keys: all threads touch the same 64 keys.
+                    let shared = ((i % 64) as u16).to_le_bytes();
+                    m.put(&shared, &[t as u8; 20]).unwrap();
+                    let v = m.get(&shared).unwrap().unwrap();
+                    assert!(v.len() == 20 && v.iter().all(|&b| b == v[0]));
+                }
+            });
+        }
+    });
+    assert_eq!(m.len(), 4 * n as usize + 64);
+    m.check().unwrap();
+}
+
+// ---------------------------------------------------------------------- child processes
+
+const CHILD: &str = "OFFHEAP_CHILD";
+
+fn val(k: u32) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[..4].copy_from_slice(&k.to_le_bytes());
+    v[4..].copy_from_slice(&(!k).to_le_bytes());
+    v
+}
+
+/// The child side: runs when the binary is re-executed with `OFFHEAP_CHILD` set.
+#[test]
+fn child_entry() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let m = SharedMap::open(parts[1]).unwrap();
+    let a: u32 = parts[2].parse().unwrap();
+    let b: u32 = parts[3].parse().unwrap();
+    match parts[0] {
+        // Keys a..b: put, read back, delete every third.
+        "disjoint" => {
+            for k in a..b {
+                m.insert(&k.to_le_bytes(), &val(k)).unwrap();
+            }
+            for k in a..b {
+                assert_eq!(m.get(&k.to_le_bytes()).unwrap(), Some(val(k).to_vec()));
+            }
+            for k in (a..b).step_by(3) {
+                assert!(m.delete(&k.to_le_bytes()).unwrap());
+            }
+        }
+        // Child `a` of `b`: random upserts/deletes on 0..512 (long keys too), then a
+        // barrier through the map, then final values on its own residue class.
+        "overlap" => {
+            let (id, p) = (a, b);
+            let mut x = 0x9E37_79B9u32.wrapping_mul(id + 1);
+            for _ in 0..4000 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let k = format!("overlapping-key-{}", x % 512);
+                if x % 5 == 0 {
+                    m.delete(k.as_bytes()).unwrap();
+                } else {
+                    let mut v = k.clone().into_bytes();
+                    v.extend_from_slice(&[id as u8; 30]);
+                    if let Some(old) = m.insert(k.as_bytes(), &v).unwrap() {
+                        assert!(old.starts_with(k.as_bytes()), "torn value");
+                    }
+                }
+            }
+            m.insert(format!("done-{id}").as_bytes(), b"1").unwrap();
+            let t = Instant::now();
+            while (0..p).any(|j| !m.contains_key(format!("done-{j}").as_bytes()).unwrap()) {
+                assert!(t.elapsed() < Duration::from_secs(60), "barrier timed out");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for k in (0..512u32).filter(|k| k % p == id) {
+                let key = format!("overlapping-key-{k}");
+                m.insert(key.as_bytes(), format!("final-{k}").as_bytes())
+                    .unwrap();
+            }
+        }
+        // Writes forever: put key (round << 24 | i), delete the key 500 before it.
+        "writer" => {
+            let round = a << 24;
+            for i in 0u32.. {
+                m.put(&(round | i).to_le_bytes(), &val(round | i)).unwrap();
+                if i >= 500 {
+                    m.delete(&(round | (i - 500)).to_le_bytes()).unwrap();
+                }
+            }
+        }
+        r => panic!("unknown role {r}"),
+    }
+    drop(m);
+    std::process::exit(0);
+}
+
+fn spawn(role: &str, path: &std::path::Path, a: u32, b: u32) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, format!("{role}|{}|{a}|{b}", path.display()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut c: std::process::Child, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            assert!(st.success(), "child failed: {st:?}");
+            return;
+        }
+        if t.elapsed() > limit {
+            let _ = c.kill();
+            panic!("child did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Aborts the test process if the test hangs (a lock never recovered), so that a
+/// regression fails instead of hanging the suite.
+fn watchdog(limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("watchdog: test hung for {limit:?}");
+            std::process::abort();
+        }
+    });
+    tx
+}
+
+#[cfg_attr(miri, ignore)]
+#[test]
+fn processes_on_disjoint_keys() {
+    let _w = watchdog(Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disjoint.map");
+    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(64)).unwrap();
+    let per = 20_000u32;
+    let kids: Vec<_> = (0..3)
+        .map(|i| spawn("disjoint", &path, i * per, (i + 1) * per))
+        .collect();
+    for c in kids {
+        wait_ok(c, Duration::from_secs(100));
+    }
+    for k in 0..3 * per {
+        let expect = (k % per % 3 != 0).then(|| val(k).to_vec());
+        assert_eq!(m.get(&k.to_le_bytes()).unwrap(), expect, "key {k}");
+    }
+    assert_eq!(m.len(), (3 * per - 3 * per.div_ceil(3)) as usize);
+    m.check().unwrap();
+}
+
+#[cfg_attr(miri, ignore)]
+#[test]
+fn processes_on_overlapping_keys() {
+    let _w = watchdog(Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overlap.map");
+    let m =
+        SharedMap::create_with(&path, &SharedMapOptions::new().shards(8).slab_size(4096)).unwrap();
+    let p = 3u32;
+    let kids: Vec<_> = (0..p).map(|i| spawn("overlap", &path, i, p)).collect();
+    for c in kids {
+        wait_ok(c, Duration::from_secs(100));
+    }
+    for k in 0..512u32 {
+        let key = format!("overlapping-key-{k}");
+        assert_eq!(
+            m.get(key.as_bytes()).unwrap(),
+            Some(format!("final-{k}").into_bytes()),
+            "{key}"
+        );
+    }
+    assert_eq!(m.len(), 512 + p as usize);
+    m.check().unwrap();
+}
+
+#[cfg_attr(miri, ignore)]
+#[test]
+fn sigkilled_writer_is_recovered() {
+    let _w = watchdog(Duration::from_secs(150));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kill.map");
+    // Few shards and small tables: kills land in every step, rebuilds included.
+    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(4)).unwrap();
+    let mut x = 12345u64;
+    for round in 1..=8u32 {
+        let mut c = spawn("writer", &path, round, 0);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(30 + (x >> 33) % 200));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let st = c.wait().unwrap();
+        assert!(!st.success(), "the writer was meant to be killed");
+        // The parent takes every lock (check reads every shard; a lock held by the dead
+        // child is recovered, and the shard repaired) and finds consistent data.
+        m.check().unwrap();
+        let keys: Vec<u32> = m
+            .to_vec()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let k = u32::from_le_bytes(k.try_into().unwrap());
+                assert_eq!(v, val(k), "torn value for key {k:#x}");
+                (k >> 24 == round).then_some(k & 0xFF_FFFF)
+            })
+            .collect();
+        let Some(&max) = keys.iter().max() else {
+            continue; // killed before its first put completed
+        };
+        let present: std::collections::HashSet<u32> = keys.iter().copied().collect();
+        for i in max.saturating_sub(499)..=max {
+            assert!(
+                present.contains(&i),
+                "round {round}: completed put of {i} lost (max {max})"
+            );
+        }
+        for &i in &present {
+            assert!(
+                i + 500 >= max,
+                "round {round}: completed delete of {i} undone (max {max})"
+            );
+        }
+        // And it can write to every shard of the map afterwards.
+        for i in 0..(max + 1) {
+            m.delete(&((round << 24) | i).to_le_bytes()).unwrap();
+        }
+        assert_eq!(m.len(), 0, "round {round}");
+        m.check().unwrap();
+    }
+}
