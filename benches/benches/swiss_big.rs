@@ -79,7 +79,10 @@ impl Map for SwissTable<u64, u64> {
     fn new() -> Self {
         let mut opts = offheap_swiss::default_region_options().max_size(256 << 30);
         // Experiment knob: the region's give-back threshold (bytes; default 1 MiB).
-        if let Some(t) = std::env::var("SWISS_BIG_RELEASE").ok().and_then(|v| v.parse().ok()) {
+        if let Some(t) = std::env::var("SWISS_BIG_RELEASE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             opts = opts.release_threshold(t);
         }
         let mem = offheap_mmap::Region::anonymous_with(&opts).unwrap();
