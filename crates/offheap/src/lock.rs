@@ -9,8 +9,10 @@
 //! - **Read**: CAS a free slot 0 → me (SeqCst); then load `state` (SeqCst); if a writer holds
 //!   or is taking the lock, clear the slot and wait for `state == 0` before trying again.
 //!
-//! The SeqCst store-then-load on both sides (Dekker's pattern) means that a reader and a
-//! writer can never both proceed: at least one of them sees the other's word. Readers never
+//! A store, then a SeqCst fence, then a load of the other side's word (Dekker's pattern)
+//! on both sides means that a reader and a writer can never both proceed: at least one of
+//! them sees the other's word. (SeqCst accesses alone are not enough under loom, which
+//! models them as acquire/release; the fences are what the model checks.) Readers never
 //! block each other (they only touch their own slot).
 //!
 //! **Dead owners.** A thread that waits longer than a spin budget asks `is_dead(id)` about
@@ -42,6 +44,8 @@ pub(crate) trait Word {
     fn load(&self, o: core::sync::atomic::Ordering) -> u64;
     fn store(&self, v: u64, o: core::sync::atomic::Ordering);
     fn cas(&self, old: u64, new: u64) -> Result<u64, u64>;
+    /// A sequentially consistent fence (loom's own in the model).
+    fn fence(&self);
 }
 
 impl Word for core::sync::atomic::AtomicU64 {
@@ -57,6 +61,10 @@ impl Word for core::sync::atomic::AtomicU64 {
     fn cas(&self, old: u64, new: u64) -> Result<u64, u64> {
         self.compare_exchange(old, new, SeqCst, Relaxed)
     }
+    #[inline]
+    fn fence(&self) {
+        core::sync::atomic::fence(SeqCst)
+    }
 }
 
 #[cfg(loom)]
@@ -69,6 +77,9 @@ impl Word for loom::sync::atomic::AtomicU64 {
     }
     fn cas(&self, old: u64, new: u64) -> Result<u64, u64> {
         self.compare_exchange(old, new, SeqCst, Relaxed)
+    }
+    fn fence(&self) {
+        loom::sync::atomic::fence(SeqCst)
     }
 }
 
@@ -139,6 +150,9 @@ pub(crate) fn write_lock<W: Word>(
             }
         }
     }
+    // Dekker's handshake with the readers: our `state` store, a SeqCst fence, then their
+    // slots; a reader does the mirror image, so at least one sees the other.
+    state.fence();
     for slot in slots {
         let mut w = Waiter::new();
         loop {
@@ -183,6 +197,7 @@ pub(crate) fn read_lock<W: Word>(
         for k in 0..slots.len() {
             let i = (start + k) % slots.len();
             if slots[i].cas(0, me).is_ok() {
+                state.fence();
                 if state.load(SeqCst) == 0 {
                     return Ok(i);
                 }
@@ -366,6 +381,43 @@ mod loom_tests {
             );
             write_unlock(&l.state);
             assert_eq!(l.slots[1].load(SeqCst), 0);
+        });
+    }
+
+    /// The model is sensitive: the same handshake without the SeqCst fences lets a reader
+    /// and a writer both proceed, which loom reports as a data race.
+    #[test]
+    #[should_panic]
+    fn loom_handshake_without_fences_is_caught() {
+        loom::model(|| {
+            let l = lock();
+            let w = {
+                let l = l.clone();
+                thread::spawn(move || {
+                    while l.state.compare_exchange(0, 1, SeqCst, Relaxed).is_err() {
+                        loom::thread::yield_now();
+                    }
+                    while l.slots[0].load(SeqCst) != 0 {
+                        loom::thread::yield_now();
+                    }
+                    // SAFETY: loom checks (and here reports) the race.
+                    l.data.with_mut(|p| unsafe { *p += 1 });
+                    l.state.store(0, Release);
+                })
+            };
+            loop {
+                if l.slots[0].compare_exchange(0, 2, SeqCst, Relaxed).is_ok() {
+                    if l.state.load(SeqCst) == 0 {
+                        break;
+                    }
+                    l.slots[0].store(0, Release);
+                }
+                loom::thread::yield_now();
+            }
+            // SAFETY: loom checks (and here reports) the race.
+            l.data.with(|p| unsafe { *p });
+            l.slots[0].store(0, Release);
+            w.join().unwrap();
         });
     }
 }

@@ -229,6 +229,7 @@ pub struct SharedMap {
     mask: u64,
     me: u64,
     arenas: Box<[Mutex<Option<Arena<ShardSource>>>]>,
+    recovered: AtomicU64,
 }
 
 // SAFETY: shared memory is touched only through atomics or under the shard's process-shared
@@ -405,6 +406,7 @@ impl SharedMap {
             mask,
             me,
             arenas: arenas.into_boxed_slice(),
+            recovered: AtomicU64::new(0),
         })
     }
 
@@ -447,6 +449,7 @@ impl SharedMap {
             mask: h.hash_mask,
             me,
             arenas,
+            recovered: AtomicU64::new(0),
         })
     }
 
@@ -458,6 +461,13 @@ impl SharedMap {
     /// Statistics of the region (size of the file, bytes in use, ...).
     pub fn region_stats(&self) -> offheap_mmap::RegionStats {
         self.region.lock().stats()
+    }
+
+    /// How many times this handle repaired a shard: a lock taken over from a dead owner,
+    /// or an operation left unfinished (by a dead process, or by an error) completed or
+    /// rolled back.
+    pub fn recoveries(&self) -> u64 {
+        self.recovered.load(Ordering::Relaxed)
     }
 
     /// Number of shards.
@@ -533,6 +543,7 @@ impl SharedMap {
         let _g = WriteGuard(shard);
         let mut c = self.ctx(shard, i)?;
         if how == Acquired::Recovered || shard.intent.op != OP_NONE {
+            self.recovered.fetch_add(1, Ordering::Relaxed);
             c.recover()?;
         }
         f(&mut c)
