@@ -274,7 +274,9 @@ enum Found {
 struct Ctx<'a> {
     map: &'a SharedMap,
     shard: &'a Shard,
-    arena: MutexGuard<'a, Option<Arena<ShardSource>>>,
+    idx: usize,
+    /// The shard's arena, locked (process-locally) only when an operation needs it.
+    arena: std::cell::OnceCell<MutexGuard<'a, Option<Arena<ShardSource>>>>,
 }
 
 fn mix(kw: u64, log: u32) -> usize {
@@ -516,15 +518,11 @@ impl SharedMap {
     // ------------------------------------------------------------------ locking
 
     fn ctx<'a>(&'a self, shard: &'a Shard, i: usize) -> Result<Ctx<'a>, Error> {
-        let mut arena = self.arenas[i].lock().unwrap_or_else(|e| e.into_inner());
-        if arena.is_none() {
-            let root = shard.arena_root.load(Ordering::Relaxed);
-            *arena = Some(Arena::open_in(ShardSource(self.region.clone()), root)?);
-        }
         Ok(Ctx {
             map: self,
             shard,
-            arena,
+            idx: i,
+            arena: std::cell::OnceCell::new(),
         })
     }
 
@@ -672,12 +670,30 @@ impl SharedMap {
 // ---------------------------------------------------------------------- shard operations
 
 impl Ctx<'_> {
-    fn arena(&self) -> &Arena<ShardSource> {
-        self.arena.as_ref().expect("opened in ctx")
+    fn guard(&self) -> Result<&MutexGuard<'_, Option<Arena<ShardSource>>>, Error> {
+        if self.arena.get().is_none() {
+            let mut g = self.map.arenas[self.idx]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if g.is_none() {
+                let root = self.shard.arena_root.load(Ordering::Relaxed);
+                *g = Some(Arena::open_in(ShardSource(self.map.region.clone()), root)?);
+            }
+            let _ = self.arena.set(g);
+        }
+        self.arena.get().ok_or(Error::Corrupt("arena"))
     }
 
-    fn arena_mut(&mut self) -> &mut Arena<ShardSource> {
-        self.arena.as_mut().expect("opened in ctx")
+    fn arena(&self) -> Result<&Arena<ShardSource>, Error> {
+        self.guard()?.as_ref().ok_or(Error::Corrupt("arena"))
+    }
+
+    fn arena_mut(&mut self) -> Result<&mut Arena<ShardSource>, Error> {
+        self.guard()?;
+        self.arena
+            .get_mut()
+            .and_then(|g| g.as_mut())
+            .ok_or(Error::Corrupt("arena"))
     }
 
     fn intent(&self) -> *mut Intent {
@@ -762,7 +778,7 @@ impl Ctx<'_> {
             Ok(f(&bytemuck::cast_slice::<u32, u8>(&w[..3])[..n]))
         } else {
             let h = self.word_handle(w)?;
-            blob_with(self.arena(), h, BLOB_PREFIX, f)
+            blob_with(self.arena()?, h, BLOB_PREFIX, f)
         }
     }
 
@@ -770,14 +786,16 @@ impl Ctx<'_> {
         if w[3] == HANDLE_MARK {
             if let Ok(h) = self.word_handle(w) {
                 // A stale handle (already freed before a crash) is refused by the arena.
-                let _ = self.arena_mut().dec_ref(h);
+                if let Ok(a) = self.arena_mut() {
+                    let _ = a.dec_ref(h);
+                }
             }
         }
     }
 
     fn rec_value(&self, rec: &Word) -> Result<Word, Error> {
         let h = self.word_handle(rec)?;
-        let b = self.arena().bytes(h)?;
+        let b = self.arena()?.bytes(h)?;
         let s = b
             .get(BLOB_PREFIX..BLOB_PREFIX + REC_HDR)
             .ok_or(Error::Corrupt("record shorter than its header"))?;
@@ -790,7 +808,7 @@ impl Ctx<'_> {
         let h = self.word_handle(rec)?;
         let mut pos = 0usize;
         let mut eq = true;
-        let total = blob_pieces(self.arena(), h, REC_HDR, |p| {
+        let total = blob_pieces(self.arena()?, h, REC_HDR, |p| {
             let end = pos + p.len();
             if end > key.len() || key[pos..end] != *p {
                 eq = false;
@@ -836,7 +854,7 @@ impl Ctx<'_> {
             bytemuck::cast_slice_mut::<u32, u8>(&mut w[..3])[..v.len()].copy_from_slice(v);
             Ok(w)
         } else {
-            let h = blob_alloc(self.arena_mut(), &[v])?;
+            let h = blob_alloc(self.arena_mut()?, &[v])?;
             Ok(self.handle_word(h))
         }
     }
@@ -911,7 +929,7 @@ impl Ctx<'_> {
                 self.set_intent(|it| it.new = vw);
                 fence(Ordering::Release);
                 if kw & LONG_KEY != 0 {
-                    let r = blob_alloc(self.arena_mut(), &[bytemuck::bytes_of(&vw), key])?;
+                    let r = blob_alloc(self.arena_mut()?, &[bytemuck::bytes_of(&vw), key])?;
                     let rw = self.handle_word(r);
                     self.set_intent(|it| it.rec = rw);
                 }
@@ -962,7 +980,7 @@ impl Ctx<'_> {
         } = self.get_intent();
         if rec[3] == HANDLE_MARK {
             let h = self.word_handle(&rec)?;
-            self.arena_mut()
+            self.arena_mut()?
                 .write(h, BLOB_PREFIX, bytemuck::bytes_of(&new))?;
         } else {
             let (slots, _) = self.table()?;
@@ -1169,7 +1187,7 @@ impl Ctx<'_> {
             } else {
                 let h = self.word_handle(&s.vw)?;
                 let mut key = Vec::new();
-                blob_pieces(self.arena(), h, REC_HDR, |p| {
+                blob_pieces(self.arena()?, h, REC_HDR, |p| {
                     key.extend_from_slice(p);
                     true
                 })?;
@@ -1192,7 +1210,7 @@ impl Ctx<'_> {
         if !slots.iter().any(|s| s.kw == EMPTY) {
             return Err(Error::Corrupt("shard table has no empty slot"));
         }
-        self.arena().check()?;
+        self.arena()?.check()?;
         Ok(())
     }
 }
