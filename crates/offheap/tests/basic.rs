@@ -26,12 +26,13 @@ fn colliding_long_keys_stay_distinct() {
 
 #[test]
 fn large_value_is_a_chain() {
-    let mut m = BytesMap::anonymous_with(&BytesMapOptions::new().slab_size(4096)).unwrap();
-    let v: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut m = BytesMap::anonymous_with(&BytesMapOptions::new().slab_size(1024)).unwrap();
+    let n = if cfg!(miri) { 5_000u32 } else { 100_000 };
+    let v: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
     m.insert(b"big", &v).unwrap();
     assert_eq!(m.get(b"big").unwrap().as_deref(), Some(&v[..]));
     assert_eq!(m.get_with(b"big", |b| b == &v[..]).unwrap(), Some(true));
-    let w = vec![1u8; 50_000];
+    let w = vec![1u8; n as usize / 2];
     assert_eq!(m.insert(b"big", &w).unwrap(), Some(v));
     assert_eq!(m.remove(b"big").unwrap(), Some(w));
     m.check().unwrap();
@@ -41,12 +42,13 @@ fn large_value_is_a_chain() {
 fn removed_space_is_reused() {
     let mut m = BytesMap::anonymous().unwrap();
     let val = [9u8; 100];
-    for round in 0..5 {
-        for i in 0..2000u32 {
+    let (rounds, n) = if cfg!(miri) { (2, 100u32) } else { (5, 2000) };
+    for round in 0..rounds {
+        for i in 0..n {
             m.insert(format!("long key {i}").as_bytes(), &val).unwrap();
         }
         let used = m.region().stats();
-        for i in 0..2000u32 {
+        for i in 0..n {
             assert!(m.delete(format!("long key {i}").as_bytes()).unwrap());
         }
         if round > 0 {

@@ -64,6 +64,14 @@ fn bytes_op() -> impl Strategy<Value = BytesOp> {
     ]
 }
 
+fn max_ops() -> usize {
+    if cfg!(miri) {
+        40
+    } else {
+        250
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -132,7 +140,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
-    fn map_matches_std(ops in proptest::collection::vec(map_op(), 1..300)) {
+    fn map_matches_std(ops in proptest::collection::vec(map_op(), 1..max_ops())) {
         let anon = cfg!(miri);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("typed.map");
@@ -156,19 +164,19 @@ proptest! {
     }
 
     #[test]
-    fn bytes_map_matches_std_anonymous(ops in proptest::collection::vec(bytes_op(), 1..200)) {
+    fn bytes_map_matches_std_anonymous(ops in proptest::collection::vec(bytes_op(), 1..max_ops())) {
         run_bytes(ops, BytesMapOptions::new().slab_size(256), false);
     }
 
     #[test]
-    fn bytes_map_colliding_hashes(ops in proptest::collection::vec(bytes_op(), 1..200)) {
+    fn bytes_map_colliding_hashes(ops in proptest::collection::vec(bytes_op(), 1..max_ops())) {
         // Every long key gets the same key word: only full comparison tells them apart.
         run_bytes(ops, BytesMapOptions::new().slab_size(64).hash_mask(0), false);
     }
 
     #[cfg_attr(miri, ignore)]
     #[test]
-    fn bytes_map_matches_std_file(ops in proptest::collection::vec(bytes_op(), 1..200)) {
+    fn bytes_map_matches_std_file(ops in proptest::collection::vec(bytes_op(), 1..max_ops())) {
         run_bytes(ops, BytesMapOptions::new().slab_size(256).hash_mask(3), true);
     }
 }

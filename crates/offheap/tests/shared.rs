@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 use offheap::{SharedMap, SharedMapOptions};
 use proptest::prelude::*;
 
+fn max_ops() -> usize {
+    if cfg!(miri) {
+        40
+    } else {
+        250
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -47,7 +55,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
-    fn shared_map_matches_std(ops in proptest::collection::vec(op(), 1..300), collide in any::<bool>()) {
+    fn shared_map_matches_std(ops in proptest::collection::vec(op(), 1..max_ops()), collide in any::<bool>()) {
         let file = !cfg!(miri);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shared.map");
