@@ -30,13 +30,41 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 /// Reader slots per lock: `state` plus 7 slots fill one 64-byte line.
 pub(crate) const READER_SLOTS: usize = 7;
 
-/// A lock's words as they lie in shared memory: one 64-byte line.
-#[repr(C, align(64))]
+/// An atomic word alone in 128 bytes (two cache lines: the adjacent-line prefetcher of
+/// x86-64 pulls lines in pairs). A fixed padding rather than crossbeam's `CachePadded`,
+/// whose alignment depends on the target: this struct is part of the file layout, which
+/// must not (DESIGN.md invariant 5).
+#[repr(C, align(128))]
+pub(crate) struct Padded(pub(crate) core::sync::atomic::AtomicU64);
+
+/// A lock's words as they lie in shared memory: the writer word and each reader slot on
+/// lines of their own, so that a reader's CAS on its slot does not take the line that other
+/// processes' readers read `state` from.
+#[repr(C, align(128))]
 pub(crate) struct LockWords {
     /// 0, or the writer's owner id.
-    pub(crate) state: core::sync::atomic::AtomicU64,
+    pub(crate) state: Padded,
     /// 0, or a reader's owner id.
-    pub(crate) slots: [core::sync::atomic::AtomicU64; READER_SLOTS],
+    pub(crate) slots: [Padded; READER_SLOTS],
+}
+
+impl Word for Padded {
+    #[inline]
+    fn load(&self, o: core::sync::atomic::Ordering) -> u64 {
+        self.0.load(o)
+    }
+    #[inline]
+    fn store(&self, v: u64, o: core::sync::atomic::Ordering) {
+        self.0.store(v, o)
+    }
+    #[inline]
+    fn cas(&self, old: u64, new: u64) -> Result<u64, u64> {
+        self.0.compare_exchange(old, new, SeqCst, Relaxed)
+    }
+    #[inline]
+    fn fence(&self) {
+        core::sync::atomic::fence(SeqCst)
+    }
 }
 
 /// A 64-bit atomic word.
@@ -173,17 +201,19 @@ pub(crate) fn write_unlock<W: Word>(state: &W) {
     state.store(0, Release);
 }
 
-/// Takes a read lock for `me`; returns the slot index to release, or `Err(holder)` if the
+/// Takes a read lock for `me`, trying the slots from `hint` on (a per-thread number, so that
+/// threads use different slots); returns the slot index to release, or `Err(holder)` if the
 /// lock is held by a writer that has died (the caller must then take the write lock, which
 /// recovers it, instead).
 pub(crate) fn read_lock<W: Word>(
     state: &W,
     slots: &[W],
     me: u64,
+    hint: usize,
     is_dead: impl Fn(u64) -> bool,
 ) -> Result<usize, u64> {
     let mut w = Waiter::new();
-    let start = (me as usize).wrapping_mul(0x9E37_79B9) >> 7;
+    let start = hint;
     loop {
         // Wait for no writer before taking a slot (writers are not starved by a stream of
         // readers that keep slots busy).
@@ -212,6 +242,16 @@ pub(crate) fn read_lock<W: Word>(
 /// Releases a read lock taken in slot `i`.
 pub(crate) fn read_unlock<W: Word>(slots: &[W], i: usize) {
     slots[i].store(0, Release);
+}
+
+/// A number per thread, to spread threads over reader slots.
+pub(crate) fn thread_hint() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HINT: usize = NEXT.fetch_add(1, Relaxed) + std::process::id() as usize;
+    }
+    HINT.with(|h| *h)
 }
 
 /// This process's owner id: `pid << 32 | start time` (low 32 bits of the start time in clock
@@ -288,7 +328,7 @@ mod loom_tests {
                     write_unlock(&l.state);
                 })
             };
-            let i = read_lock(&l.state, &l.slots, 2, alive).unwrap();
+            let i = read_lock(&l.state, &l.slots, 2, 0, alive).unwrap();
             // SAFETY: loom checks this read races with no write.
             let v = l.data.with(|p| unsafe { *p });
             assert!(v <= 1);
@@ -327,13 +367,13 @@ mod loom_tests {
             let r = {
                 let l = l.clone();
                 thread::spawn(move || {
-                    let i = read_lock(&l.state, &l.slots, 1, alive).unwrap();
+                    let i = read_lock(&l.state, &l.slots, 1, 0, alive).unwrap();
                     // SAFETY: readers only read.
                     l.data.with(|p| unsafe { *p });
                     read_unlock(&l.slots, i);
                 })
             };
-            let i = read_lock(&l.state, &l.slots, 2, alive).unwrap();
+            let i = read_lock(&l.state, &l.slots, 2, 0, alive).unwrap();
             // SAFETY: readers only read.
             l.data.with(|p| unsafe { *p });
             read_unlock(&l.slots, i);
@@ -354,7 +394,7 @@ mod loom_tests {
                 thread::spawn(move || {
                     // A reader either meets the dead writer (and would defer to the
                     // write path) or reads after the recovering writer is done.
-                    if let Ok(i) = read_lock(&l.state, &l.slots, 3, |id| id == 99) {
+                    if let Ok(i) = read_lock(&l.state, &l.slots, 3, 1, |id| id == 99) {
                         // SAFETY: loom checks this read against the recovering writer.
                         l.data.with(|p| unsafe { *p });
                         read_unlock(&l.slots, i);

@@ -51,7 +51,7 @@ struct Slot {
 
 const SLOT: u64 = std::mem::size_of::<Slot>() as u64;
 
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 struct MapHeader {
     alloc_lock: LockWords,
     magic: u64,
@@ -104,7 +104,7 @@ struct IntentCopy {
     new_table: u64,
 }
 
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 struct Shard {
     lock: LockWords,
     /// Slot array offset | log2(capacity) << 58.
@@ -342,8 +342,8 @@ impl SharedMap {
         let me = lock::my_owner_id();
         let r = Arc::new(SharedRegion::new(region, me));
         let n = opts.shards;
-        let hoff = r.alloc(std::mem::size_of::<MapHeader>() as u64, 64)?;
-        let soff = r.alloc((n * std::mem::size_of::<Shard>()) as u64, 64)?;
+        let hoff = r.alloc(std::mem::size_of::<MapHeader>() as u64, 128)?;
+        let soff = r.alloc((n * std::mem::size_of::<Shard>()) as u64, 128)?;
         let per = opts.capacity.div_ceil(n) as u64;
         let mut log = MIN_CAP_LOG;
         while (1u64 << log) * 3 / 4 < per {
@@ -416,7 +416,7 @@ impl SharedMap {
         let hoff = region.root(ROOT).ok_or(Error::NotFound)?.get();
         let me = lock::my_owner_id();
         let r = Arc::new(SharedRegion::new(region, me));
-        if hoff % 64 != 0 {
+        if hoff % 128 != 0 {
             return Err(Error::Corrupt("header offset misaligned"));
         }
         let hp = r
@@ -435,7 +435,7 @@ impl SharedMap {
             return Err(Error::Corrupt("header checksum"));
         }
         let n = h.nshards as usize;
-        if !n.is_power_of_two() || n > 1 << 16 || h.shards_off % 64 != 0 {
+        if !n.is_power_of_two() || n > 1 << 16 || h.shards_off % 128 != 0 {
             return Err(Error::Corrupt("shard count or offset"));
         }
         let sp = r
@@ -557,6 +557,7 @@ impl SharedMap {
             &shard.lock.state,
             &shard.lock.slots,
             self.me,
+            lock::thread_hint(),
             lock::owner_is_dead,
         ) else {
             // The writer died holding the lock: the write path recovers the shard.
