@@ -130,8 +130,10 @@ fn dir_word(handle: u64, groups: usize) -> u64 {
 /// resolved once, and its group mask. 16 bytes, so the directory mirror stays small.
 pub(crate) struct SegRef<K, V> {
     pub(crate) ctrl: NonNull<u8>,
-    /// Groups minus one.
-    pub(crate) mask: usize,
+    /// `(groups - 1) * GROUP_WIDTH`: masks a byte position in the control bytes down to a
+    /// group's first byte, so a probe goes from the hash to its group in two instructions
+    /// (`(h >> 3) & pmask`, the same group as `((h >> 7) & (groups - 1)) * 16`).
+    pub(crate) pmask: usize,
     _types: PhantomData<*mut Slot<K, V>>,
 }
 
@@ -143,10 +145,25 @@ impl<K, V> Clone for SegRef<K, V> {
 impl<K, V> Copy for SegRef<K, V> {}
 
 impl<K, V> SegRef<K, V> {
+    /// Groups minus one.
+    #[inline(always)]
+    pub(crate) fn mask(&self) -> usize {
+        self.pmask / GROUP_WIDTH
+    }
+    /// Groups.
+    #[inline(always)]
+    pub(crate) fn groups(&self) -> usize {
+        self.mask() + 1
+    }
     /// Slots in the segment.
     #[inline(always)]
     pub(crate) fn capacity(&self) -> usize {
-        (self.mask + 1) * GROUP_WIDTH
+        self.pmask + GROUP_WIDTH
+    }
+    /// Byte position (in the control bytes) of the first group `h` probes.
+    #[inline(always)]
+    pub(crate) fn start(&self, h: u64) -> usize {
+        (h >> (crate::hash::GROUP_BITS.start - GROUP_WIDTH.trailing_zeros())) as usize & self.pmask
     }
     #[inline(always)]
     pub(crate) fn hdr(&self) -> *mut SegHeader {
@@ -155,7 +172,7 @@ impl<K, V> SegRef<K, V> {
     }
     /// The stored directory word of this segment.
     fn word(&self) -> u64 {
-        dir_word(self.handle(), self.mask + 1)
+        dir_word(self.handle(), self.groups())
     }
     /// Local depth (from the header).
     #[inline(always)]
@@ -191,7 +208,14 @@ impl<K, V> SegRef<K, V> {
         }
     }
     /// # Safety
-    /// `g` must be at most `mask`.
+    /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
+    #[inline(always)]
+    pub(crate) unsafe fn group_at(&self, pos: usize) -> Group {
+        // SAFETY: the group at `pos` is 16 control bytes inside the segment, aligned to 16.
+        unsafe { Group::load(self.ctrl.as_ptr().add(pos)) }
+    }
+    /// # Safety
+    /// `g` must be at most `mask()`.
     #[inline(always)]
     pub(crate) unsafe fn group(&self, g: usize) -> Group {
         // SAFETY: group `g` is 16 control bytes inside the segment, aligned to 16 (the control
@@ -200,9 +224,26 @@ impl<K, V> SegRef<K, V> {
     }
 }
 
+/// Bytewise key equality; keys of 1, 2, 4, 8 or 16 bytes compare as one integer (which
+/// lets the compiler keep a looked-up key in a register).
 #[inline(always)]
 pub(crate) fn key_eq<K: Pod>(a: &K, b: &K) -> bool {
-    bytemuck::bytes_of(a) == bytemuck::bytes_of(b)
+    #[inline(always)]
+    fn int_eq<K, T: Pod + PartialEq>(a: &K, b: &K) -> bool {
+        debug_assert_eq!(size_of::<T>(), size_of::<K>());
+        let (a, b) = ((a as *const K).cast::<T>(), (b as *const K).cast::<T>());
+        // SAFETY: callers pass a T of K's size; a Pod K's bytes are all initialized and any
+        // bytes are a valid T; unaligned reads need no alignment.
+        unsafe { a.read_unaligned() == b.read_unaligned() }
+    }
+    match size_of::<K>() {
+        1 => int_eq::<K, u8>(a, b),
+        2 => int_eq::<K, u16>(a, b),
+        4 => int_eq::<K, u32>(a, b),
+        8 => int_eq::<K, u64>(a, b),
+        16 => int_eq::<K, u128>(a, b),
+        _ => bytemuck::bytes_of(a) == bytemuck::bytes_of(b),
+    }
 }
 
 #[inline(always)]
@@ -219,17 +260,18 @@ pub(crate) enum Probe {
 
 /// Finds `key` in `seg`. The probe visits groups `g, g+1, g+3, g+6, ...` (mod groups),
 /// triangular steps that visit every group once, and stops at the first group with an
-/// `EMPTY` slot.
+/// `EMPTY` slot. Positions are byte offsets into the control bytes (a group's is 16 times its
+/// index), so a slot index is its group's position plus the bit.
 #[inline(always)]
 pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<usize> {
     let t = tag(h);
-    let mut g = (h >> 7) as usize & seg.mask;
+    let mut pos = seg.start(h);
     let mut stride = 0;
     loop {
-        // SAFETY: g <= mask.
-        let grp = unsafe { seg.group(g) };
+        // SAFETY: pos <= pmask, a group's first byte.
+        let grp = unsafe { seg.group_at(pos) };
         for bit in grp.match_tag(t) {
-            let i = g * GROUP_WIDTH + bit;
+            let i = pos + bit;
             // SAFETY: i < capacity, and a full slot's bytes were written (or come from a
             // mapping, whose bytes are always initialized).
             if key_eq(unsafe { &(*seg.slot(i)).key }, key) {
@@ -239,11 +281,11 @@ pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<
         if grp.match_empty().any() {
             return None;
         }
-        stride += 1;
-        if stride > seg.mask {
+        stride += GROUP_WIDTH;
+        if stride > seg.pmask {
             return None;
         }
-        g = (g + stride) & seg.mask;
+        pos = (pos + stride) & seg.pmask;
     }
 }
 
@@ -251,14 +293,14 @@ pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<
 #[inline(always)]
 pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
     let t = tag(h);
-    let mut g = (h >> 7) as usize & seg.mask;
+    let mut pos = seg.start(h);
     let mut stride = 0;
     let mut free = None;
     loop {
-        // SAFETY: g <= mask.
-        let grp = unsafe { seg.group(g) };
+        // SAFETY: pos <= pmask, a group's first byte.
+        let grp = unsafe { seg.group_at(pos) };
         for bit in grp.match_tag(t) {
-            let i = g * GROUP_WIDTH + bit;
+            let i = pos + bit;
             // SAFETY: as in `find_in`.
             if key_eq(unsafe { &(*seg.slot(i)).key }, key) {
                 return Probe::Found(i);
@@ -266,36 +308,36 @@ pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
         }
         if free.is_none() {
             if let Some(b) = grp.match_empty_or_deleted().lowest() {
-                free = Some(g * GROUP_WIDTH + b);
+                free = Some(pos + b);
             }
         }
         if grp.match_empty().any() {
             return Probe::Absent(free);
         }
-        stride += 1;
-        if stride > seg.mask {
+        stride += GROUP_WIDTH;
+        if stride > seg.pmask {
             return Probe::Absent(free);
         }
-        g = (g + stride) & seg.mask;
+        pos = (pos + stride) & seg.pmask;
     }
 }
 
 /// The first free slot on `h`'s probe sequence.
 #[inline(always)]
 fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
-    let mut g = (h >> 7) as usize & seg.mask;
+    let mut pos = seg.start(h);
     let mut stride = 0;
     loop {
-        // SAFETY: g <= mask.
-        let grp = unsafe { seg.group(g) };
+        // SAFETY: pos <= pmask, a group's first byte.
+        let grp = unsafe { seg.group_at(pos) };
         if let Some(b) = grp.match_empty_or_deleted().lowest() {
-            return Some(g * GROUP_WIDTH + b);
+            return Some(pos + b);
         }
-        stride += 1;
-        if stride > seg.mask {
+        stride += GROUP_WIDTH;
+        if stride > seg.pmask {
             return None;
         }
-        g = (g + stride) & seg.mask;
+        pos = (pos + stride) & seg.pmask;
     }
 }
 
@@ -303,6 +345,10 @@ fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
 pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// In-process mirror of the stored directory: one resolved segment per entry.
     pub(crate) dir: Vec<SegRef<K, V>>,
+    /// A copy of `dir[0]`, the only segment while the global depth is 0: a lookup in a
+    /// one-segment table reads it from the table itself (kept in registers across a loop of
+    /// lookups), with no dependent load from the directory, as in a plain SwissTable.
+    seg0: SegRef<K, V>,
     /// `MAX_DEPTH - global_depth`: the directory index is `(h >> 40) >> shift`.
     shift: u32,
     pub(crate) seed: u64,
@@ -433,6 +479,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         unsafe { hdr.as_ptr().write(h) };
         Ok(RawTable {
             dir: vec![seg],
+            seg0: seg,
             shift: MAX_DEPTH,
             seed,
             hdr,
@@ -572,7 +619,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let seg = SegRef {
                 // SAFETY: an offset inside the block just vouched for.
                 ctrl: unsafe { NonNull::new_unchecked(base.as_ptr().add(ctrl_off)) },
-                mask: groups - 1,
+                pmask: (groups - 1) * GROUP_WIDTH,
                 _types: PhantomData,
             };
             dir.extend(core::iter::repeat(seg).take(span));
@@ -588,6 +635,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         }
         Ok(RawTable {
+            seg0: dir[0],
             dir,
             shift: MAX_DEPTH - gd,
             seed: h.seed,
@@ -639,7 +687,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             core::ptr::write_bytes(base.as_ptr().add(ctrl_off), EMPTY, cap);
             Ok(SegRef {
                 ctrl: NonNull::new_unchecked(base.as_ptr().add(ctrl_off)),
-                mask: groups - 1,
+                pmask: (groups - 1) * GROUP_WIDTH,
                 _types: PhantomData,
             })
         }
@@ -670,6 +718,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     #[inline(always)]
     pub(crate) fn seg_at(&self, h: u64) -> SegRef<K, V> {
+        if self.shift == MAX_DEPTH {
+            debug_assert!(self.dir.len() == 1 && self.seg0.ctrl == self.dir[0].ctrl);
+            return self.seg0;
+        }
         let i = self.dir_index(h);
         debug_assert!(i < self.dir.len());
         // SAFETY: dir.len() == 1 << (MAX_DEPTH - shift) and (h >> 40) < 1 << MAX_DEPTH, so
@@ -753,9 +805,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         self.add_len(-1);
         // SAFETY: header valid.
         let len = unsafe { (*seg.hdr()).len } as usize;
-        // Cheap test first: a segment more than 1/8 full neither merges nor shrinks.
-        if len <= max_load(self.max_groups.max(seg.mask + 1)) / 8 {
-            let _ = self.maybe_shrink(self.dir_index(h));
+        // Only when the segment's length crosses a threshold (it drops by exactly one per
+        // removal, so it meets each value on the way down): 1/8 of a full-size segment (merge
+        // with the buddy) or 1/8 of its own size (shrink). A merge that fails because the buddy
+        // is too full is retried when the buddy crosses its own threshold (then the two hold
+        // at most 2/8 together), or right after the buddy's own halves merge (see
+        // `maybe_shrink`), so no removal pays for a check that cannot succeed.
+        let merge_at = max_load(self.max_groups) / 8;
+        if len <= merge_at && (len == merge_at || len == max_load(seg.groups()) / 8) {
+            let _ = self.maybe_shrink(h);
         }
         v
     }
@@ -789,7 +847,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     #[inline(never)]
     fn make_room(&mut self, idx: usize) -> Result<(), Error> {
         let seg = self.dir[idx];
-        let groups = seg.mask + 1;
+        let groups = seg.groups();
         // SAFETY: the segment's header is valid while the table lives.
         let deleted = unsafe { (*seg.hdr()).deleted } as usize;
         if deleted > 0 && deleted >= max_load(groups) / 8 {
@@ -807,7 +865,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// Full slots of a segment.
     fn count_full(seg: &SegRef<K, V>) -> usize {
-        (0..=seg.mask)
+        (0..=seg.mask())
             // SAFETY: g <= mask.
             .map(|g| unsafe { seg.group(g) }.match_full().0.count_ones() as usize)
             .sum()
@@ -815,15 +873,20 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// Copies every entry of `from` into `to` (a fresh segment with room for them).
     fn move_all(&self, from: &SegRef<K, V>, to: &SegRef<K, V>) {
-        self.move_entries(from, |_| to);
+        self.move_entries(from, [to, to], |_| 0);
     }
 
-    fn move_entries<'s>(&self, from: &SegRef<K, V>, to: impl Fn(u64) -> &'s SegRef<K, V>)
-    where
-        K: 's,
-        V: 's,
-    {
-        for g in 0..=from.mask {
+    /// Copies every entry of `from` into `to[pick(hash)]` (fresh segments with room for
+    /// them), updating the destinations' counters once at the end.
+    #[inline(always)]
+    fn move_entries(
+        &self,
+        from: &SegRef<K, V>,
+        to: [&SegRef<K, V>; 2],
+        pick: impl Fn(u64) -> usize,
+    ) {
+        let mut moved = [0u64; 2];
+        for g in 0..=from.mask() {
             // SAFETY: g <= mask.
             let full = unsafe { from.group(g) }.match_full();
             for b in full {
@@ -832,22 +895,34 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let src = unsafe { from.slot(i) };
                 // SAFETY: the key of a full slot is initialized.
                 let h = self.hash(unsafe { &(*src).key });
-                let dst = to(h);
+                let k = pick(h) & 1;
+                let dst = to[k];
                 let Some(j) = find_free(dst, h) else {
                     // Callers size `to` for every entry; unreachable unless the memory was
                     // changed behind the table's back, in which case the entry is dropped.
                     debug_assert!(false, "no room while moving entries");
                     continue;
                 };
-                // SAFETY: j < dst.capacity(); src and dst are distinct blocks; the header
-                // and control bytes of `dst` are ours.
+                // SAFETY: j < dst.capacity(); src and dst are distinct blocks; the control
+                // bytes of `dst` are ours.
                 unsafe {
                     core::ptr::copy_nonoverlapping(src, dst.slot(j), 1);
                     *dst.ctrl_at(j) = tag(h);
-                    let hdr = dst.hdr();
-                    (*hdr).len += 1;
-                    (*hdr).growth_left = (*hdr).growth_left.saturating_sub(1);
                 }
+                moved[k] += 1;
+            }
+        }
+        let counts = if core::ptr::eq(to[0], to[1]) {
+            [moved[0] + moved[1], 0]
+        } else {
+            moved
+        };
+        for (d, n) in to.iter().zip(counts) {
+            // SAFETY: the header of a destination segment is ours.
+            unsafe {
+                let hdr = d.hdr();
+                (*hdr).len += n;
+                (*hdr).growth_left = (*hdr).growth_left.saturating_sub(n);
             }
         }
     }
@@ -861,6 +936,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: j < dir.len() == the stored directory's length.
             unsafe { self.dir_ptr.as_ptr().add(j).write(seg.word()) };
         }
+        self.seg0 = self.dir[0];
     }
 
     /// Rebuilds the segment at `idx` into a fresh one of `groups` groups (dropping its
@@ -895,7 +971,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         };
         let bit = 63 - old.depth();
-        self.move_entries(&old, |h| if (h >> bit) & 1 == 0 { &a } else { &b });
+        self.move_entries(&old, [&a, &b], |h| (h >> bit) as usize & 1);
         let span = self.span(old.depth());
         let start = idx & !(span - 1);
         self.set_range(start, a.depth(), a);
@@ -910,6 +986,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// Replaces the stored directory with one of `n` entries taken from `self.dir`.
     fn store_dir(&mut self) -> Result<(), Error> {
+        self.seg0 = self.dir[0];
         let n = self.dir.len();
         let (h, p) = Self::alloc_dir(&self.mem, n)?;
         for (j, s) in self.dir.iter().enumerate() {
@@ -1016,18 +1093,27 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// After a removal: merge a sparse segment with its buddy, or shrink it.
     #[cold]
-    fn maybe_shrink(&mut self, idx: usize) -> Result<(), Error> {
+    #[inline(never)]
+    fn maybe_shrink(&mut self, h: u64) -> Result<(), Error> {
+        let full = max_load(self.max_groups);
+        // Merge while the merged segment is itself sparse: its buddy may have crossed its
+        // threshold while this one was still split (its try then failed on the depths).
+        loop {
+            let seg = self.seg_at(h);
+            // SAFETY: header valid.
+            let len = unsafe { (*seg.hdr()).len } as usize;
+            let idx = self.dir_index(h);
+            if seg.depth() == 0 || len > full / 8 || !self.try_merge(idx, full / 4, true)? {
+                break;
+            }
+        }
+        let idx = self.dir_index(h);
         let seg = self.dir[idx];
-        let groups = seg.mask + 1;
+        let groups = seg.groups();
         // SAFETY: header valid.
         let len = unsafe { (*seg.hdr()).len } as usize;
-        let full = max_load(self.max_groups);
-        let merge = seg.depth() > 0 && len <= full / 8;
         let shrink = groups > 1 && len <= max_load(groups) / 8;
-        if !merge && !shrink {
-            return Ok(());
-        }
-        if merge && self.try_merge(idx, full / 4, true)? {
+        if !shrink {
             return Ok(());
         }
         if shrink {
@@ -1037,6 +1123,28 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         }
         Ok(())
+    }
+
+    /// Merges and shrinks every sparse segment (after a bulk removal such as `retain`, whose
+    /// erasures skip the per-removal threshold checks). O(segments) plus the moves.
+    pub(crate) fn tidy(&mut self) {
+        // Walk the segments by hash prefix: unlike directory indices, a prefix stays valid
+        // when merges halve the directory.
+        let mut h = 0u64;
+        loop {
+            if self.maybe_shrink(h).is_err() {
+                return;
+            }
+            let d = self.seg_at(h).depth();
+            if d == 0 {
+                return;
+            }
+            let prefix = (h >> (64 - d)) + 1;
+            if prefix >> d != 0 {
+                return;
+            }
+            h = prefix << (64 - d);
+        }
     }
 
     /// Empties every segment in place (keeps the memory).
@@ -1050,7 +1158,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let hdr = seg.hdr();
                 (*hdr).len = 0;
                 (*hdr).deleted = 0;
-                (*hdr).growth_left = max_load(seg.mask + 1) as u64;
+                (*hdr).growth_left = max_load(seg.groups()) as u64;
             }
             i += self.span(seg.depth());
         }
@@ -1062,7 +1170,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     pub(crate) fn reserve_total(&mut self, n: usize) -> Result<(), Error> {
         if self.global_depth() == 0 && n <= max_load(self.max_groups) {
             let g = groups_for(n, 1, 1);
-            if g > self.dir[0].mask + 1 {
+            if g > self.dir[0].groups() {
                 self.rebuild(0, g)?;
             }
             return Ok(());
@@ -1085,7 +1193,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 i = self.split(i, self.max_groups)?;
                 continue;
             }
-            if seg.mask + 1 < self.max_groups {
+            if seg.groups() < self.max_groups {
                 self.rebuild(i, self.max_groups)?;
             }
             i += self.span(d);
@@ -1124,7 +1232,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: header valid.
             let (len, deleted) = unsafe { ((*seg.hdr()).len as usize, (*seg.hdr()).deleted) };
             let g = groups_for(len, 1, 1);
-            if g < seg.mask + 1 || deleted > 0 {
+            if g < seg.groups() || deleted > 0 {
                 self.rebuild(i, g)?;
             }
             i += self.span(d);
@@ -1142,7 +1250,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             slots += seg.capacity();
             // SAFETY: header valid.
             tomb += unsafe { (*seg.hdr()).deleted } as usize;
-            bytes += seg_layout::<K, V>(seg.mask + 1).map_or(0, |l| l.0);
+            bytes += seg_layout::<K, V>(seg.groups()).map_or(0, |l| l.0);
             i += self.span(seg.depth());
         }
         bytes += self.dir.len() * 8 + size_of::<TableHeader>();

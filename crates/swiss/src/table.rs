@@ -269,6 +269,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// The stored key and value of `key`.
+    #[inline]
     pub fn get_key_value(&self, key: &K) -> Option<(&K, &V)> {
         let h = self.raw.hash(key);
         let (seg, i) = self.raw.find(h, key)?;
@@ -329,6 +330,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// Removes `key`, returning the stored key and value.
+    #[inline]
     pub fn remove_entry(&mut self, key: &K) -> Option<(K, V)> {
         let h = self.raw.hash(key);
         let (seg, i) = self.raw.find(h, key)?;
@@ -407,6 +409,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
                 self.raw.add_len(-1);
             }
         }
+        self.raw.tidy();
     }
 
     /// Iterates over `(&key, &value)` in no particular order.
@@ -485,18 +488,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
             for (h, k) in hashes.iter_mut().zip(kc) {
                 *h = self.raw.hash(k);
                 let seg = self.raw.seg_at(*h);
-                let g = (*h >> 7) as usize & seg.mask;
-                // SAFETY: g <= mask, so the address lies in the segment's control bytes.
-                prefetch(unsafe { seg.ctrl_at(g * 16) });
+                // SAFETY: start() <= pmask, so the address lies in the segment's control bytes.
+                prefetch(unsafe { seg.ctrl_at(seg.start(*h)) });
             }
             // 2: match the tag in the (now arriving) group, prefetch the first candidate slot.
             for &h in &hashes[..kc.len()] {
                 let seg = self.raw.seg_at(h);
-                let g = (h >> 7) as usize & seg.mask;
-                // SAFETY: g <= mask.
-                if let Some(b) = unsafe { seg.group(g) }.match_tag(tag(h)).lowest() {
-                    // SAFETY: g * 16 + b < capacity.
-                    prefetch(unsafe { seg.slot(g * 16 + b) } as *const u8);
+                let pos = seg.start(h);
+                // SAFETY: pos is a group's first byte.
+                if let Some(b) = unsafe { seg.group_at(pos) }.match_tag(tag(h)).lowest() {
+                    // SAFETY: pos + b < capacity.
+                    prefetch(unsafe { seg.slot(pos + b) } as *const u8);
                 }
             }
             // 3: probe.

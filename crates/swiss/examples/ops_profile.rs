@@ -1,0 +1,126 @@
+//! A small driver for instruction-count profiling (callgrind) of the hot paths against
+//! hashbrown with the same xxh3 hash, u64 -> u64:
+//!
+//! ```text
+//! cargo build --release -p offheap-swiss --example ops_profile
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect=ops_profile::measured \
+//!     target/release/examples/ops_profile <ours|hb> <insert|hit|miss|remove> <n>
+//! ```
+//!
+//! Only `measured_*` (the timed phase) is counted; divide the instruction count by `n`.
+
+use hashbrown::HashMap;
+use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+use std::hint::black_box;
+
+const SEED: u64 = 0x5EED;
+
+fn key(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+trait Map {
+    fn ins(&mut self, k: u64);
+    fn get(&self, k: u64) -> u64;
+    fn rm(&mut self, k: u64) -> u64;
+}
+
+impl Map for SwissTable<u64, u64> {
+    #[inline(always)]
+    fn ins(&mut self, k: u64) {
+        self.insert(k, k);
+    }
+    #[inline(always)]
+    fn get(&self, k: u64) -> u64 {
+        SwissTable::get(self, &k).copied().unwrap_or(0)
+    }
+    #[inline(always)]
+    fn rm(&mut self, k: u64) -> u64 {
+        self.remove(&k).unwrap_or(0)
+    }
+}
+
+impl Map for HashMap<u64, u64, Xxh3BuildHasher> {
+    #[inline(always)]
+    fn ins(&mut self, k: u64) {
+        self.insert(k, k);
+    }
+    #[inline(always)]
+    fn get(&self, k: u64) -> u64 {
+        HashMap::get(self, &k).copied().unwrap_or(0)
+    }
+    #[inline(always)]
+    fn rm(&mut self, k: u64) -> u64 {
+        self.remove(&k).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn measured<T: Map>(t: &mut T, op: &str, keys: &[u64]) -> u64 {
+    let mut s = 0u64;
+    match op {
+        "insert" => keys.iter().for_each(|&k| t.ins(k)),
+        "hit" => keys.iter().for_each(|&k| s = s.wrapping_add(t.get(k))),
+        "miss" => keys
+            .iter()
+            .for_each(|&k| s = s.wrapping_add(t.get(k ^ (1 << 40)))),
+        "remove" => keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k))),
+        _ => panic!("op: insert|hit|miss|remove"),
+    }
+    s
+}
+
+// Two distinct symbols, so that callgrind's `--toggle-collect` can tell them apart.
+#[inline(never)]
+fn measured_ours(t: &mut SwissTable<u64, u64>, op: &str, keys: &[u64]) -> u64 {
+    measured(t, op, keys)
+}
+
+#[inline(never)]
+fn measured_hb(t: &mut HashMap<u64, u64, Xxh3BuildHasher>, op: &str, keys: &[u64]) -> u64 {
+    measured(t, op, keys)
+}
+
+fn setup<T: Map>(t: &mut T, op: &str, keys: &[u64]) {
+    if op != "insert" {
+        keys.iter().for_each(|&k| t.ins(k));
+    }
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let (which, op) = (a[1].as_str(), a[2].as_str());
+    let n: u64 = a[3].parse().expect("n");
+    // Optional: repeat the measured phase (hit/miss only), for `perf stat`.
+    let reps: usize = a.get(4).map_or(1, |r| r.parse().expect("reps"));
+    let keys: Vec<u64> = (0..n).map(key).collect();
+    match which {
+        "ours" => {
+            let mut t = SwissTable::<u64, u64>::with_options_in(
+                TableOptions::new().seed(SEED),
+                offheap_mmap::Region::anonymous_with(
+                    &offheap_swiss::default_region_options().max_size(16 << 30),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            setup(&mut t, op, &keys);
+            for _ in 0..reps {
+                black_box(measured_ours(&mut t, op, &keys));
+            }
+            black_box(&t);
+        }
+        "hb" => {
+            let mut t = HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED));
+            setup(&mut t, op, &keys);
+            for _ in 0..reps {
+                black_box(measured_hb(&mut t, op, &keys));
+            }
+            black_box(&t);
+        }
+        _ => panic!("ours|hb"),
+    }
+}
