@@ -48,7 +48,7 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
         4 => proptest::collection::vec(any::<u8>(), 0..13),
         3 => proptest::collection::vec(any::<u8>(), 13..300),
         // Longer than the 64-byte slab used below: chains.
-        1 => proptest::collection::vec(any::<u8>(), 300..2000),
+        1 => proptest::collection::vec(any::<u8>(), 300..if cfg!(miri) { 400 } else { 2000 }),
     ]
 }
 
@@ -66,7 +66,7 @@ fn bytes_op() -> impl Strategy<Value = BytesOp> {
 
 fn max_ops() -> usize {
     if cfg!(miri) {
-        40
+        25
     } else {
         250
     }

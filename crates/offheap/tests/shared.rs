@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 fn max_ops() -> usize {
     if cfg!(miri) {
-        40
+        25
     } else {
         250
     }
