@@ -578,7 +578,8 @@ impl SharedMap {
 
     /// Calls `f` with the value of `key`, without copying it when it is inline or in one
     /// chunk (a value longer than the slab size is gathered into a buffer first). `f` runs
-    /// under the shard's read lock: keep it short.
+    /// under the shard's read lock: keep it short, and do not call back into the map from
+    /// it (a write to the same shard would wait for this very read lock forever).
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, Error> {
         let h = self.hash(key);
         let kw = self.key_word(key, h);
@@ -643,6 +644,7 @@ impl SharedMap {
 
     /// Calls `f` with every pair, one shard at a time under its read lock (the pairs of a
     /// shard are a consistent snapshot; the map as a whole is not, while others write).
+    /// As for [`get_with`](Self::get_with), `f` must not call back into the map.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
         for i in 0..self.nshards {
             self.read(i, |c| c.for_each(&mut f))?;
