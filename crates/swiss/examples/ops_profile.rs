@@ -90,6 +90,12 @@ fn setup<T: Map>(t: &mut T, op: &str, keys: &[u64]) {
     }
 }
 
+/// Prints the measured phase's wall time per operation (noisy on a shared machine).
+fn report(t0: std::time::Instant, n: u64, reps: usize) {
+    let ns = t0.elapsed().as_nanos() as f64 / (n as f64 * reps as f64);
+    println!("{ns:.2} ns/op");
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let (which, op) = (a[1].as_str(), a[2].as_str());
@@ -102,23 +108,31 @@ fn main() {
             let mut t = SwissTable::<u64, u64>::with_options_in(
                 TableOptions::new().seed(SEED),
                 offheap_mmap::Region::anonymous_with(
-                    &offheap_swiss::default_region_options().max_size(16 << 30),
+                    &offheap_swiss::default_region_options()
+                        .max_size(16 << 30)
+                        .release_threshold(
+                            std::env::var("RT").map_or(1 << 20, |v| v.parse().unwrap()),
+                        ),
                 )
                 .unwrap(),
             )
             .unwrap();
             setup(&mut t, op, &keys);
+            let t0 = std::time::Instant::now();
             for _ in 0..reps {
                 black_box(measured_ours(&mut t, op, &keys));
             }
+            report(t0, n, reps);
             black_box(&t);
         }
         "hb" => {
             let mut t = HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED));
             setup(&mut t, op, &keys);
+            let t0 = std::time::Instant::now();
             for _ in 0..reps {
                 black_box(measured_hb(&mut t, op, &keys));
             }
+            report(t0, n, reps);
             black_box(&t);
         }
         _ => panic!("ours|hb"),

@@ -92,6 +92,23 @@ pub(crate) const fn max_load(groups: usize) -> usize {
     groups * GROUP_WIDTH / 8 * 7
 }
 
+/// A segment at depth > 0 tries to merge with its buddy when its length falls to this (1/16
+/// of a full-size segment's load); they merge if they hold at most twice this together.
+/// (Merging earlier makes a table that is emptied key by key move more entries: a merged
+/// segment starts at up to twice the threshold, so half of its remaining removals are paid
+/// for by the next merge's moves.)
+#[inline(always)]
+pub(crate) const fn merge_at(max_groups: usize) -> usize {
+    max_load(max_groups) / 16
+}
+
+/// A segment of `groups` groups is rebuilt smaller when its length falls to this (1/8 of its
+/// load), unless a merge is about to take it.
+#[inline(always)]
+pub(crate) const fn shrink_at(groups: usize) -> usize {
+    max_load(groups) / 8
+}
+
 /// Smallest power-of-two group count whose `max_load * num / den` is at least `n`.
 pub(crate) fn groups_for(n: usize, num: usize, den: usize) -> usize {
     let mut g = 1;
@@ -357,6 +374,9 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     dir_ptr: NonNull<u64>,
     dir_handle: u64,
     pub(crate) max_groups: usize,
+    /// `shrink_at(max_groups)`: a removal that leaves a segment longer than this cannot
+    /// cross a merge or shrink threshold (precomputed: the removal path tests it every time).
+    sparse_len: usize,
     /// Segments whose local depth equals the global depth.
     at_global: usize,
     pub(crate) root: Option<String>,
@@ -487,6 +507,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             dir_ptr,
             dir_handle,
             max_groups,
+            sparse_len: shrink_at(max_groups),
             at_global: 1,
             root: None,
             mem,
@@ -644,6 +665,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             dir_ptr,
             dir_handle: h.dir,
             max_groups,
+            sparse_len: shrink_at(max_groups),
             at_global,
             root: None,
             mem,
@@ -811,11 +833,20 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // is too full is retried when the buddy crosses its own threshold (then the two hold
         // at most 2/8 together), or right after the buddy's own halves merge (see
         // `maybe_shrink`), so no removal pays for a check that cannot succeed.
-        let merge_at = max_load(self.max_groups) / 8;
-        if len <= merge_at && (len == merge_at || len == max_load(seg.groups()) / 8) {
-            let _ = self.maybe_shrink(h);
+        // `shrink_at(max_groups)` bounds both thresholds (segments larger than the maximum
+        // only exist at the maximum depth, and do not shrink by removal).
+        if len <= self.sparse_len {
+            self.sparse_removal(len, seg, h);
         }
         v
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sparse_removal(&mut self, len: usize, seg: SegRef<K, V>, h: u64) {
+        if len == merge_at(self.max_groups) || len == shrink_at(seg.groups()) {
+            let _ = self.maybe_shrink(h);
+        }
     }
 
     /// Marks slot `i` free: `EMPTY` if its group still has an `EMPTY` slot (no probe ever
@@ -886,6 +917,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         pick: impl Fn(u64) -> usize,
     ) {
         let mut moved = [0u64; 2];
+        // Tombstones of the destinations reused (only a merge into a live segment has any).
+        let mut reused = [0u64; 2];
         for g in 0..=from.mask() {
             // SAFETY: g <= mask.
             let full = unsafe { from.group(g) }.match_full();
@@ -898,31 +931,34 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let k = pick(h) & 1;
                 let dst = to[k];
                 let Some(j) = find_free(dst, h) else {
-                    // Callers size `to` for every entry; unreachable unless the memory was
-                    // changed behind the table's back, in which case the entry is dropped.
+                    // Callers make room in `to` for every entry; unreachable unless the memory
+                    // was changed behind the table's back, in which case the entry is dropped.
                     debug_assert!(false, "no room while moving entries");
                     continue;
                 };
                 // SAFETY: j < dst.capacity(); src and dst are distinct blocks; the control
                 // bytes of `dst` are ours.
                 unsafe {
+                    let c = dst.ctrl_at(j);
+                    reused[k] += u64::from(*c == DELETED);
                     core::ptr::copy_nonoverlapping(src, dst.slot(j), 1);
-                    *dst.ctrl_at(j) = tag(h);
+                    *c = tag(h);
                 }
                 moved[k] += 1;
             }
         }
-        let counts = if core::ptr::eq(to[0], to[1]) {
-            [moved[0] + moved[1], 0]
+        let (moved, reused) = if core::ptr::eq(to[0], to[1]) {
+            ([moved[0] + moved[1], 0], [reused[0] + reused[1], 0])
         } else {
-            moved
+            (moved, reused)
         };
-        for (d, n) in to.iter().zip(counts) {
+        for ((d, n), r) in to.iter().zip(moved).zip(reused) {
             // SAFETY: the header of a destination segment is ours.
             unsafe {
                 let hdr = d.hdr();
                 (*hdr).len += n;
-                (*hdr).growth_left = (*hdr).growth_left.saturating_sub(n);
+                (*hdr).deleted = (*hdr).deleted.saturating_sub(r);
+                (*hdr).growth_left = (*hdr).growth_left.saturating_sub(n - r);
             }
         }
     }
@@ -1069,21 +1105,47 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if b.depth() != a.depth() || total > limit {
             return Ok(false);
         }
-        let n = Self::count_full(&a) + Self::count_full(&b);
-        let groups = groups_for(n, 1, 2)
-            .min(self.max_groups)
-            .max(groups_for(n, 1, 1));
-        let m = Self::new_segment(&self.mem, groups, a.depth() - 1)?;
-        self.move_all(&a, &m);
-        self.move_all(&b, &m);
+        // SAFETY: segment headers are valid while the table lives.
+        let (a_len, b_len) = unsafe { ((*a.hdr()).len, (*b.hdr()).len) };
+        let (dst, src) = if a_len >= b_len { (a, b) } else { (b, a) };
+        // SAFETY: as above.
+        let room = unsafe { (*dst.hdr()).growth_left } as usize;
+        let depth = a.depth() - 1;
         if a.depth() == self.global_depth() {
             self.at_global -= 2;
         }
-        self.set_range(idx, m.depth(), m);
-        // SAFETY: neither block is referenced by the directory any more.
-        unsafe {
-            self.mem.free(a.handle());
-            self.mem.free(b.handle());
+        if room >= Self::count_full(&src) {
+            // In place: the fuller segment takes the other's entries. Its own entries stay
+            // where they are (a probe's start does not depend on the depth), so this moves
+            // only the smaller half and allocates nothing.
+            self.move_all(&src, &dst);
+            // SAFETY: header valid; `&mut self`.
+            unsafe { (*dst.hdr()).depth = depth };
+            self.set_range(idx, depth, dst);
+            // SAFETY: `src` is no longer referenced by the directory.
+            unsafe { self.mem.free(src.handle()) };
+        } else {
+            let n = Self::count_full(&a) + Self::count_full(&b);
+            let groups = groups_for(n, 1, 2)
+                .min(self.max_groups)
+                .max(groups_for(n, 1, 1));
+            let m = match Self::new_segment(&self.mem, groups, depth) {
+                Ok(m) => m,
+                Err(e) => {
+                    if a.depth() == self.global_depth() {
+                        self.at_global += 2;
+                    }
+                    return Err(e);
+                }
+            };
+            self.move_all(&a, &m);
+            self.move_all(&b, &m);
+            self.set_range(idx, m.depth(), m);
+            // SAFETY: neither block is referenced by the directory any more.
+            unsafe {
+                self.mem.free(a.handle());
+                self.mem.free(b.handle());
+            }
         }
         if halve {
             self.halve_dir();
@@ -1095,7 +1157,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     #[cold]
     #[inline(never)]
     fn maybe_shrink(&mut self, h: u64) -> Result<(), Error> {
-        let full = max_load(self.max_groups);
         // Merge while the merged segment is itself sparse: its buddy may have crossed its
         // threshold while this one was still split (its try then failed on the depths).
         loop {
@@ -1103,7 +1164,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: header valid.
             let len = unsafe { (*seg.hdr()).len } as usize;
             let idx = self.dir_index(h);
-            if seg.depth() == 0 || len > full / 8 || !self.try_merge(idx, full / 4, true)? {
+            if seg.depth() == 0
+                || len > merge_at(self.max_groups)
+                || !self.try_merge(idx, 2 * merge_at(self.max_groups), true)?
+            {
                 break;
             }
         }
@@ -1112,9 +1176,20 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let groups = seg.groups();
         // SAFETY: header valid.
         let len = unsafe { (*seg.hdr()).len } as usize;
-        let shrink = groups > 1 && len <= max_load(groups) / 8;
+        let shrink = groups > 1 && len <= shrink_at(groups);
         if !shrink {
             return Ok(());
+        }
+        // A buddy at the same depth that is itself close to its threshold will merge with
+        // this segment soon (when it crosses it): shrinking now would move these entries
+        // twice.
+        if seg.depth() > 0 {
+            let buddy = self.dir[idx ^ self.span(seg.depth())];
+            // SAFETY: header valid.
+            let blen = unsafe { (*buddy.hdr()).len } as usize;
+            if buddy.depth() == seg.depth() && blen <= 4 * merge_at(self.max_groups) {
+                return Ok(());
+            }
         }
         if shrink {
             let g = groups_for(len, 1, 2);
