@@ -279,6 +279,13 @@ struct Ctx<'a> {
     arena: std::cell::OnceCell<MutexGuard<'a, Option<Arena<ShardSource>>>>,
 }
 
+/// Adds `d` (wrapping) to a counter that only the write lock's holder changes: a load and a
+/// store, not a locked read-modify-write.
+#[inline]
+fn bump(c: &AtomicU64, d: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(d), Ordering::Relaxed);
+}
+
 fn mix(kw: u64, log: u32) -> usize {
     (kw.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - log)) as usize
 }
@@ -969,9 +976,9 @@ impl Ctx<'_> {
         unsafe {
             (*(std::ptr::addr_of_mut!(s.kw) as *const AtomicU64)).store(kw, Ordering::Release)
         };
-        self.shard.len.fetch_add(1, Ordering::Relaxed);
+        bump(&self.shard.len, 1);
         if was_empty {
-            self.shard.used.fetch_add(1, Ordering::Relaxed);
+            bump(&self.shard.used, 1);
         }
         Ok(())
     }
@@ -1046,9 +1053,9 @@ impl Ctx<'_> {
         unsafe {
             (*(std::ptr::addr_of_mut!(s.kw) as *const AtomicU64)).store(to, Ordering::Release)
         };
-        self.shard.len.fetch_sub(1, Ordering::Relaxed);
+        bump(&self.shard.len, u64::MAX);
         if to == EMPTY {
-            self.shard.used.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.shard.used, u64::MAX);
         }
         Ok(())
     }
