@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p offheap-swiss --example ops_profile
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect=ops_profile::measured \
-//!     target/release/examples/ops_profile <ours|hb> <insert|hit|miss|remove> <n>
+//!     target/release/examples/ops_profile <ours|hb> <insert|hit|miss|remove|many> <n>
 //! ```
 //!
 //! Only `measured_*` (the timed phase) is counted; divide the instruction count by `n`.
@@ -26,6 +26,8 @@ trait Map {
     fn ins(&mut self, k: u64);
     fn get(&self, k: u64) -> u64;
     fn rm(&mut self, k: u64) -> u64;
+    /// Batched lookup (hashbrown: plain lookups).
+    fn many(&self, keys: &[u64]) -> u64;
 }
 
 impl Map for SwissTable<u64, u64> {
@@ -40,6 +42,14 @@ impl Map for SwissTable<u64, u64> {
     #[inline(always)]
     fn rm(&mut self, k: u64) -> u64 {
         self.remove(&k).unwrap_or(0)
+    }
+    fn many(&self, keys: &[u64]) -> u64 {
+        let mut out = vec![None; 1024];
+        let mut s = 0u64;
+        for c in keys.chunks(1024) {
+            s += self.get_many(c, &mut out[..c.len()]) as u64;
+        }
+        s
     }
 }
 
@@ -56,6 +66,11 @@ impl Map for HashMap<u64, u64, Xxh3BuildHasher> {
     fn rm(&mut self, k: u64) -> u64 {
         self.remove(&k).unwrap_or(0)
     }
+    fn many(&self, keys: &[u64]) -> u64 {
+        keys.iter()
+            .map(|&k| Map::get(self, k))
+            .fold(0, u64::wrapping_add)
+    }
 }
 
 #[inline(always)]
@@ -68,6 +83,7 @@ fn measured<T: Map>(t: &mut T, op: &str, keys: &[u64]) -> u64 {
             .iter()
             .for_each(|&k| s = s.wrapping_add(t.get(k ^ (1 << 40)))),
         "remove" => keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k))),
+        "many" => s = t.many(keys),
         _ => panic!("op: insert|hit|miss|remove"),
     }
     s

@@ -459,10 +459,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// Looks up many keys at once, writing `out[i] = table.get(&keys[i]).copied()`, and
-    /// returns how many were found. Overlaps the cache misses of up to 16 keys: it hashes a
-    /// batch, prefetches each key's first control group, then each first tag match's slot,
-    /// then probes, so on a table larger than the caches the memory latency of one key hides
-    /// behind the others'.
+    /// returns how many were found. Overlaps the cache misses of many keys: a software
+    /// pipeline hashes key `i` and prefetches its first control group, matches the group of
+    /// key `i - 12` and prefetches its first candidate slot, and probes key `i - 24`, so on a
+    /// table larger than the caches the memory latency of one key hides behind the others'.
     ///
     /// # Panics
     /// If `keys` and `out` differ in length.
@@ -481,18 +481,24 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
             }
             return found;
         }
-        const B: usize = 16;
-        let mut hashes = [0u64; B];
-        for (kc, oc) in keys.chunks(B).zip(out.chunks_mut(B)) {
-            // 1: hash, prefetch each key's first control group.
-            for (h, k) in hashes.iter_mut().zip(kc) {
-                *h = self.raw.hash(k);
-                let seg = self.raw.seg_at(*h);
+        // A software pipeline, `D` keys apart per stage: key `i` is hashed and its first
+        // control group prefetched; key `i - D` has its group matched (the prefetch had `D`
+        // keys' time to arrive) and its first candidate slot prefetched; key `i - 2D` is
+        // probed. Unlike fixed batches, no stage ever waits for a whole batch's misses.
+        const D: usize = 12;
+        const RING: usize = 32; // > 2 * D, a power of two
+        let mut ring = [0u64; RING];
+        let n = keys.len();
+        for i in 0..n + 2 * D {
+            if let Some(k) = keys.get(i) {
+                let h = self.raw.hash(k);
+                ring[i % RING] = h;
+                let seg = self.raw.seg_at(h);
                 // SAFETY: start() <= pmask, so the address lies in the segment's control bytes.
-                prefetch(unsafe { seg.ctrl_at(seg.start(*h)) });
+                prefetch(unsafe { seg.ctrl_at(seg.start(h)) });
             }
-            // 2: match the tag in the (now arriving) group, prefetch the first candidate slot.
-            for &h in &hashes[..kc.len()] {
+            if i >= D && i - D < n {
+                let h = ring[(i - D) % RING];
                 let seg = self.raw.seg_at(h);
                 let pos = seg.start(h);
                 // SAFETY: pos is a group's first byte.
@@ -501,13 +507,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
                     prefetch(unsafe { seg.slot(pos + b) } as *const u8);
                 }
             }
-            // 3: probe.
-            for ((&h, k), o) in hashes.iter().zip(kc).zip(oc.iter_mut()) {
+            if i >= 2 * D {
+                let j = i - 2 * D;
+                let h = ring[j % RING];
                 let seg = self.raw.seg_at(h);
-                *o = find_in(&seg, h, k).map(|i| {
+                out[j] = find_in(&seg, h, &keys[j]).map(|x| {
                     found += 1;
                     // SAFETY: found slot.
-                    unsafe { (*seg.slot(i)).value }
+                    unsafe { (*seg.slot(x)).value }
                 });
             }
         }
