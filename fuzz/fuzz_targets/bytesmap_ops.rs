@@ -27,7 +27,9 @@ struct Input {
 }
 
 fn value(len: u16, fill: u8) -> Vec<u8> {
-    (0..len as usize % 3000).map(|i| fill.wrapping_add(i as u8)).collect()
+    (0..len as usize % 3000)
+        .map(|i| fill.wrapping_add(i as u8))
+        .collect()
 }
 
 fuzz_target!(|input: Input| {
