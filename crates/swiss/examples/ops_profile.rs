@@ -120,6 +120,41 @@ fn main() {
     let reps: usize = a.get(4).map_or(1, |r| r.parse().expect("reps"));
     let keys: Vec<u64> = (0..n).map(key).collect();
     match which {
+        "worst" => {
+            // The slowest single inserts while growing to n keys (wall clock), with the
+            // directory depth before and after.
+            let mut t = SwissTable::<u64, u64>::new();
+            let mut worst: Vec<(u128, usize, u32, u32)> = Vec::new();
+            let mut hist = [0u32; 8]; // inserts over 10, 20, 40, ... 1280 us
+                                      // Depth as of the last slow insert (a directory doubling is always slow).
+            let mut depth = 0;
+            for (i, &k) in keys.iter().enumerate() {
+                let t0 = std::time::Instant::now();
+                t.insert(k, k);
+                let ns = t0.elapsed().as_nanos();
+                for (b, c) in hist.iter_mut().enumerate() {
+                    *c += u32::from(ns > 10_000 << b);
+                }
+                if ns > 100_000 {
+                    let d = t.stats().global_depth;
+                    worst.push((ns, i, depth, d));
+                    depth = d;
+                }
+            }
+            worst.sort_unstable_by(|a, b| b.cmp(a));
+            let slow = worst.iter().filter(|w| w.0 > 300_000).count();
+            println!("inserts over 100 us: {}, over 300 us: {slow}", worst.len());
+            println!("inserts over 10, 20, 40, ..., 1280 us: {hist:?}");
+            for w in worst.iter().take(12) {
+                println!(
+                    "{:8.1} us at len {:>9} depth {} -> {}",
+                    w.0 as f64 / 1e3,
+                    w.1,
+                    w.2,
+                    w.3
+                );
+            }
+        }
         "ours" => {
             let mut t = SwissTable::<u64, u64>::with_options_in(
                 TableOptions::new().seed(SEED),
