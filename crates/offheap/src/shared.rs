@@ -115,7 +115,17 @@ struct Shard {
     arena_root: AtomicU64,
     arena_tag: AtomicU64,
     tag_known: AtomicU64,
-    intent: Intent,
+    /// Changed only by the write lock's holder: interior mutability through `&Shard`.
+    intent: std::cell::UnsafeCell<Intent>,
+}
+
+impl Shard {
+    /// The intent's `op`. The caller holds the shard's lock (read or write), so no writer
+    /// changes it meanwhile.
+    fn pending_op(&self) -> u64 {
+        // SAFETY: a plain read of an integer in the shard, under its lock.
+        unsafe { (*self.intent.get()).op }
+    }
 }
 
 /// Options for a new [`SharedMap`]. Builder-style.
@@ -547,7 +557,7 @@ impl SharedMap {
         );
         let _g = WriteGuard(shard);
         let mut c = self.ctx(shard, i)?;
-        if how == Acquired::Recovered || shard.intent.op != OP_NONE {
+        if how == Acquired::Recovered || shard.pending_op() != OP_NONE {
             self.recovered.fetch_add(1, Ordering::Relaxed);
             c.recover()?;
         }
@@ -571,7 +581,7 @@ impl SharedMap {
             return self.write(i, f);
         };
         let _g = ReadGuard(shard, slot);
-        if shard.intent.op != OP_NONE {
+        if shard.pending_op() != OP_NONE {
             // A writer died mid-operation and nobody has repaired the shard yet: take the
             // write lock (which repairs it) and read under it.
             drop(_g);
@@ -707,7 +717,7 @@ impl Ctx<'_> {
     }
 
     fn intent(&self) -> *mut Intent {
-        &self.shard.intent as *const Intent as *mut Intent
+        self.shard.intent.get()
     }
 
     /// Writes the shard's intent record.
