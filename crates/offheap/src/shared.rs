@@ -745,10 +745,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// The shard's slot array. The caller holds the shard's lock: a write lock if it writes
-    /// through the slice (the slice is never kept across a release of the lock).
-    #[allow(clippy::mut_from_ref)]
-    fn table(&self) -> Result<(&mut [Slot], u32), Error> {
+    /// The shard's slot array: address, capacity and log2(capacity), validated.
+    fn table_raw(&self) -> Result<(*mut Slot, usize, u32), Error> {
         let d = self.shard.table.load(Ordering::Relaxed);
         let log = (d >> CAP_SHIFT) as u32;
         if !(MIN_CAP_LOG..=40).contains(&log) {
@@ -764,12 +762,23 @@ impl Ctx<'_> {
             .region
             .ptr(off, cap as u64 * SLOT)
             .ok_or(Error::Corrupt("table outside the region"))?;
-        // SAFETY: `cap` slots inside the mapping, aligned to 8; the shard's lock is held (a
-        // write lock when the caller writes through the slice).
-        Ok((
-            unsafe { std::slice::from_raw_parts_mut(p as *mut Slot, cap) },
-            log,
-        ))
+        Ok((p as *mut Slot, cap, log))
+    }
+
+    /// The shard's slots, to read (the caller holds the shard's read or write lock).
+    fn table(&self) -> Result<(&[Slot], u32), Error> {
+        let (p, cap, log) = self.table_raw()?;
+        // SAFETY: `cap` slots inside the mapping, aligned to 8; under the shard's lock no
+        // writer changes them while the slice lives (readers only share it).
+        Ok((unsafe { std::slice::from_raw_parts(p, cap) }, log))
+    }
+
+    /// The shard's slots, to write (`&mut self`: only the write lock's holder has a
+    /// mutable context).
+    fn table_mut(&mut self) -> Result<&mut [Slot], Error> {
+        let (p, cap, _) = self.table_raw()?;
+        // SAFETY: as in `table`, and the write lock excludes every other reader and writer.
+        Ok(unsafe { std::slice::from_raw_parts_mut(p, cap) })
     }
 
     fn handle_word(&self, h: Handle) -> Word {
@@ -973,7 +982,7 @@ impl Ctx<'_> {
             rec,
             ..
         } = self.get_intent();
-        let (slots, _) = self.table()?;
+        let slots = self.table_mut()?;
         let s = slots.get_mut(i).ok_or(Error::Corrupt("intent slot"))?;
         if s.kw == kw {
             return Ok(()); // already committed
@@ -1003,7 +1012,7 @@ impl Ctx<'_> {
             self.arena_mut()?
                 .write(h, BLOB_PREFIX, bytemuck::bytes_of(&new))?;
         } else {
-            let (slots, _) = self.table()?;
+            let slots = self.table_mut()?;
             slots.get_mut(i).ok_or(Error::Corrupt("intent slot"))?.vw = new;
         }
         Ok(())
@@ -1050,7 +1059,7 @@ impl Ctx<'_> {
 
     fn apply_delete(&mut self) -> Result<(), Error> {
         let IntentCopy { slot: i, kw, .. } = self.get_intent();
-        let (slots, _) = self.table()?;
+        let slots = self.table_mut()?;
         let mask = slots.len() - 1;
         let next_empty = slots[(i + 1) & mask].kw == EMPTY;
         let s = slots.get_mut(i).ok_or(Error::Corrupt("intent slot"))?;
