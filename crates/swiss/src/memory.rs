@@ -241,11 +241,14 @@ impl Drop for Heap {
 pub type DefaultMemory = offheap_mmap::Region;
 
 /// Options of the anonymous region behind [`SwissTable::new`](crate::SwissTable::new): the
-/// region's defaults, except that only free runs of 1 MiB or more go back to the OS (the
+/// region's defaults, except that only free runs of 64 MiB or more go back to the OS. The
 /// region's default of 64 KiB would give back, and fault in again, the blocks that segment
-/// rebuilds free and reallocate all the time).
+/// rebuilds free and reallocate all the time; and a region that outlives its tables (one
+/// region, many tables built and dropped) would fault every table's pages in again. glibc's
+/// malloc behaves alike for hashbrown: after freeing a large block it keeps up to twice its
+/// size before trimming. (A region dropped with its table unmaps everything anyway.)
 pub fn default_region_options() -> offheap_mmap::RegionOptions {
-    offheap_mmap::RegionOptions::new().release_threshold(1 << 20)
+    offheap_mmap::RegionOptions::new().release_threshold(64 << 20)
 }
 
 pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
