@@ -134,7 +134,11 @@ fn arena_alloc_dec_ref(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("file_region", len), |b| {
             let path = dir.path().join(format!("arena-{len}.region"));
             let _ = std::fs::remove_file(&path);
-            bench_arena(b, Region::create(&path, &RegionOptions::new()).unwrap(), len)
+            bench_arena(
+                b,
+                Region::create(&path, &RegionOptions::new()).unwrap(),
+                len,
+            )
         });
     }
     g.finish();
