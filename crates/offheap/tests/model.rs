@@ -66,7 +66,7 @@ fn bytes_op() -> impl Strategy<Value = BytesOp> {
 
 fn max_ops() -> usize {
     if cfg!(miri) {
-        25
+        12
     } else {
         250
     }

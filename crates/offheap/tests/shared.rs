@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 fn max_ops() -> usize {
     if cfg!(miri) {
-        25
+        12
     } else {
         250
     }
@@ -87,7 +87,7 @@ proptest! {
 #[test]
 fn threads_share_one_map() {
     let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(16)).unwrap();
-    let n = if cfg!(miri) { 50u32 } else { 5000 };
+    let n = if cfg!(miri) { 16u32 } else { 5000 };
     std::thread::scope(|s| {
         for t in 0..4u32 {
             let m = &m;
