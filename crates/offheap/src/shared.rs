@@ -215,8 +215,8 @@ impl SharedMapOptions {
 /// repairs the shard from its intent record.
 ///
 /// ```
-/// use offheap::SharedMap;
-/// let m = SharedMap::anonymous()?;
+/// use offheap::{SharedMap, SharedMapOptions};
+/// let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(16))?;
 /// std::thread::scope(|s| {
 ///     for t in 0..4u32 {
 ///         let m = &m;
