@@ -363,10 +363,6 @@ fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
 pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// In-process mirror of the stored directory: one resolved segment per entry.
     pub(crate) dir: Vec<SegRef<K, V>>,
-    /// A copy of `dir[0]`, the only segment while the global depth is 0: a lookup in a
-    /// one-segment table reads it from the table itself (kept in registers across a loop of
-    /// lookups), with no dependent load from the directory, as in a plain SwissTable.
-    seg0: SegRef<K, V>,
     /// `MAX_DEPTH - global_depth`: the directory index is `(h >> 40) >> shift`.
     shift: u32,
     pub(crate) seed: u64,
@@ -500,7 +496,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         unsafe { hdr.as_ptr().write(h) };
         Ok(RawTable {
             dir: vec![seg],
-            seg0: seg,
             shift: MAX_DEPTH,
             seed,
             hdr,
@@ -657,7 +652,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         }
         Ok(RawTable {
-            seg0: dir[0],
             dir,
             shift: MAX_DEPTH - gd,
             seed: h.seed,
@@ -741,10 +735,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     #[inline(always)]
     pub(crate) fn seg_at(&self, h: u64) -> SegRef<K, V> {
-        if self.shift == MAX_DEPTH {
-            debug_assert!(self.dir.len() == 1 && self.seg0.ctrl == self.dir[0].ctrl);
-            return self.seg0;
-        }
         let i = self.dir_index(h);
         debug_assert!(i < self.dir.len());
         // SAFETY: dir.len() == 1 << (MAX_DEPTH - shift) and (h >> 40) < 1 << MAX_DEPTH, so
@@ -973,7 +963,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: j < dir.len() == the stored directory's length.
             unsafe { self.dir_ptr.as_ptr().add(j).write(seg.word()) };
         }
-        self.seg0 = self.dir[0];
     }
 
     /// Rebuilds the segment at `idx` into a fresh one of `groups` groups (dropping its
@@ -1023,7 +1012,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// Replaces the stored directory with one of `n` entries taken from `self.dir`.
     fn store_dir(&mut self) -> Result<(), Error> {
-        self.seg0 = self.dir[0];
         let n = self.dir.len();
         let (h, p) = Self::alloc_dir(&self.mem, n)?;
         for (j, s) in self.dir.iter().enumerate() {
