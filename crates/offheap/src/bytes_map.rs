@@ -97,7 +97,8 @@ pub struct BytesMapOptions {
 impl Default for BytesMapOptions {
     fn default() -> Self {
         BytesMapOptions {
-            region: offheap_swiss::default_region_options(),
+            // The region's own defaults: free runs of 1 MiB or more go back to the OS.
+            region: RegionOptions::new(),
             slab_size: 64 << 10,
             start_chunk: 16,
             growth_factor: 1.5,
@@ -109,7 +110,8 @@ impl Default for BytesMapOptions {
 
 impl BytesMapOptions {
     /// The defaults: 64 KiB slabs (the largest single chunk; longer values are chains),
-    /// classes from 16 bytes growing by 1.5, at most one empty slab kept per class.
+    /// classes from 16 bytes growing by 1.5, at most one empty slab kept per class, and the
+    /// region's default options (free runs of 1 MiB or more go back to the OS).
     pub fn new() -> Self {
         Self::default()
     }

@@ -105,3 +105,46 @@ fn reopen_and_open_or_create() {
     assert!(matches!(Map::<u32, u64>::open(&q), Err(Error::Table(_))));
     assert!(matches!(BytesMap::open(&q), Err(Error::NotFound)));
 }
+
+/// Resident bytes of the mapping that starts at `base` (from /proc/self/smaps).
+#[cfg(target_os = "linux")]
+fn rss_of_mapping(base: *mut u8) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let start = format!("{:x}-", base as usize);
+    let mut inside = false;
+    for line in smaps.lines() {
+        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with("kB") {
+            inside = line.starts_with(&start);
+        } else if inside && line.starts_with("Rss:") {
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            return Some(kb * 1024);
+        }
+    }
+    None
+}
+
+#[cfg(target_os = "linux")]
+#[cfg_attr(miri, ignore)]
+#[test]
+fn bulk_removal_gives_memory_back_to_the_os() {
+    let mut m = BytesMap::anonymous().unwrap();
+    let v = vec![3u8; 8 << 10];
+    for i in 0..4000u32 {
+        m.insert(format!("bulk key {i}").as_bytes(), &v).unwrap();
+    }
+    let base = m.region().base();
+    let full = rss_of_mapping(base).expect("mapping in smaps");
+    assert!(
+        full >= 30 << 20,
+        "32 MiB of values should be resident: {full}"
+    );
+    for i in 0..4000u32 {
+        assert!(m.delete(format!("bulk key {i}").as_bytes()).unwrap());
+    }
+    m.shrink_to_fit();
+    let after = rss_of_mapping(base).expect("mapping in smaps");
+    assert!(
+        after * 4 < full,
+        "removing everything should give most pages back: {full} -> {after}"
+    );
+}
