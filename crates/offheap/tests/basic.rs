@@ -106,21 +106,17 @@ fn reopen_and_open_or_create() {
     assert!(matches!(BytesMap::open(&q), Err(Error::NotFound)));
 }
 
-/// Resident bytes of the mapping that starts at `base` (from /proc/self/smaps).
+/// Resident bytes of `len` bytes at `base` (page-aligned), from mincore(2).
 #[cfg(target_os = "linux")]
-fn rss_of_mapping(base: *mut u8) -> Option<u64> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    let start = format!("{:x}-", base as usize);
-    let mut inside = false;
-    for line in smaps.lines() {
-        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with("kB") {
-            inside = line.starts_with(&start);
-        } else if inside && line.starts_with("Rss:") {
-            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            return Some(kb * 1024);
-        }
-    }
-    None
+fn resident(base: *mut u8, len: usize) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let mut v = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `base..base + len` is a mapping of this process (the map's region); `v` has
+    // one byte per page.
+    let r = unsafe { libc::mincore(base.cast(), len, v.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore failed");
+    v.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64
 }
 
 #[cfg(target_os = "linux")]
@@ -132,8 +128,8 @@ fn bulk_removal_gives_memory_back_to_the_os() {
     for i in 0..4000u32 {
         m.insert(format!("bulk key {i}").as_bytes(), &v).unwrap();
     }
-    let base = m.region().base();
-    let full = rss_of_mapping(base).expect("mapping in smaps");
+    let (base, len) = (m.region().base(), m.region().mapped_len() as usize);
+    let full = resident(base, len);
     assert!(
         full >= 30 << 20,
         "32 MiB of values should be resident: {full}"
@@ -142,7 +138,7 @@ fn bulk_removal_gives_memory_back_to_the_os() {
         assert!(m.delete(format!("bulk key {i}").as_bytes()).unwrap());
     }
     m.shrink_to_fit();
-    let after = rss_of_mapping(base).expect("mapping in smaps");
+    let after = resident(base, len);
     assert!(
         after * 4 < full,
         "removing everything should give most pages back: {full} -> {after}"

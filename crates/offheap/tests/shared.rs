@@ -17,10 +17,13 @@ fn max_ops() -> usize {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
+    // Miri runs each case about a thousand times slower: four cases there.
+    let cap = if cfg!(miri) { 4 } else { u32::MAX };
+    let n = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(32)
+        .unwrap_or(32);
+    n.min(cap)
 }
 
 #[derive(Clone, Debug)]
