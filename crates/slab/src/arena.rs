@@ -941,18 +941,38 @@ impl<S: SlabSource> Arena<S> {
 
     #[cold]
     fn resolve_slab_table(&self, off: u64, cap: u32) -> Result<*mut SlabRec, Error> {
+        self.resolve_table(
+            &self.resolved.slab_table,
+            off,
+            cap,
+            SLAB_REC,
+            ("slab table offset", "slab table misaligned"),
+        )
+    }
+
+    /// Resolves and validates a table of `cap` records of `rec` bytes at `off` (the slab or
+    /// the class table) and remembers the result in `cache`.
+    #[cold]
+    fn resolve_table<T>(
+        &self,
+        cache: &Cell<(u64, u32, *mut T)>,
+        off: u64,
+        cap: u32,
+        rec: usize,
+        (bad_offset, misaligned): (&'static str, &'static str),
+    ) -> Result<*mut T, Error> {
         if cap == 0 {
             return Ok(ptr::NonNull::dangling().as_ptr());
         }
         let p = self
             .src
-            .resolve(off, (cap as usize).saturating_mul(SLAB_REC))
-            .ok_or(corrupt("slab table offset"))?;
-        if p as usize % std::mem::align_of::<SlabRec>() != 0 {
-            return Err(corrupt("slab table misaligned"));
+            .resolve(off, (cap as usize).saturating_mul(rec))
+            .ok_or(corrupt(bad_offset))?;
+        if p as usize % std::mem::align_of::<T>() != 0 {
+            return Err(corrupt(misaligned));
         }
-        let p = p as *mut SlabRec;
-        self.resolved.slab_table.set((off, cap, p));
+        let p = p as *mut T;
+        cache.set((off, cap, p));
         Ok(p)
     }
 
@@ -979,19 +999,13 @@ impl<S: SlabSource> Arena<S> {
 
     #[cold]
     fn resolve_class_table(&self, off: u64, cap: u32) -> Result<*mut ClassRec, Error> {
-        if cap == 0 {
-            return Ok(ptr::NonNull::dangling().as_ptr());
-        }
-        let p = self
-            .src
-            .resolve(off, cap as usize * CLASS_REC)
-            .ok_or(corrupt("class table offset"))?;
-        if p as usize % std::mem::align_of::<ClassRec>() != 0 {
-            return Err(corrupt("class table misaligned"));
-        }
-        let p = p as *mut ClassRec;
-        self.resolved.class_table.set((off, cap, p));
-        Ok(p)
+        self.resolve_table(
+            &self.resolved.class_table,
+            off,
+            cap,
+            CLASS_REC,
+            ("class table offset", "class table misaligned"),
+        )
     }
 
     /// A slab's block, validated: `block_size` bytes at an address aligned for `Meta`.
