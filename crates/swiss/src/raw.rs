@@ -135,6 +135,11 @@ fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
     Some((size, ctrl_off, align_of::<Slot<K, V>>().max(64)))
 }
 
+/// The mirror's shift at global depth 0 (see `RawTable::shift`): `64 - 4`, 4 being log2 of
+/// the 16 bytes of a mirror entry.
+const DIR_SHIFT0: u32 = 60;
+const _: () = assert!(size_of::<SegRef<u64, u64>>() == 16 && DIR_SHIFT0 - MAX_DEPTH == 36);
+
 /// Low bits of a directory word: the segment's handle; high 8 bits: log2 of its group count
 /// (so that `open` can find the header, which lies after the slots).
 const HANDLE_BITS: u32 = 56;
@@ -144,10 +149,12 @@ fn dir_word(handle: u64, groups: usize) -> u64 {
     handle | (u64::from(groups.trailing_zeros()) << HANDLE_BITS)
 }
 
-/// The in-process view of a segment, one per directory entry: its control bytes' address,
-/// resolved once, and its group mask. 16 bytes, so the directory mirror stays small.
+/// The in-process view of a segment, one per directory entry: the address of its header
+/// (which ends the slots and is followed by the control bytes), resolved once, and its group
+/// mask. 16 bytes, so the directory mirror stays small. (The header's address rather than the
+/// control bytes': slots and groups are then both at constant offsets from one register.)
 pub(crate) struct SegRef<K, V> {
-    pub(crate) ctrl: NonNull<u8>,
+    base: NonNull<u8>,
     /// `(groups - 1) * GROUP_WIDTH`: masks a byte position in the control bytes down to a
     /// group's first byte, so a probe goes from the hash to its group in two instructions
     /// (`(h >> 3) & pmask`, the same group as `((h >> 7) & (groups - 1)) * 16`).
@@ -185,8 +192,7 @@ impl<K, V> SegRef<K, V> {
     }
     #[inline(always)]
     pub(crate) fn hdr(&self) -> *mut SegHeader {
-        // SAFETY: the header lies right before the control bytes, in the same block.
-        unsafe { self.ctrl.as_ptr().sub(SEG_HEADER).cast() }
+        self.base.as_ptr().cast()
     }
     /// The stored directory word of this segment.
     fn word(&self) -> u64 {
@@ -208,29 +214,32 @@ impl<K, V> SegRef<K, V> {
     /// `i` must be below `capacity()`.
     #[inline(always)]
     pub(crate) unsafe fn ctrl_at(&self, i: usize) -> *mut u8 {
-        // SAFETY: in bounds by the caller's promise.
-        unsafe { self.ctrl.as_ptr().add(i) }
+        // SAFETY: in bounds by the caller's promise: the control bytes follow the header.
+        unsafe { self.base.as_ptr().add(SEG_HEADER + i) }
     }
     /// # Safety
     /// `i` must be below `capacity()`.
     #[inline(always)]
     pub(crate) unsafe fn slot(&self, i: usize) -> *mut Slot<K, V> {
-        // SAFETY: in bounds by the caller's promise: slot i is (i + 1) slots below the header,
-        // which is SEG_HEADER bytes below the control bytes.
-        unsafe {
-            self.ctrl
-                .as_ptr()
-                .sub(SEG_HEADER)
-                .cast::<Slot<K, V>>()
-                .sub(i + 1)
-        }
+        // SAFETY: forwarded.
+        unsafe { self.slot_nn(i).as_ptr() }
+    }
+    /// Like [`slot`](Self::slot), as a `NonNull` (computed with `NonNull` arithmetic, so the
+    /// optimizer knows that `Some(&slot)` is never the `None` niche and needs no null test).
+    ///
+    /// # Safety
+    /// `i` must be below `capacity()`.
+    #[inline(always)]
+    pub(crate) unsafe fn slot_nn(&self, i: usize) -> NonNull<Slot<K, V>> {
+        // SAFETY: in bounds by the caller's promise: slot i is (i + 1) slots below the header.
+        unsafe { self.base.cast::<Slot<K, V>>().sub(i + 1) }
     }
     /// # Safety
     /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
     #[inline(always)]
     pub(crate) unsafe fn group_at(&self, pos: usize) -> Group {
         // SAFETY: the group at `pos` is 16 control bytes inside the segment, aligned to 16.
-        unsafe { Group::load(self.ctrl.as_ptr().add(pos)) }
+        unsafe { Group::load(self.base.as_ptr().add(SEG_HEADER + pos)) }
     }
     /// # Safety
     /// `g` must be at most `mask()`.
@@ -238,7 +247,7 @@ impl<K, V> SegRef<K, V> {
     pub(crate) unsafe fn group(&self, g: usize) -> Group {
         // SAFETY: group `g` is 16 control bytes inside the segment, aligned to 16 (the control
         // bytes start 64 bytes into a block aligned to at least 64).
-        unsafe { Group::load(self.ctrl.as_ptr().add(g * GROUP_WIDTH)) }
+        unsafe { Group::load(self.base.as_ptr().add(SEG_HEADER + g * GROUP_WIDTH)) }
     }
 }
 
@@ -276,12 +285,27 @@ pub(crate) enum Probe {
     Absent(Option<usize>),
 }
 
+/// A found key: what [`find_in`] returns.
+pub(crate) struct Hit<K, V> {
+    /// The slot's index.
+    pub(crate) i: usize,
+    /// The slot's address.
+    pub(crate) slot: NonNull<Slot<K, V>>,
+    /// Whether the slot's group has an `EMPTY` byte (what a removal needs to know).
+    pub(crate) group_has_empty: bool,
+}
+
 /// Finds `key` in `seg`. The probe visits groups `g, g+1, g+3, g+6, ...` (mod groups),
 /// triangular steps that visit every group once, and stops at the first group with an
 /// `EMPTY` slot. Positions are byte offsets into the control bytes (a group's is 16 times its
 /// index), so a slot index is its group's position plus the bit.
+///
+/// Returns the slot's index, its address and whether its group has an `EMPTY` byte (for a
+/// removal; unused results cost nothing, this is inlined). The address is the one the key was
+/// compared at: deriving the value's address from it keeps the optimizer's knowledge that it
+/// is not null, so `get`'s `Option<&V>` needs no null test.
 #[inline(always)]
-pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<usize> {
+pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<Hit<K, V>> {
     let t = tag(h);
     let mut pos = seg.start(h);
     let mut stride = 0;
@@ -290,10 +314,16 @@ pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<
         let grp = unsafe { seg.group_at(pos) };
         for bit in grp.match_tag(t) {
             let i = pos + bit;
-            // SAFETY: i < capacity, and a full slot's bytes were written (or come from a
-            // mapping, whose bytes are always initialized).
-            if key_eq(unsafe { &(*seg.slot(i)).key }, key) {
-                return Some(i);
+            // SAFETY: i < capacity.
+            let s = unsafe { seg.slot_nn(i) };
+            // SAFETY: a full slot's bytes were written (or come from a mapping, whose bytes
+            // are always initialized).
+            if key_eq(unsafe { &(*s.as_ptr()).key }, key) {
+                return Some(Hit {
+                    i,
+                    slot: s,
+                    group_has_empty: grp.match_empty().any(),
+                });
             }
         }
         if grp.match_empty().any() {
@@ -363,9 +393,13 @@ fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
 pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// In-process mirror of the stored directory: one resolved segment per entry.
     pub(crate) dir: Vec<SegRef<K, V>>,
-    /// `MAX_DEPTH - global_depth`: the directory index is `(h >> 40) >> shift`.
+    /// `DIR_SHIFT0 - global_depth`: `(h >> shift) & !15` is the directory index (the top
+    /// `global_depth` bits of `h`) times 16, the byte offset of its entry in the mirror, in
+    /// two instructions; the shift stays below 64 at every depth (36 to 60).
     shift: u32,
     pub(crate) seed: u64,
+    /// `H::prepare(seed)`.
+    prepared: u64,
     hdr: NonNull<TableHeader>,
     hdr_handle: u64,
     dir_ptr: NonNull<u64>,
@@ -400,7 +434,7 @@ fn fingerprint<K, V>() -> [u32; 4] {
 impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
     #[inline(always)]
     pub(crate) fn global_depth(&self) -> u32 {
-        MAX_DEPTH - self.shift
+        DIR_SHIFT0 - self.shift
     }
 
     /// Number of directory entries a segment of depth `depth` covers.
@@ -496,8 +530,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         unsafe { hdr.as_ptr().write(h) };
         Ok(RawTable {
             dir: vec![seg],
-            shift: MAX_DEPTH,
+            shift: DIR_SHIFT0,
             seed,
+            prepared: H::prepare(seed),
             hdr,
             hdr_handle,
             dir_ptr,
@@ -635,7 +670,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             blocks.push((base.as_ptr() as usize, size));
             let seg = SegRef {
                 // SAFETY: an offset inside the block just vouched for.
-                ctrl: unsafe { NonNull::new_unchecked(base.as_ptr().add(ctrl_off)) },
+                base: unsafe { NonNull::new_unchecked(base.as_ptr().add(ctrl_off - SEG_HEADER)) },
                 pmask: (groups - 1) * GROUP_WIDTH,
                 _types: PhantomData,
             };
@@ -653,8 +688,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
         Ok(RawTable {
             dir,
-            shift: MAX_DEPTH - gd,
+            shift: DIR_SHIFT0 - gd,
             seed: h.seed,
+            prepared: H::prepare(h.seed),
             hdr,
             hdr_handle,
             dir_ptr,
@@ -703,7 +739,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             });
             core::ptr::write_bytes(base.as_ptr().add(ctrl_off), EMPTY, cap);
             Ok(SegRef {
-                ctrl: NonNull::new_unchecked(base.as_ptr().add(ctrl_off)),
+                base: NonNull::new_unchecked(base.as_ptr().add(ctrl_off - SEG_HEADER)),
                 pmask: (groups - 1) * GROUP_WIDTH,
                 _types: PhantomData,
             })
@@ -725,21 +761,32 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     #[inline(always)]
     pub(crate) fn hash(&self, key: &K) -> u64 {
-        H::hash(bytemuck::bytes_of(key), self.seed)
+        H::hash_prepared(bytemuck::bytes_of(key), self.seed, self.prepared)
     }
 
+    /// The directory index of `h`: its top `global_depth` bits.
     #[inline(always)]
     pub(crate) fn dir_index(&self, h: u64) -> usize {
-        ((h >> 40) >> self.shift) as usize
+        (h >> self.shift) as usize / size_of::<SegRef<K, V>>()
     }
 
+    /// The segment `h` belongs to.
     #[inline(always)]
     pub(crate) fn seg_at(&self, h: u64) -> SegRef<K, V> {
-        let i = self.dir_index(h);
-        debug_assert!(i < self.dir.len());
-        // SAFETY: dir.len() == 1 << (MAX_DEPTH - shift) and (h >> 40) < 1 << MAX_DEPTH, so
-        // the index is below dir.len().
-        unsafe { *self.dir.get_unchecked(i) }
+        // The entry's byte offset in the mirror: the top `global_depth` bits of `h`, times 16.
+        let off = (h >> self.shift) as usize & !(size_of::<SegRef<K, V>>() - 1);
+        debug_assert!(off / size_of::<SegRef<K, V>>() < self.dir.len());
+        // SAFETY: `h >> shift` is below 2^(64 - shift) = 16 << global_depth, so `off` is at
+        // most 16 * (2^global_depth - 1), the last entry of the mirror (dir.len() ==
+        // 2^global_depth, entries of 16 bytes), and a multiple of 16.
+        unsafe {
+            *self
+                .dir
+                .as_ptr()
+                .cast::<u8>()
+                .add(off)
+                .cast::<SegRef<K, V>>()
+        }
     }
 
     #[inline(always)]
@@ -761,7 +808,21 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     #[inline(always)]
     pub(crate) fn find(&self, h: u64, key: &K) -> Option<(SegRef<K, V>, usize)> {
         let seg = self.seg_at(h);
-        find_in(&seg, h, key).map(|i| (seg, i))
+        find_in(&seg, h, key).map(|x| (seg, x.i))
+    }
+
+    /// Finds `key` for a removal: (segment, slot index, whether the slot's group has an
+    /// `EMPTY` byte).
+    #[inline(always)]
+    pub(crate) fn find_hit(&self, h: u64, key: &K) -> Option<(SegRef<K, V>, usize, bool)> {
+        let seg = self.seg_at(h);
+        find_in(&seg, h, key).map(|x| (seg, x.i, x.group_has_empty))
+    }
+
+    /// Finds `key`'s slot.
+    #[inline(always)]
+    pub(crate) fn find_slot(&self, h: u64, key: &K) -> Option<NonNull<Slot<K, V>>> {
+        find_in(&self.seg_at(h), h, key).map(|x| x.slot)
     }
 
     /// Finds `key`, or inserts it with a zeroed value. Returns the slot and whether the key
@@ -792,7 +853,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                             (*hdr).growth_left -= 1;
                         }
                         *c = tag(h);
-                        (*hdr).len += 1;
+                        (*hdr).len = (*hdr).len.wrapping_add(1);
                         let s = seg.slot(i);
                         s.write(Slot {
                             key,
@@ -808,16 +869,21 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     }
 
     /// Removes the entry in slot `i` of `seg`, returning its value, then gives memory back if
-    /// the segment became sparse.
+    /// the segment became sparse. `group_has_empty`: whether the group of slot `i` has an
+    /// `EMPTY` byte (the lookup that found the slot has just matched that group).
     #[inline]
-    pub(crate) fn remove_at(&mut self, seg: SegRef<K, V>, i: usize, h: u64) -> V {
+    pub(crate) fn remove_at(
+        &mut self,
+        seg: SegRef<K, V>,
+        i: usize,
+        h: u64,
+        group_has_empty: bool,
+    ) -> V {
         // SAFETY: i < capacity and the slot is full.
         let v = unsafe { core::ptr::addr_of!((*seg.slot(i)).value).read() };
         // SAFETY: as above.
-        unsafe { Self::erase(&seg, i) };
+        let len = unsafe { Self::erase_known(&seg, i, group_has_empty) } as usize;
         self.add_len(-1);
-        // SAFETY: header valid.
-        let len = unsafe { (*seg.hdr()).len } as usize;
         // Only when the segment's length crosses a threshold (it drops by exactly one per
         // removal, so it meets each value on the way down): 1/8 of a full-size segment (merge
         // with the buddy) or 1/8 of its own size (shrink). A merge that fails because the buddy
@@ -850,16 +916,33 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     pub(crate) unsafe fn erase(seg: &SegRef<K, V>, i: usize) {
         // SAFETY: per the caller's promise.
         unsafe {
-            let g = i / GROUP_WIDTH;
+            let empty = seg.group(i / GROUP_WIDTH).match_empty().any();
+            Self::erase_known(seg, i, empty);
+        }
+    }
+
+    /// [`erase`](Self::erase), given whether the slot's group has an `EMPTY` byte. Returns
+    /// the segment's new length.
+    ///
+    /// # Safety
+    /// As for `erase`; `group_has_empty` must be true of the group as it is.
+    #[inline(always)]
+    pub(crate) unsafe fn erase_known(seg: &SegRef<K, V>, i: usize, group_has_empty: bool) -> u64 {
+        // SAFETY: per the caller's promise.
+        unsafe {
             let hdr = seg.hdr();
-            if seg.group(g).match_empty().any() {
+            if group_has_empty {
                 *seg.ctrl_at(i) = EMPTY;
                 (*hdr).growth_left += 1;
             } else {
                 *seg.ctrl_at(i) = DELETED;
                 (*hdr).deleted += 1;
             }
-            (*hdr).len = (*hdr).len.saturating_sub(1);
+            // Wrapping: a corrupt file's length may be short of its full slots; a wrong
+            // length only mistimes a merge or shrink (which count the control bytes).
+            let len = (*hdr).len.wrapping_sub(1);
+            (*hdr).len = len;
+            len
         }
     }
 
@@ -947,7 +1030,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: the header of a destination segment is ours.
             unsafe {
                 let hdr = d.hdr();
-                (*hdr).len += n;
+                (*hdr).len = (*hdr).len.wrapping_add(n);
                 (*hdr).deleted = (*hdr).deleted.saturating_sub(r);
                 (*hdr).growth_left = (*hdr).growth_left.saturating_sub(n - r);
             }
@@ -1090,7 +1173,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let bidx = idx ^ self.span(a.depth());
         let b = self.dir[bidx];
         // SAFETY: segment headers are valid while the table lives.
-        let total = unsafe { (*a.hdr()).len + (*b.hdr()).len } as usize;
+        let total = unsafe { (*a.hdr()).len.saturating_add((*b.hdr()).len) } as usize;
         if b.depth() != a.depth() || total > limit {
             return Ok(false);
         }
@@ -1218,7 +1301,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let seg = self.dir[i];
             // SAFETY: header and control bytes of our own segment.
             unsafe {
-                core::ptr::write_bytes(seg.ctrl.as_ptr(), EMPTY, seg.capacity());
+                core::ptr::write_bytes(seg.ctrl_at(0), EMPTY, seg.capacity());
                 let hdr = seg.hdr();
                 (*hdr).len = 0;
                 (*hdr).deleted = 0;

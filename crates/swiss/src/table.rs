@@ -1,5 +1,6 @@
 //! The public table type.
 
+use crate::group::GROUP_WIDTH;
 use crate::hash::{random_seed, SeededHash, Xxh3};
 use crate::memory::{DefaultMemory, TableMemory};
 use crate::raw::{find_in, tag, RawTable, SegRef, Slot, MAX_GROUPS_LIMIT};
@@ -263,9 +264,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     #[inline]
     pub fn get(&self, key: &K) -> Option<&V> {
         let h = self.raw.hash(key);
-        let (seg, i) = self.raw.find(h, key)?;
+        let s = self.raw.find_slot(h, key)?;
         // SAFETY: a found slot is full and lives as long as `&self`.
-        Some(unsafe { &(*seg.slot(i)).value })
+        Some(unsafe { &(*s.as_ptr()).value })
     }
 
     /// The stored key and value of `key`.
@@ -333,10 +334,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     #[inline]
     pub fn remove_entry(&mut self, key: &K) -> Option<(K, V)> {
         let h = self.raw.hash(key);
-        let (seg, i) = self.raw.find(h, key)?;
+        let (seg, i, empty) = self.raw.find_hit(h, key)?;
         // SAFETY: full slot.
         let k = unsafe { (*seg.slot(i)).key };
-        Some((k, self.raw.remove_at(seg, i, h)))
+        Some((k, self.raw.remove_at(seg, i, h, empty)))
     }
 
     /// The entry of `key`, for in-place manipulation.
@@ -514,7 +515,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
                 out[j] = find_in(&seg, h, &keys[j]).map(|x| {
                     found += 1;
                     // SAFETY: found slot.
-                    unsafe { (*seg.slot(x)).value }
+                    unsafe { (*x.slot.as_ptr()).value }
                 });
             }
         }
@@ -794,7 +795,11 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> OccupiedEntry<'a, K, V, 
     /// Removes the entry, returning its key and value.
     pub fn remove_entry(self) -> (K, V) {
         let k = *self.key();
-        let v = self.table.raw.remove_at(self.seg, self.i, self.h);
+        // SAFETY: i < capacity.
+        let empty = unsafe { self.seg.group(self.i / GROUP_WIDTH) }
+            .match_empty()
+            .any();
+        let v = self.table.raw.remove_at(self.seg, self.i, self.h, empty);
         (k, v)
     }
 }
