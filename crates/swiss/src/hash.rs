@@ -86,12 +86,19 @@ impl SeededHash for Xxh3 {
         if !(4..=8).contains(&n) {
             return Self::hash(bytes, seed);
         }
-        let word = |at: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&bytes[at..at + 4]);
-            u64::from(u32::from_le_bytes(w))
+        let input = if n == 8 {
+            // The two halves swapped: one load and a rotate.
+            let mut w = [0u8; 8];
+            w.copy_from_slice(bytes);
+            u64::from_le_bytes(w).rotate_left(32)
+        } else {
+            let word = |at: usize| {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&bytes[at..at + 4]);
+                u64::from(u32::from_le_bytes(w))
+            };
+            word(n - 4).wrapping_add(word(0) << 32)
         };
-        let input = word(n - 4).wrapping_add(word(0) << 32);
         // xxh3's strong avalanche (rrmxmx).
         let mut h = input ^ prepared;
         h ^= h.rotate_left(49) ^ h.rotate_left(24);

@@ -825,9 +825,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         find_in(&self.seg_at(h), h, key).map(|x| x.slot)
     }
 
-    /// Finds `key`, or inserts it with a zeroed value. Returns the slot and whether the key
-    /// was there already.
-    #[inline]
+    /// Finds `key`, or inserts it. Returns the slot and whether the key was there already; a
+    /// new slot's value is not written: the caller must write it before anything reads it.
+    #[inline(always)]
     pub(crate) fn find_or_insert(
         &mut self,
         h: u64,
@@ -855,10 +855,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                         *c = tag(h);
                         (*hdr).len = (*hdr).len.wrapping_add(1);
                         let s = seg.slot(i);
-                        s.write(Slot {
-                            key,
-                            value: V::zeroed(),
-                        });
+                        core::ptr::addr_of_mut!((*s).key).write(key);
                         self.add_len(1);
                         return Ok((s, false));
                     }
@@ -976,15 +973,23 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             .sum()
     }
 
-    /// Copies every entry of `from` into `to` (a fresh segment with room for them).
+    /// Copies every entry of `from` into `to`, a fresh segment (no tombstones) with room for
+    /// them.
     fn move_all(&self, from: &SegRef<K, V>, to: &SegRef<K, V>) {
-        self.move_entries(from, [to, to], |_| 0);
+        self.move_entries::<true>(from, [to, to], |_| 0);
     }
 
-    /// Copies every entry of `from` into `to[pick(hash)]` (fresh segments with room for
-    /// them), updating the destinations' counters once at the end.
+    /// Copies every entry of `from` into `to`, a live segment (it may have tombstones) with
+    /// room for them.
+    fn move_into_live(&self, from: &SegRef<K, V>, to: &SegRef<K, V>) {
+        self.move_entries::<false>(from, [to, to], |_| 0);
+    }
+
+    /// Copies every entry of `from` into `to[pick(hash)]` (segments with room for them;
+    /// `FRESH`: without tombstones, so none is looked for), updating the destinations'
+    /// counters once at the end.
     #[inline(always)]
-    fn move_entries(
+    fn move_entries<const FRESH: bool>(
         &self,
         from: &SegRef<K, V>,
         to: [&SegRef<K, V>; 2],
@@ -993,6 +998,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut moved = [0u64; 2];
         // Tombstones of the destinations reused (only a merge into a live segment has any).
         let mut reused = [0u64; 2];
+        // Kept in registers: the stores below could alias the table for all the compiler
+        // knows.
+        let (seed, prepared) = (self.seed, self.prepared);
         for g in 0..=from.mask() {
             // SAFETY: g <= mask.
             let full = unsafe { from.group(g) }.match_full();
@@ -1001,7 +1009,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 // SAFETY: i < capacity, slot full.
                 let src = unsafe { from.slot(i) };
                 // SAFETY: the key of a full slot is initialized.
-                let h = self.hash(unsafe { &(*src).key });
+                let h =
+                    H::hash_prepared(bytemuck::bytes_of(unsafe { &(*src).key }), seed, prepared);
                 let k = pick(h) & 1;
                 let dst = to[k];
                 let Some(j) = find_free(dst, h) else {
@@ -1014,7 +1023,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 // bytes of `dst` are ours.
                 unsafe {
                     let c = dst.ctrl_at(j);
-                    reused[k] += u64::from(*c == DELETED);
+                    if !FRESH {
+                        reused[k] += u64::from(*c == DELETED);
+                    }
                     core::ptr::copy_nonoverlapping(src, dst.slot(j), 1);
                     *c = tag(h);
                 }
@@ -1080,7 +1091,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         };
         let bit = 63 - old.depth();
-        self.move_entries(&old, [&a, &b], |h| (h >> bit) as usize & 1);
+        self.move_entries::<true>(&old, [&a, &b], |h| (h >> bit) as usize & 1);
         let span = self.span(old.depth());
         let start = idx & !(span - 1);
         self.set_range(start, a.depth(), a);
@@ -1190,7 +1201,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // In place: the fuller segment takes the other's entries. Its own entries stay
             // where they are (a probe's start does not depend on the depth), so this moves
             // only the smaller half and allocates nothing.
-            self.move_all(&src, &dst);
+            self.move_into_live(&src, &dst);
             // SAFETY: header valid; `&mut self`.
             unsafe { (*dst.hdr()).depth = depth };
             self.set_range(idx, depth, dst);

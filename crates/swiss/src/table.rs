@@ -302,8 +302,34 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// [`try_insert`](Self::try_insert)).
     #[inline]
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.try_insert(key, value)
-            .expect("offheap-swiss: out of memory while growing")
+        // Not through `try_insert`: an `Option<V>` comes back in registers, a
+        // `Result<Option<V>, Error>` through memory.
+        let h = self.raw.hash(&key);
+        let (s, existed) = match self.raw.find_or_insert(h, key) {
+            Ok(x) => x,
+            Err(e) => grow_failed(e),
+        };
+        // SAFETY: as in `try_insert`.
+        unsafe { Self::put(s, existed, value) }
+    }
+
+    /// Writes `value` into the slot `find_or_insert` returned, returning the old value.
+    ///
+    /// # Safety
+    /// `s` must be a full slot of this table, accessed uniquely; `existed` as returned.
+    #[inline(always)]
+    unsafe fn put(s: *mut Slot<K, V>, existed: bool, value: V) -> Option<V> {
+        // SAFETY: per the caller's promise; a new slot's value is written here, before
+        // anything reads it (a raw write: no reference to the unwritten value is made).
+        unsafe {
+            let v = core::ptr::addr_of_mut!((*s).value);
+            if existed {
+                Some(core::ptr::replace(v, value))
+            } else {
+                v.write(value);
+                None
+            }
+        }
     }
 
     /// Inserts `key -> value`, returning the previous value, or an error if the table had to
@@ -313,15 +339,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         let h = self.raw.hash(&key);
         let (s, existed) = self.raw.find_or_insert(h, key)?;
         // SAFETY: `s` is a full slot of this table; `&mut self` makes the access unique.
-        unsafe {
-            let v = &mut (*s).value;
-            Ok(if existed {
-                Some(core::mem::replace(v, value))
-            } else {
-                *v = value;
-                None
-            })
-        }
+        Ok(unsafe { Self::put(s, existed, value) })
     }
 
     /// Removes `key`, returning its value.
@@ -521,6 +539,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         }
         found
     }
+}
+
+/// `insert`'s panic, out of line so that the inlined insert stays small.
+#[cold]
+#[inline(never)]
+fn grow_failed(e: Error) -> ! {
+    panic!("offheap-swiss: out of memory while growing: {e}")
 }
 
 #[inline(always)]
@@ -823,10 +848,12 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> VacantEntry<'a, K, V, M,
             .raw
             .find_or_insert(self.h, self.key)
             .expect("offheap-swiss: out of memory while growing");
-        // SAFETY: a full slot of the table borrowed mutably for 'a.
+        // SAFETY: a full slot of the table borrowed mutably for 'a; its value is written
+        // (raw, whether it was new or not) before the reference is made.
         unsafe {
-            (*s).value = value;
-            &mut (*s).value
+            let v = core::ptr::addr_of_mut!((*s).value);
+            v.write(value);
+            &mut *v
         }
     }
 }
