@@ -44,65 +44,38 @@ pub unsafe trait TableMemory {
     fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error>;
 }
 
-// SAFETY: forwards to `T`, which upholds the contract.
-unsafe impl<T: TableMemory + ?Sized> TableMemory for &T {
-    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
-        (**self).alloc(size, align)
-    }
-    unsafe fn free(&self, handle: u64) {
-        // SAFETY: same contract, forwarded.
-        unsafe { (**self).free(handle) }
-    }
-    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
-        (**self).ptr(handle, len)
-    }
-    fn root(&self, name: &str) -> Option<u64> {
-        (**self).root(name)
-    }
-    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
-        (**self).set_root(name, handle)
-    }
+/// Implements [`TableMemory`] for pointer types to a memory (`&T`, `Rc<T>`, `Box<T>`) by
+/// forwarding every call to the pointee.
+macro_rules! forward_table_memory {
+    ($($ptr:ty),* $(,)?) => {$(
+        // SAFETY: forwards every call to `T`, which upholds the contract.
+        unsafe impl<T: TableMemory + ?Sized> TableMemory for $ptr {
+            #[inline]
+            fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+                (**self).alloc(size, align)
+            }
+            #[inline]
+            unsafe fn free(&self, handle: u64) {
+                // SAFETY: same contract, forwarded.
+                unsafe { (**self).free(handle) }
+            }
+            #[inline]
+            fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
+                (**self).ptr(handle, len)
+            }
+            #[inline]
+            fn root(&self, name: &str) -> Option<u64> {
+                (**self).root(name)
+            }
+            #[inline]
+            fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+                (**self).set_root(name, handle)
+            }
+        }
+    )*};
 }
 
-// SAFETY: forwards to `T`, which upholds the contract.
-unsafe impl<T: TableMemory + ?Sized> TableMemory for Rc<T> {
-    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
-        (**self).alloc(size, align)
-    }
-    unsafe fn free(&self, handle: u64) {
-        // SAFETY: same contract, forwarded.
-        unsafe { (**self).free(handle) }
-    }
-    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
-        (**self).ptr(handle, len)
-    }
-    fn root(&self, name: &str) -> Option<u64> {
-        (**self).root(name)
-    }
-    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
-        (**self).set_root(name, handle)
-    }
-}
-
-// SAFETY: forwards to `T`, which upholds the contract.
-unsafe impl<T: TableMemory + ?Sized> TableMemory for Box<T> {
-    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
-        (**self).alloc(size, align)
-    }
-    unsafe fn free(&self, handle: u64) {
-        // SAFETY: same contract, forwarded.
-        unsafe { (**self).free(handle) }
-    }
-    fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
-        (**self).ptr(handle, len)
-    }
-    fn root(&self, name: &str) -> Option<u64> {
-        (**self).root(name)
-    }
-    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
-        (**self).set_root(name, handle)
-    }
-}
+forward_table_memory!(&T, Rc<T>, Box<T>);
 
 /// A [`TableMemory`] on the global allocator: each block is one allocation and a handle is its
 /// number. Nothing persists; dropping the `Heap` frees every block still allocated.

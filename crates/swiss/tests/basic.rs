@@ -262,3 +262,41 @@ fn agrees_with_hashbrown_style_hasher() {
         <offheap_swiss::Xxh3 as offheap_swiss::SeededHash>::hash(&1u64.to_ne_bytes(), 5)
     );
 }
+
+/// The pointer types that forward `TableMemory` (`&T`, `Rc<T>`, `Box<T>`) allocate, free and
+/// keep roots in the memory they point to.
+#[test]
+fn memory_behind_rc_box_and_ref() {
+    use std::rc::Rc;
+    fn exercise<M: offheap_swiss::TableMemory>(mem: M, blocks: impl Fn() -> usize) {
+        let mut t: SwissTable<u64, u64, M> =
+            SwissTable::create_in_with(mem, "t", TableOptions::new().segment_slots(16)).unwrap();
+        for k in 0..500 {
+            t.insert(k, k * 3);
+        }
+        assert!(blocks() > 3, "the table's blocks are in the shared memory");
+        assert!(t.memory().root("t").is_some());
+        t.destroy().unwrap();
+        assert_eq!(
+            blocks(),
+            0,
+            "destroy gave every block back through the pointer"
+        );
+    }
+    let heap = Rc::new(Heap::new());
+    let h2 = Rc::clone(&heap);
+    exercise(Rc::clone(&heap), move || h2.allocated_blocks());
+    assert!(heap.root_names().is_empty());
+
+    let heap = Heap::new();
+    exercise(&heap, || heap.allocated_blocks());
+
+    // A boxed memory is owned by the table: check through a box of a reference.
+    let heap = Heap::new();
+    exercise(Box::new(&heap), || heap.allocated_blocks());
+    let boxed: Box<dyn offheap_swiss::TableMemory> = Box::new(Heap::new());
+    let mut t: SwissTable<u32, u32, Box<dyn offheap_swiss::TableMemory>> =
+        SwissTable::new_in(boxed);
+    t.insert(1, 2);
+    assert_eq!(t.get(&1), Some(&2));
+}
