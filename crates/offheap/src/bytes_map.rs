@@ -148,16 +148,41 @@ impl BytesMapOptions {
     }
 
     fn config(&self) -> Result<Config, Error> {
-        if self.slab_size < MIN_SLAB {
-            return Err(Error::InvalidOptions("slab_size must be at least 64 bytes"));
-        }
-        let config = Config {
-            release: self.release,
-            ..Config::new(self.start_chunk, self.slab_size, self.growth_factor)
-        };
-        config.validate()?;
-        Ok(config)
+        arena_config(
+            self.slab_size,
+            self.start_chunk,
+            self.growth_factor,
+            self.release,
+        )
     }
+}
+
+/// The arena configuration of a map (`BytesMap`, or a `SharedMap` shard), validated.
+pub(crate) fn arena_config(
+    slab_size: usize,
+    start_chunk: usize,
+    growth_factor: f64,
+    release: ReleasePolicy,
+) -> Result<Config, Error> {
+    if slab_size < MIN_SLAB {
+        return Err(Error::InvalidOptions("slab_size must be at least 64 bytes"));
+    }
+    let config = Config {
+        release,
+        ..Config::new(start_chunk, slab_size, growth_factor)
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// A key (or value) of at most 7 bytes as a word: its bytes, zero-padded, with the length in
+/// the top byte.
+#[inline]
+pub(crate) fn pack7(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..b.len()].copy_from_slice(b);
+    w[7] = b.len() as u8;
+    u64::from_le_bytes(w)
 }
 
 /// A hash map from byte strings to byte strings in anonymous memory or a memory-mapped file.
@@ -394,10 +419,7 @@ impl BytesMap {
 
     fn key_word(&self, key: &[u8]) -> u64 {
         if key.len() <= 7 {
-            let mut b = [0u8; 8];
-            b[..key.len()].copy_from_slice(key);
-            b[7] = key.len() as u8;
-            u64::from_le_bytes(b)
+            pack7(key)
         } else {
             (xxh3_64_with_seed(key, self.seed) & self.mask) | LONG_KEY
         }

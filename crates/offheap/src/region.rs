@@ -47,6 +47,12 @@ impl SharedRegion {
         self.alloc_lock.store(l, Ordering::Release);
     }
 
+    /// The offset of address `p` (inside this process's mapping) from the region's base.
+    #[inline]
+    pub(crate) fn offset_of(&self, p: *const u8) -> u64 {
+        (p as usize).wrapping_sub(self.base as usize) as u64
+    }
+
     /// The region, for calls that do not allocate (roots, flush, stats).
     pub(crate) fn lock(&self) -> MutexGuard<'_, Region> {
         self.region.lock().unwrap_or_else(|e| e.into_inner())

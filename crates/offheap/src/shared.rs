@@ -1,7 +1,8 @@
 //! [`SharedMap`]: `BytesMap` semantics for many threads and processes on one file.
 //!
-//! See `docs/concurrency.md` in the repository for the locks, owner recovery, growth
-//! visibility and crash consistency, including what is not yet crash-consistent.
+//! See `docs/concurrency.md` in the repository for the layout, the locks, the optimistic
+//! (seqlock) reads, owner recovery, growth visibility and crash consistency, including what
+//! is not yet crash-consistent.
 
 use std::path::Path;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -11,42 +12,66 @@ use offheap_mmap::{Offset, Region, RegionOptions};
 use offheap_slab::{Arena, Config, Handle, ReleasePolicy};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::lock::{self, Acquired, LockWords};
+use crate::bytes_map::pack7;
+use crate::lock::{self, Acquired, LockWords, Padded, READER_SLOTS};
 use crate::region::{ShardSource, SharedRegion};
 use crate::Error;
 
 const ROOT: &str = "offheap.shared";
 const MAGIC: u64 = u64::from_le_bytes(*b"offShare");
-const VERSION: u64 = 1;
+/// Version 2: 16-byte slots, any capacity, seqlock counter (version 1: 24-byte slots).
+const VERSION: u64 = 2;
 
-type Word = [u32; 4];
-const INLINE_MAX: usize = 12;
-const HANDLE_MARK: u32 = 0x8000_0000;
-const NONE_MARK: u32 = 0xFFFF_FFFF;
-const NONE_WORD: Word = [0, 0, 0, NONE_MARK];
+/// Key words and value words (see docs/concurrency.md): up to 7 bytes inline, with the
+/// length in the top byte (0..=7).
+const INLINE_MAX: usize = 7;
+/// A long key's word: its hash with the top bit set.
 const LONG_KEY: u64 = 1 << 63;
 /// Key words that no key encodes to (short keys have a top byte <= 7, long keys >= 0x80).
 const EMPTY: u64 = 0x10 << 56;
 const TOMB: u64 = 0x11 << 56;
-const BLOB_PREFIX: usize = 8;
-/// A long key's record: `[value word][key bytes]`.
-const REC_HDR: usize = 16;
-const MIN_CAP_LOG: u32 = 4;
-const CAP_SHIFT: u32 = 58;
-const OFF_MASK: u64 = (1 << CAP_SHIFT) - 1;
+/// A value word naming an arena blob: this top byte, then the region offset of the blob's
+/// first chunk (whose first 16 bytes are the chunk's arena handle).
+const HANDLE_MARK: u64 = 0x80 << 56;
+const LOW56: u64 = (1 << 56) - 1;
+/// No value word (intent fields not in use).
+const NONE_W: u64 = 0xFF << 56;
+/// A blob's first chunk: its own handle (16 bytes), the content length (8), the content.
+const BLOB_HDR: usize = 24;
+/// A long key's record (a blob): `[value word][key bytes]`.
+const REC_HDR: usize = 8;
 
-// Intent operations and steps (see docs/concurrency.md).
+/// Shard table sizes: any capacity from `MIN_CAP` to `MAX_CAP` slots.
+const MIN_CAP: u64 = 16;
+const MAX_CAP: u64 = (1 << 28) - 1;
+/// Table descriptor: slot array offset / 64 in the low 36 bits, capacity above.
+const CAP_SHIFT: u32 = 36;
+/// Growth: when live + tombstone slots would pass `MAX_LOAD`, the shard is rebuilt to hold
+/// its live entries at `FILL` (a growth by about 1.1). Loads are in per mille.
+const MAX_LOAD: u64 = 900;
+const FILL: u64 = 820;
+/// Shrink below this load (to `FILL` again).
+const MIN_LOAD: u64 = 300;
+/// Inserts a rebuilt table takes at least before the next rebuild.
+const MIN_ROOM: u64 = 256;
+
+/// Optimistic read attempts before a reader takes the read lock.
+const OPTIMISTIC_TRIES: u32 = 8;
+
+// Intent operations (see docs/concurrency.md). Operations on inline keys and values commit
+// with one store and need none.
 const OP_NONE: u64 = 0;
 const OP_INSERT: u64 = 1;
 const OP_UPDATE: u64 = 2;
 const OP_DELETE: u64 = 3;
 const OP_REBUILD: u64 = 4;
 
+/// A slot: key word and value word, accessed only atomically (optimistic readers load them
+/// while a writer may store to them).
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
 struct Slot {
-    kw: u64,
-    vw: Word,
+    kw: AtomicU64,
+    vw: AtomicU64,
 }
 
 const SLOT: u64 = std::mem::size_of::<Slot>() as u64;
@@ -79,42 +104,43 @@ impl MapHeader {
 
 /// The undo/redo record of the mutation in progress in a shard.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Intent {
     op: u64,
     step: u64,
     slot: u64,
     kw: u64,
-    new: Word,
-    old: Word,
-    rec: Word,
+    /// Value words (`NONE_W` when unused).
+    new: u64,
+    old: u64,
+    /// A long key's record word.
+    rec: u64,
+    /// The arena handles of the blobs that `new`, `old` and `rec` name (frees go through
+    /// these: the arena's generation check refuses a second free).
+    new_h: [u64; 2],
+    old_h: [u64; 2],
+    rec_h: [u64; 2],
     old_table: u64,
     new_table: u64,
 }
 
-/// A copy of an [`Intent`].
-struct IntentCopy {
-    op: u64,
-    step: u64,
-    slot: usize,
-    kw: u64,
-    new: Word,
-    old: Word,
-    rec: Word,
-    old_table: u64,
-    new_table: u64,
-}
-
+/// The line that writers write and optimistic readers read, then the reader slots, then the
+/// intent record.
 #[repr(C, align(128))]
 struct Shard {
-    lock: LockWords,
-    /// Slot array offset | log2(capacity) << 58.
+    /// 0, or the write lock holder's owner id.
+    state: AtomicU64,
+    /// The seqlock counter: odd while a write is in progress (or was left unfinished).
+    seq: AtomicU64,
+    /// Slot array offset / 64 | capacity << 36 (one word: published atomically).
     table: AtomicU64,
     len: AtomicU64,
     /// Live entries plus tombstones.
     used: AtomicU64,
     arena_root: AtomicU64,
-    arena_tag: AtomicU64,
-    tag_known: AtomicU64,
+    _pad: [u64; 10],
+    /// Reader slots of the shard's lock.
+    readers: [Padded; READER_SLOTS],
     /// Changed only by the write lock's holder: interior mutability through `&Shard`.
     intent: std::cell::UnsafeCell<Intent>,
 }
@@ -193,15 +219,7 @@ impl SharedMapOptions {
                 "shards must be a power of two up to 65536",
             ));
         }
-        if self.slab_size < 64 {
-            return Err(Error::InvalidOptions("slab_size must be at least 64 bytes"));
-        }
-        let c = Config {
-            release: ReleasePolicy::Never,
-            ..Config::new(16, self.slab_size, 1.5)
-        };
-        c.validate()?;
-        Ok(c)
+        crate::bytes_map::arena_config(self.slab_size, 16, 1.5, ReleasePolicy::Never)
     }
 }
 
@@ -209,10 +227,13 @@ impl SharedMapOptions {
 /// the same file: `BytesMap` semantics through `&self`.
 ///
 /// The map is split into shards (256 by default), each with its own process-shared
-/// reader-writer lock, open-addressing table and slab arena; the shard is chosen by hash
-/// bits `32..40` (and up) of the key's xxh3 hash. Locks record their owner (pid and process
-/// start time); a lock whose owner died is taken over by the next process, which first
-/// repairs the shard from its intent record.
+/// reader-writer lock and seqlock counter, open-addressing table of 16-byte slots and slab
+/// arena; the shard is chosen by hash bits `32..40` (and up) of the key's xxh3 hash. Reads
+/// of keys and values of at most 7 bytes are optimistic: they write no shared memory and
+/// validate the shard's counter afterwards (taking the read lock only after repeated
+/// conflicts). Locks record their owner (pid and process start time); a lock whose owner
+/// died is taken over by the next process, which first repairs the shard from its intent
+/// record.
 ///
 /// ```
 /// use offheap::{SharedMap, SharedMapOptions};
@@ -259,25 +280,44 @@ impl std::fmt::Debug for SharedMap {
     }
 }
 
-struct WriteGuard<'a>(&'a Shard);
+/// The write lock and the write section of the seqlock. Dropped: the counter becomes even
+/// again unless the operation was left unfinished (an error half-way), so that optimistic
+/// readers go to the lock, which repairs the shard first.
+struct WriteGuard<'a> {
+    shard: &'a Shard,
+    seq: u64,
+}
+
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        lock::write_unlock(&self.0.lock.state);
+        if self.shard.pending_op() == OP_NONE {
+            lock::seq_write_end(&self.shard.seq, self.seq);
+        }
+        lock::write_unlock(&self.shard.state);
     }
 }
 
 struct ReadGuard<'a>(&'a Shard, usize);
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        lock::read_unlock(&self.0.lock.slots, self.1);
+        lock::read_unlock(&self.0.readers, self.1);
     }
 }
 
 enum Found {
-    /// Slot index, the slot's value word (for a long key: its record's handle word), and
-    /// for a long key the record's value word.
-    At(usize, Word, Option<Word>),
+    /// Slot index, the slot's value word (for a long key: its record's word), and for a
+    /// long key the record's value word.
+    At(usize, u64, Option<u64>),
     Vacant(usize),
+}
+
+/// The outcome of an optimistic lookup.
+enum Fast {
+    Absent,
+    /// An inline value word.
+    Inline(u64),
+    /// Needs the arena (a long value) or found something invalid: take the lock.
+    Slow,
 }
 
 /// Everything a shard operation needs, with the shard's write or read lock held.
@@ -296,8 +336,36 @@ fn bump(c: &AtomicU64, d: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(d), Ordering::Relaxed);
 }
 
-fn mix(kw: u64, log: u32) -> usize {
-    (kw.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - log)) as usize
+/// The home slot of key word `kw` in a table of `cap` slots: a multiplicative mix, then a
+/// range reduction by multiplication (any capacity, no division).
+#[inline]
+fn home(kw: u64, cap: usize) -> usize {
+    let m = kw.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((u128::from(m) * cap as u128) >> 64) as usize
+}
+
+/// The bytes of an inline word and their length (`None` if it is not an inline word).
+#[inline]
+fn unpack7(w: u64) -> Option<([u8; 8], usize)> {
+    let n = (w >> 56) as usize;
+    (n <= INLINE_MAX).then(|| (w.to_le_bytes(), n))
+}
+
+/// The capacity that holds `len` entries at the `FILL` load, with room for at least
+/// `MIN_ROOM` more entries before the next rebuild (small tables would otherwise be rebuilt,
+/// and a region block allocated and freed, every few inserts).
+fn cap_for(len: u64) -> u64 {
+    let at_fill = len.saturating_add(1).saturating_mul(1000) / FILL + 1;
+    let roomy = (len.saturating_add(MIN_ROOM)).saturating_mul(1000) / MAX_LOAD + 1;
+    at_fill.max(roomy).max(MIN_CAP)
+}
+
+fn table_desc(off: u64, cap: u64) -> u64 {
+    (off / 64) | (cap << CAP_SHIFT)
+}
+
+fn desc_parts(d: u64) -> (u64, u64) {
+    ((d & ((1 << CAP_SHIFT) - 1)) * 64, d >> CAP_SHIFT)
 }
 
 impl SharedMap {
@@ -326,6 +394,7 @@ impl SharedMap {
     }
 
     /// Opens the map file at `path` (possibly in use by other processes): O(shards).
+    /// A file of another format version is refused with `Error::Corrupt`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::open_in(Region::open(path)?)
     }
@@ -362,9 +431,11 @@ impl SharedMap {
         let hoff = r.alloc(std::mem::size_of::<MapHeader>() as u64, 128)?;
         let soff = r.alloc((n * std::mem::size_of::<Shard>()) as u64, 128)?;
         let per = opts.capacity.div_ceil(n) as u64;
-        let mut log = MIN_CAP_LOG;
-        while (1u64 << log) * 3 / 4 < per {
-            log += 1;
+        let cap = if per == 0 { MIN_CAP } else { cap_for(per) };
+        if cap > MAX_CAP {
+            return Err(Error::InvalidOptions(
+                "capacity: a shard holds at most 2^28 slots (use more shards)",
+            ));
         }
         let hp = r
             .ptr(hoff, std::mem::size_of::<MapHeader>() as u64)
@@ -372,8 +443,8 @@ impl SharedMap {
         let sp = r
             .ptr(soff, (n * std::mem::size_of::<Shard>()) as u64)
             .ok_or(Error::Corrupt("shards"))?;
-        // SAFETY: fresh blocks of the right sizes, aligned to 64; zero is a valid state for
-        // every field (atomics and integers).
+        // SAFETY: fresh blocks of the right sizes, aligned to 128; zero is a valid state for
+        // every field (atomics and integers); nobody else knows these blocks yet.
         unsafe {
             std::ptr::write_bytes(hp, 0, std::mem::size_of::<MapHeader>());
             std::ptr::write_bytes(sp, 0, n * std::mem::size_of::<Shard>());
@@ -384,18 +455,8 @@ impl SharedMap {
         for i in 0..n {
             // SAFETY: `i < n`, inside the shard array.
             let sh = unsafe { &*shards.add(i) };
-            let t = r.alloc((1u64 << log) * SLOT, 64)?;
-            let p = r
-                .ptr(t, (1u64 << log) * SLOT)
-                .ok_or(Error::Corrupt("table"))?;
-            // SAFETY: a fresh block of `cap` slots.
-            let slots = unsafe { std::slice::from_raw_parts_mut(p as *mut Slot, 1 << log) };
-            slots.fill(Slot {
-                kw: EMPTY,
-                vw: NONE_WORD,
-            });
-            sh.table
-                .store(t | (u64::from(log) << CAP_SHIFT), Ordering::Relaxed);
+            let t = new_table(&r, cap)?;
+            sh.table.store(table_desc(t, cap), Ordering::Relaxed);
             let arena = Arena::create_in(ShardSource(r.clone()), config)?;
             sh.arena_root.store(arena.root(), Ordering::Relaxed);
             arenas.push(Mutex::new(Some(arena)));
@@ -446,7 +507,7 @@ impl SharedMap {
             return Err(Error::Corrupt("bad magic"));
         }
         if h.version != VERSION {
-            return Err(Error::Corrupt("unsupported version"));
+            return Err(Error::Corrupt("unsupported SharedMap format version"));
         }
         if h.check != h.checksum() {
             return Err(Error::Corrupt("header checksum"));
@@ -507,6 +568,14 @@ impl SharedMap {
         self.len() == 0
     }
 
+    /// Slots in all shard tables (live entries, tombstones and empty slots): the load is
+    /// `len() / capacity()`. Read without locks.
+    pub fn capacity(&self) -> usize {
+        (0..self.nshards)
+            .map(|i| desc_parts(self.shard(i).table.load(Ordering::Relaxed)).1 as usize)
+            .sum()
+    }
+
     fn shard(&self, i: usize) -> &Shard {
         // SAFETY: `i < nshards`; the shard array lies inside the mapping.
         unsafe { &*self.shards.add(i) }
@@ -517,11 +586,8 @@ impl SharedMap {
     }
 
     fn key_word(&self, key: &[u8], h: u64) -> u64 {
-        if key.len() <= 7 {
-            let mut b = [0u8; 8];
-            b[..key.len()].copy_from_slice(key);
-            b[7] = key.len() as u8;
-            u64::from_le_bytes(b)
+        if key.len() <= INLINE_MAX {
+            pack7(key)
         } else {
             (h & self.mask) | LONG_KEY
         }
@@ -532,15 +598,28 @@ impl SharedMap {
         bits as usize & (self.nshards - 1)
     }
 
+    /// The slots of the table that descriptor `d` names, if it lies inside the mapping.
+    fn slots(&self, d: u64) -> Option<&[Slot]> {
+        let (off, cap) = desc_parts(d);
+        if !(MIN_CAP..=MAX_CAP).contains(&cap) {
+            return None;
+        }
+        let p = self.region.ptr(off, cap * SLOT)?;
+        // SAFETY: `cap` slots inside the mapping (checked just above), aligned to 64 (the
+        // offset is a multiple of 64 and the mapping page-aligned); slots are atomics, so
+        // shared references are sound even while a writer stores to them.
+        Some(unsafe { std::slice::from_raw_parts(p as *const Slot, cap as usize) })
+    }
+
     // ------------------------------------------------------------------ locking
 
-    fn ctx<'a>(&'a self, shard: &'a Shard, i: usize) -> Result<Ctx<'a>, Error> {
-        Ok(Ctx {
+    fn ctx<'a>(&'a self, shard: &'a Shard, i: usize) -> Ctx<'a> {
+        Ctx {
             map: self,
             shard,
             idx: i,
             arena: std::cell::OnceCell::new(),
-        })
+        }
     }
 
     fn write<R>(
@@ -549,14 +628,10 @@ impl SharedMap {
         f: impl FnOnce(&mut Ctx<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         let shard = self.shard(i);
-        let how = lock::write_lock(
-            &shard.lock.state,
-            &shard.lock.slots,
-            self.me,
-            lock::owner_is_dead,
-        );
-        let _g = WriteGuard(shard);
-        let mut c = self.ctx(shard, i)?;
+        let how = lock::write_lock(&shard.state, &shard.readers, self.me, lock::owner_is_dead);
+        let seq = lock::seq_write_begin(&shard.seq);
+        let _g = WriteGuard { shard, seq };
+        let mut c = self.ctx(shard, i);
         if how == Acquired::Recovered || shard.pending_op() != OP_NONE {
             self.recovered.fetch_add(1, Ordering::Relaxed);
             c.recover()?;
@@ -571,8 +646,8 @@ impl SharedMap {
     ) -> Result<R, Error> {
         let shard = self.shard(i);
         let Ok(slot) = lock::read_lock(
-            &shard.lock.state,
-            &shard.lock.slots,
+            &shard.state,
+            &shard.readers,
             self.me,
             lock::thread_hint(),
             lock::owner_is_dead,
@@ -587,21 +662,57 @@ impl SharedMap {
             drop(_g);
             return self.write(i, f);
         }
-        let mut c = self.ctx(shard, i)?;
+        let mut c = self.ctx(shard, i);
         f(&mut c)
+    }
+
+    /// The optimistic lookup of a short key (see docs/concurrency.md): loads only, validated
+    /// by the shard's seqlock counter; `Fast::Slow` after repeated conflicts, for a long
+    /// value, or for anything that does not look valid.
+    fn get_fast(&self, shard: &Shard, kw: u64) -> Fast {
+        let backoff = crossbeam_utils::Backoff::new();
+        for _ in 0..OPTIMISTIC_TRIES {
+            let Some(v) = lock::seq_read_begin(&shard.seq) else {
+                backoff.snooze();
+                continue;
+            };
+            let d = shard.table.load(Ordering::Relaxed);
+            let r = match self.slots(d) {
+                Some(slots) => probe_fast(slots, kw),
+                None => Fast::Slow,
+            };
+            if lock::seq_read_validate(&shard.seq, v) {
+                return r;
+            }
+            backoff.spin();
+        }
+        Fast::Slow
     }
 
     // ------------------------------------------------------------------ operations
 
-    /// Calls `f` with the value of `key`, without copying it when it is inline or in one
-    /// chunk (a value longer than the slab size is gathered into a buffer first). `f` runs
-    /// under the shard's read lock: keep it short, and do not call back into the map from
-    /// it (a write to the same shard would wait for this very read lock forever).
+    /// Calls `f` with the value of `key`, without copying it when it is in one chunk (a
+    /// value longer than the slab size is gathered into a buffer first; an inline value of
+    /// at most 7 bytes is a copy). For a key and a value of at most 7 bytes, the lookup is
+    /// optimistic and `f` runs after it, outside any lock; otherwise `f` runs under the
+    /// shard's read lock: keep it short, and do not call back into the map from it (a write
+    /// to the same shard would wait for this very read lock forever).
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, Error> {
         let h = self.hash(key);
         let kw = self.key_word(key, h);
-        self.read(self.shard_of(h), |c| match c.find(kw, key)? {
-            Found::At(_, vw, rec) => c.with_word(&rec.unwrap_or(vw), f).map(Some),
+        let i = self.shard_of(h);
+        if kw & LONG_KEY == 0 {
+            match self.get_fast(self.shard(i), kw) {
+                Fast::Absent => return Ok(None),
+                Fast::Inline(w) => {
+                    let (b, n) = unpack7(w).ok_or(Error::Corrupt("inline value"))?;
+                    return Ok(Some(f(&b[..n])));
+                }
+                Fast::Slow => {}
+            }
+        }
+        self.read(i, |c| match c.find(kw, key)? {
+            Found::At(_, vw, rec) => c.with_word(rec.unwrap_or(vw), f).map(Some),
             Found::Vacant(_) => Ok(None),
         })
     }
@@ -677,7 +788,7 @@ impl SharedMap {
         Ok(v)
     }
 
-    /// Checks every shard (under its read lock: table counts, arena) and the region.
+    /// Checks every shard (under its read lock: table counts, load, arena) and the region.
     pub fn check(&self) -> Result<(), Error> {
         for i in 0..self.nshards {
             self.read(i, |c| c.check())?;
@@ -687,7 +798,61 @@ impl SharedMap {
     }
 }
 
+/// Allocates a table of `cap` slots, all EMPTY; returns its offset.
+fn new_table(r: &SharedRegion, cap: u64) -> Result<u64, Error> {
+    let t = r.alloc(cap * SLOT, 64)?;
+    let p = r.ptr(t, cap * SLOT).ok_or(Error::Corrupt("new table"))?;
+    // SAFETY: a fresh block of `cap` slots, aligned to 64; slots are atomics (a stale
+    // optimistic reader of the block's previous use may still load from it).
+    let slots = unsafe { std::slice::from_raw_parts(p as *const Slot, cap as usize) };
+    for s in slots {
+        s.kw.store(EMPTY, Ordering::Relaxed);
+        s.vw.store(NONE_W, Ordering::Relaxed);
+    }
+    Ok(t)
+}
+
+/// Linear probing for `kw` with loads only (at most one pass over the table).
+#[inline]
+fn probe_fast(slots: &[Slot], kw: u64) -> Fast {
+    let cap = slots.len();
+    let mut i = home(kw, cap);
+    for _ in 0..cap {
+        let s = &slots[i];
+        let k = s.kw.load(Ordering::Relaxed);
+        if k == kw {
+            let w = s.vw.load(Ordering::Relaxed);
+            return if w >> 56 <= INLINE_MAX as u64 {
+                Fast::Inline(w)
+            } else {
+                Fast::Slow
+            };
+        }
+        if k == EMPTY {
+            return Fast::Absent;
+        }
+        i += 1;
+        if i == cap {
+            i = 0;
+        }
+    }
+    Fast::Slow
+}
+
 // ---------------------------------------------------------------------- shard operations
+
+fn is_handle(w: u64) -> bool {
+    w >> 56 == HANDLE_MARK >> 56
+}
+
+fn bits_of(h: Handle) -> [u64; 2] {
+    let b = h.to_bits();
+    [b as u64, (b >> 64) as u64]
+}
+
+fn handle_of(b: [u64; 2]) -> Handle {
+    Handle::from_bits(u128::from(b[0]) | u128::from(b[1]) << 64)
+}
 
 impl Ctx<'_> {
     fn guard(&self) -> Result<&MutexGuard<'_, Option<Arena<ShardSource>>>, Error> {
@@ -716,124 +881,96 @@ impl Ctx<'_> {
             .ok_or(Error::Corrupt("arena"))
     }
 
-    fn intent(&self) -> *mut Intent {
-        self.shard.intent.get()
-    }
-
-    /// Writes the shard's intent record.
+    /// Writes the shard's intent record (then a release fence: the fields written by one
+    /// call reach memory before those of the next).
     fn set_intent(&self, f: impl FnOnce(&mut Intent)) {
         // SAFETY: the intent lies in this shard, whose write lock the caller holds (no other
         // thread or process reads or writes it meanwhile); it is plain integers.
-        f(unsafe { &mut *self.intent() });
+        f(unsafe { &mut *self.shard.intent.get() });
         fence(Ordering::Release);
     }
 
-    /// Reads the shard's intent record.
-    fn get_intent(&self) -> IntentCopy {
+    /// A copy of the shard's intent record.
+    fn get_intent(&self) -> Intent {
         // SAFETY: as in `set_intent` (a read lock holder only reads `op`, via `read`).
-        let it = unsafe { &*self.intent() };
-        IntentCopy {
-            op: it.op,
-            step: it.step,
-            slot: it.slot as usize,
-            kw: it.kw,
-            new: it.new,
-            old: it.old,
-            rec: it.rec,
-            old_table: it.old_table,
-            new_table: it.new_table,
-        }
+        unsafe { *self.shard.intent.get() }
     }
 
-    /// The shard's slot array: address, capacity and log2(capacity), validated.
-    fn table_raw(&self) -> Result<(*mut Slot, usize, u32), Error> {
-        let d = self.shard.table.load(Ordering::Relaxed);
-        let log = (d >> CAP_SHIFT) as u32;
-        if !(MIN_CAP_LOG..=40).contains(&log) {
-            return Err(Error::Corrupt("table capacity"));
+    /// The shard's slots (the caller holds the shard's read or write lock).
+    fn table(&self) -> Result<&[Slot], Error> {
+        self.map
+            .slots(self.shard.table.load(Ordering::Relaxed))
+            .ok_or(Error::Corrupt("shard table outside the region"))
+    }
+
+    /// The value word naming the blob whose first chunk is `h`.
+    fn blob_word(&self, h: Handle) -> Result<u64, Error> {
+        let p = self.arena()?.bytes(h)?.as_ptr();
+        let off = self.map.region.offset_of(p);
+        if off > LOW56 {
+            return Err(Error::Corrupt("blob offset"));
         }
-        let off = d & OFF_MASK;
-        let cap = 1usize << log;
-        if off % 8 != 0 {
-            return Err(Error::Corrupt("table offset"));
+        Ok(HANDLE_MARK | off)
+    }
+
+    /// The arena handle of the blob that value word `w` names: read from the blob's first
+    /// 16 bytes and checked to name that very chunk.
+    fn word_handle(&self, w: u64) -> Result<Handle, Error> {
+        if !is_handle(w) {
+            return Err(Error::Corrupt("expected a handle word"));
         }
+        let off = w & LOW56;
         let p = self
             .map
             .region
-            .ptr(off, cap as u64 * SLOT)
-            .ok_or(Error::Corrupt("table outside the region"))?;
-        Ok((p as *mut Slot, cap, log))
-    }
-
-    /// The shard's slots, to read (the caller holds the shard's read or write lock).
-    fn table(&self) -> Result<(&[Slot], u32), Error> {
-        let (p, cap, log) = self.table_raw()?;
-        // SAFETY: `cap` slots inside the mapping, aligned to 8; under the shard's lock no
-        // writer changes them while the slice lives (readers only share it).
-        Ok((unsafe { std::slice::from_raw_parts(p, cap) }, log))
-    }
-
-    /// The shard's slots, to write (`&mut self`: only the write lock's holder has a
-    /// mutable context).
-    fn table_mut(&mut self) -> Result<&mut [Slot], Error> {
-        let (p, cap, _) = self.table_raw()?;
-        // SAFETY: as in `table`, and the write lock excludes every other reader and writer.
-        Ok(unsafe { std::slice::from_raw_parts_mut(p, cap) })
-    }
-
-    fn handle_word(&self, h: Handle) -> Word {
-        if self.shard.tag_known.load(Ordering::Relaxed) == 0 {
-            self.shard
-                .arena_tag
-                .store((h.to_bits() >> 96) as u64, Ordering::Relaxed);
-            self.shard.tag_known.store(1, Ordering::Release);
+            .ptr(off, 16)
+            .ok_or(Error::Corrupt("handle word outside the region"))?;
+        // SAFETY: 16 bytes inside the mapping (checked above); under the shard's lock, the
+        // live blob that the word names is not written meanwhile.
+        let bits = u128::from_le_bytes(unsafe { std::ptr::read_unaligned(p as *const [u8; 16]) });
+        let h = Handle::from_bits(bits);
+        if !std::ptr::eq(self.arena()?.bytes(h)?.as_ptr(), p) {
+            return Err(Error::Corrupt("handle word does not name its chunk"));
         }
-        [h.slab_index(), h.chunk_index(), h.generation(), HANDLE_MARK]
+        Ok(h)
     }
 
-    fn word_handle(&self, w: &Word) -> Result<Handle, Error> {
-        if w[3] != HANDLE_MARK {
-            return Err(Error::Corrupt("expected a handle word"));
+    /// The handle bits of the blob that `w` names, or zeros for an inline word.
+    fn word_bits(&self, w: u64) -> Result<[u64; 2], Error> {
+        if is_handle(w) {
+            Ok(bits_of(self.word_handle(w)?))
+        } else {
+            Ok([0; 2])
         }
-        let tag = self.shard.arena_tag.load(Ordering::Relaxed) as u32;
-        Ok(Handle::from_bits(
-            (tag as u128) << 96 | (w[2] as u128) << 64 | (w[0] as u128) << 32 | w[1] as u128,
-        ))
     }
 
-    fn with_word<R>(&self, w: &Word, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let n = w[3] as usize;
-        if n <= INLINE_MAX {
-            Ok(f(&bytemuck::cast_slice::<u32, u8>(&w[..3])[..n]))
+    fn with_word<R>(&self, w: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
+        if let Some((b, n)) = unpack7(w) {
+            Ok(f(&b[..n]))
         } else {
             let h = self.word_handle(w)?;
-            blob_with(self.arena()?, h, BLOB_PREFIX, f)
+            blob_with(self.arena()?, h, BLOB_HDR, f)
         }
     }
 
-    fn free_word(&mut self, w: &Word) {
-        if w[3] == HANDLE_MARK {
-            if let Ok(h) = self.word_handle(w) {
-                // A stale handle (already freed before a crash) is refused by the arena.
-                if let Ok(a) = self.arena_mut() {
-                    let _ = a.dec_ref(h);
-                }
-            }
+    /// Releases the blob `bits` names (a stale handle, already freed before a crash, is
+    /// refused by the arena's generation check).
+    fn free_bits(&mut self, bits: [u64; 2]) {
+        if let Ok(a) = self.arena_mut() {
+            let _ = a.dec_ref(handle_of(bits));
         }
     }
 
-    fn rec_value(&self, rec: &Word) -> Result<Word, Error> {
+    fn rec_value(&self, rec: u64) -> Result<u64, Error> {
         let h = self.word_handle(rec)?;
         let b = self.arena()?.bytes(h)?;
         let s = b
-            .get(BLOB_PREFIX..BLOB_PREFIX + REC_HDR)
+            .get(BLOB_HDR..BLOB_HDR + REC_HDR)
             .ok_or(Error::Corrupt("record shorter than its header"))?;
-        let mut w: Word = [0; 4];
-        bytemuck::bytes_of_mut(&mut w).copy_from_slice(s);
-        Ok(w)
+        Ok(u64::from_le_bytes(s.try_into().unwrap_or([0xFF; 8])))
     }
 
-    fn rec_key_eq(&self, rec: &Word, key: &[u8]) -> Result<bool, Error> {
+    fn rec_key_eq(&self, rec: u64, key: &[u8]) -> Result<bool, Error> {
         let h = self.word_handle(rec)?;
         let mut pos = 0usize;
         let mut eq = true;
@@ -850,41 +987,76 @@ impl Ctx<'_> {
     }
 
     fn find(&self, kw: u64, key: &[u8]) -> Result<Found, Error> {
-        let (slots, log) = self.table()?;
-        let mask = slots.len() - 1;
-        let mut i = mix(kw, log);
+        let slots = self.table()?;
+        let cap = slots.len();
+        let mut i = home(kw, cap);
         let mut vacant = None;
-        for _ in 0..slots.len() {
-            let s = slots[i];
-            if s.kw == EMPTY {
+        for _ in 0..cap {
+            let s = &slots[i];
+            let k = s.kw.load(Ordering::Relaxed);
+            if k == EMPTY {
                 return Ok(Found::Vacant(vacant.unwrap_or(i)));
             }
-            if s.kw == TOMB {
+            if k == TOMB {
                 vacant.get_or_insert(i);
-            } else if s.kw == kw {
+            } else if k == kw {
+                let vw = s.vw.load(Ordering::Relaxed);
                 if kw & LONG_KEY == 0 {
-                    return Ok(Found::At(i, s.vw, None));
+                    return Ok(Found::At(i, vw, None));
                 }
-                if self.rec_key_eq(&s.vw, key)? {
-                    let v = self.rec_value(&s.vw)?;
-                    return Ok(Found::At(i, s.vw, Some(v)));
+                if self.rec_key_eq(vw, key)? {
+                    let v = self.rec_value(vw)?;
+                    return Ok(Found::At(i, vw, Some(v)));
                 }
             }
-            i = (i + 1) & mask;
+            i += 1;
+            if i == cap {
+                i = 0;
+            }
         }
         vacant
             .map(Found::Vacant)
             .ok_or(Error::Corrupt("table has no empty slot"))
     }
 
-    fn encode_value(&mut self, v: &[u8]) -> Result<Word, Error> {
+    /// Fills the intent's fields for an update or delete of the entry found at slot `i`
+    /// (slot value word `slotw`, and for a long key its record's value word `rec`); returns
+    /// the old value's handle bits.
+    fn record_old(
+        &self,
+        i: usize,
+        kw: u64,
+        slotw: u64,
+        rec: Option<u64>,
+        step: u64,
+    ) -> Result<[u64; 2], Error> {
+        let old = rec.unwrap_or(slotw);
+        let old_h = self.word_bits(old)?;
+        let rec_h = if rec.is_some() {
+            self.word_bits(slotw)?
+        } else {
+            [0; 2]
+        };
+        self.set_intent(|it| {
+            it.step = step;
+            it.kw = kw;
+            it.slot = i as u64;
+            it.old = old;
+            it.old_h = old_h;
+            it.rec = if rec.is_some() { slotw } else { NONE_W };
+            it.rec_h = rec_h;
+            it.new = NONE_W;
+        });
+        Ok(old_h)
+    }
+
+    /// A value's word and, for a blob, its handle bits.
+    fn encode_value(&mut self, v: &[u8]) -> Result<(u64, [u64; 2]), Error> {
         if v.len() <= INLINE_MAX {
-            let mut w: Word = [0, 0, 0, v.len() as u32];
-            bytemuck::cast_slice_mut::<u32, u8>(&mut w[..3])[..v.len()].copy_from_slice(v);
-            Ok(w)
+            Ok((pack7(v), [0; 2]))
         } else {
             let h = blob_alloc(self.arena_mut()?, &[v])?;
-            Ok(self.handle_word(h))
+            Ok((self.blob_word(h)?, bits_of(h)))
         }
     }
 
@@ -896,77 +1068,80 @@ impl Ctx<'_> {
         want: bool,
     ) -> Result<(bool, Option<Vec<u8>>), Error> {
         let mut found = self.find(kw, key)?;
-        if let Found::Vacant(_) = found {
-            let (slots, _) = self.table()?;
-            let used = self.shard.used.load(Ordering::Relaxed) as usize;
-            if (used + 1) * 4 > slots.len() * 3 {
-                let len = self.shard.len.load(Ordering::Relaxed) as usize;
-                let cap = if (len + 1) * 2 > slots.len() {
-                    slots.len() * 2
-                } else {
-                    slots.len()
-                };
-                self.rebuild(cap)?;
+        if let Found::Vacant(i) = found {
+            let slots = self.table()?;
+            let cap = slots.len() as u64;
+            let used = self.shard.used.load(Ordering::Relaxed);
+            let onto_tomb = slots[i].kw.load(Ordering::Relaxed) == TOMB;
+            if !onto_tomb && (used + 1) * 1000 > cap * MAX_LOAD {
+                let len = self.shard.len.load(Ordering::Relaxed);
+                self.rebuild(cap_for(len + 1))?;
                 found = self.find(kw, key)?;
             }
         }
-        self.set_intent(|it| {
-            it.step = 0;
-            it.kw = kw;
-            it.new = NONE_WORD;
-            it.rec = NONE_WORD;
-            it.old = NONE_WORD;
-        });
+        let short = kw & LONG_KEY == 0 && value.len() <= INLINE_MAX;
         match found {
             Found::At(i, slotw, rec) => {
                 let old = rec.unwrap_or(slotw);
                 let out = if want {
-                    Some(self.with_word(&old, <[u8]>::to_vec)?)
+                    Some(self.with_word(old, <[u8]>::to_vec)?)
                 } else {
                     None
                 };
-                self.set_intent(|it| {
-                    it.slot = i as u64;
-                    it.old = old;
-                    it.rec = if rec.is_some() { slotw } else { NONE_WORD };
-                });
+                if short && !is_handle(old) {
+                    // Nothing to allocate or free: one store is the whole update.
+                    self.table()?[i].vw.store(pack7(value), Ordering::Release);
+                    return Ok((true, out));
+                }
+                let old_h = self.record_old(i, kw, slotw, rec, 0)?;
                 // The op last: recovery must never see it with stale fields.
                 self.set_intent(|it| it.op = OP_UPDATE);
-                fence(Ordering::Release);
-                let vw = self.encode_value(value)?;
+                let (vw, vh) = self.encode_value(value)?;
+                // The handle before the word: recovery frees `new_h` only once `new` is set.
+                self.set_intent(|it| it.new_h = vh);
                 self.set_intent(|it| it.new = vw);
-                fence(Ordering::Release);
                 self.set_intent(|it| it.step = 1);
-                fence(Ordering::Release);
                 self.apply_update()?;
-                fence(Ordering::Release);
                 self.set_intent(|it| it.step = 2);
-                fence(Ordering::Release);
-                self.free_word(&old);
-                fence(Ordering::Release);
+                if is_handle(old) {
+                    self.free_bits(old_h);
+                }
                 self.set_intent(|it| it.op = OP_NONE);
                 Ok((true, out))
             }
             Found::Vacant(i) => {
+                if short {
+                    // The value word, then the key word: one store commits the insert.
+                    let s = &self.table()?[i];
+                    let was_empty = s.kw.load(Ordering::Relaxed) == EMPTY;
+                    s.vw.store(pack7(value), Ordering::Relaxed);
+                    s.kw.store(kw, Ordering::Release);
+                    bump(&self.shard.len, 1);
+                    if was_empty {
+                        bump(&self.shard.used, 1);
+                    }
+                    return Ok((false, None));
+                }
                 self.set_intent(|it| {
+                    it.step = 0;
+                    it.kw = kw;
                     it.slot = i as u64;
+                    it.new = NONE_W;
+                    it.rec = NONE_W;
+                    it.old = NONE_W;
                 });
-                // The op last: recovery must never see it with stale fields.
                 self.set_intent(|it| it.op = OP_INSERT);
-                fence(Ordering::Release);
-                let vw = self.encode_value(value)?;
+                let (vw, vh) = self.encode_value(value)?;
+                self.set_intent(|it| it.new_h = vh);
                 self.set_intent(|it| it.new = vw);
-                fence(Ordering::Release);
                 if kw & LONG_KEY != 0 {
-                    let r = blob_alloc(self.arena_mut()?, &[bytemuck::bytes_of(&vw), key])?;
-                    let rw = self.handle_word(r);
+                    let r = blob_alloc(self.arena_mut()?, &[&vw.to_le_bytes(), key])?;
+                    let rw = self.blob_word(r)?;
+                    self.set_intent(|it| it.rec_h = bits_of(r));
                     self.set_intent(|it| it.rec = rw);
                 }
-                fence(Ordering::Release);
                 self.set_intent(|it| it.step = 1);
-                fence(Ordering::Release);
                 self.apply_insert()?;
-                fence(Ordering::Release);
                 self.set_intent(|it| it.op = OP_NONE);
                 Ok((false, None))
             }
@@ -975,28 +1150,28 @@ impl Ctx<'_> {
 
     /// Step 1 of an insert (idempotent: also the redo on recovery).
     fn apply_insert(&mut self) -> Result<(), Error> {
-        let IntentCopy {
-            slot: i,
-            kw,
-            new,
-            rec,
-            ..
-        } = self.get_intent();
-        let slots = self.table_mut()?;
-        let s = slots.get_mut(i).ok_or(Error::Corrupt("intent slot"))?;
-        if s.kw == kw {
+        let it = self.get_intent();
+        let slots = self.table()?;
+        let s = slots
+            .get(it.slot as usize)
+            .ok_or(Error::Corrupt("intent slot"))?;
+        let k = s.kw.load(Ordering::Relaxed);
+        if k == it.kw {
             return Ok(()); // already committed
         }
-        let was_empty = s.kw == EMPTY;
-        s.vw = if kw & LONG_KEY != 0 { rec } else { new };
-        fence(Ordering::Release);
-        // The commit point: one aligned 8-byte store.
-        // SAFETY: `s.kw` is an aligned u64 in the mapping; AtomicU64 has its layout.
-        unsafe {
-            (*(std::ptr::addr_of_mut!(s.kw) as *const AtomicU64)).store(kw, Ordering::Release)
+        if k != EMPTY && k != TOMB {
+            return Err(Error::Corrupt("intent slot is taken"));
+        }
+        let vw = if it.kw & LONG_KEY != 0 {
+            it.rec
+        } else {
+            it.new
         };
+        s.vw.store(vw, Ordering::Relaxed);
+        // The commit point: one aligned 8-byte store.
+        s.kw.store(it.kw, Ordering::Release);
         bump(&self.shard.len, 1);
-        if was_empty {
+        if k == EMPTY {
             bump(&self.shard.used, 1);
         }
         Ok(())
@@ -1004,16 +1179,18 @@ impl Ctx<'_> {
 
     /// Step 1 of an update (idempotent).
     fn apply_update(&mut self) -> Result<(), Error> {
-        let IntentCopy {
-            slot: i, new, rec, ..
-        } = self.get_intent();
-        if rec[3] == HANDLE_MARK {
-            let h = self.word_handle(&rec)?;
+        let it = self.get_intent();
+        if it.rec != NONE_W {
+            let h = handle_of(it.rec_h);
             self.arena_mut()?
-                .write(h, BLOB_PREFIX, bytemuck::bytes_of(&new))?;
+                .write(h, BLOB_HDR, &it.new.to_le_bytes())?;
         } else {
-            let slots = self.table_mut()?;
-            slots.get_mut(i).ok_or(Error::Corrupt("intent slot"))?.vw = new;
+            let slots = self.table()?;
+            slots
+                .get(it.slot as usize)
+                .ok_or(Error::Corrupt("intent slot"))?
+                .vw
+                .store(it.new, Ordering::Release);
         }
         Ok(())
     }
@@ -1024,111 +1201,122 @@ impl Ctx<'_> {
         };
         let old = rec.unwrap_or(slotw);
         let out = if want {
-            Some(self.with_word(&old, <[u8]>::to_vec)?)
+            Some(self.with_word(old, <[u8]>::to_vec)?)
         } else {
             None
         };
-        self.set_intent(|it| {
-            it.slot = i as u64;
-            it.kw = kw;
-            it.old = old;
-            it.rec = if rec.is_some() { slotw } else { NONE_WORD };
-            it.new = NONE_WORD;
-            it.step = 1;
-        });
-        // The op last: recovery must never see it with stale fields.
-        self.set_intent(|it| it.op = OP_DELETE);
-        fence(Ordering::Release);
-        self.apply_delete()?;
-        fence(Ordering::Release);
-        self.set_intent(|it| it.step = 2);
-        fence(Ordering::Release);
-        self.free_word(&old);
-        if rec.is_some() {
-            self.free_word(&slotw);
+        if rec.is_none() && !is_handle(old) {
+            // Nothing to free: the key word's store is the whole delete.
+            self.delete_slot(i)?;
+        } else {
+            let old_h = self.record_old(i, kw, slotw, rec, 1)?;
+            // The op last: recovery must never see it with stale fields.
+            self.set_intent(|it| it.op = OP_DELETE);
+            self.apply_delete()?;
+            self.set_intent(|it| it.step = 2);
+            if is_handle(old) {
+                self.free_bits(old_h);
+            }
+            if rec.is_some() {
+                let rec_h = self.get_intent().rec_h;
+                self.free_bits(rec_h);
+            }
+            self.set_intent(|it| it.op = OP_NONE);
         }
-        fence(Ordering::Release);
-        self.set_intent(|it| it.op = OP_NONE);
-        let (slots, _) = self.table()?;
-        let len = self.shard.len.load(Ordering::Relaxed) as usize;
-        if slots.len() > 1 << MIN_CAP_LOG && len * 8 < slots.len() {
-            self.rebuild(slots.len() / 2)?;
+        let cap = self.table()?.len() as u64;
+        let len = self.shard.len.load(Ordering::Relaxed);
+        if cap > MIN_CAP && len * 1000 < cap * MIN_LOAD && cap_for(len) < cap {
+            self.rebuild(cap_for(len))?;
         }
         Ok((true, out))
     }
 
+    /// Empties slot `i` (a live entry): TOMB, or EMPTY when the next slot is EMPTY (then
+    /// the tombstones just before it end at an EMPTY slot too, and become EMPTY). Every
+    /// store leaves a valid table.
+    fn delete_slot(&mut self, i: usize) -> Result<(), Error> {
+        let slots = self.table()?;
+        let cap = slots.len();
+        let next = if i + 1 == cap { 0 } else { i + 1 };
+        if slots[next].kw.load(Ordering::Relaxed) == EMPTY {
+            slots[i].kw.store(EMPTY, Ordering::Release);
+            let mut freed = 1u64;
+            let mut j = i;
+            loop {
+                j = if j == 0 { cap - 1 } else { j - 1 };
+                if slots[j].kw.load(Ordering::Relaxed) != TOMB {
+                    break;
+                }
+                slots[j].kw.store(EMPTY, Ordering::Release);
+                freed += 1;
+            }
+            bump(&self.shard.used, freed.wrapping_neg());
+        } else {
+            slots[i].kw.store(TOMB, Ordering::Release);
+        }
+        bump(&self.shard.len, u64::MAX);
+        Ok(())
+    }
+
+    /// Step 1 of a delete (idempotent).
     fn apply_delete(&mut self) -> Result<(), Error> {
-        let IntentCopy { slot: i, kw, .. } = self.get_intent();
-        let slots = self.table_mut()?;
-        let mask = slots.len() - 1;
-        let next_empty = slots[(i + 1) & mask].kw == EMPTY;
-        let s = slots.get_mut(i).ok_or(Error::Corrupt("intent slot"))?;
-        if s.kw != kw {
+        let it = self.get_intent();
+        let i = it.slot as usize;
+        let slots = self.table()?;
+        let s = slots.get(i).ok_or(Error::Corrupt("intent slot"))?;
+        if s.kw.load(Ordering::Relaxed) != it.kw {
             return Ok(()); // already done
         }
-        // A slot followed by an EMPTY one ends every probe through it: it may become EMPTY.
-        let to = if next_empty { EMPTY } else { TOMB };
-        // SAFETY: as in `apply_insert`.
-        unsafe {
-            (*(std::ptr::addr_of_mut!(s.kw) as *const AtomicU64)).store(to, Ordering::Release)
-        };
-        bump(&self.shard.len, u64::MAX);
-        if to == EMPTY {
-            bump(&self.shard.used, u64::MAX);
-        }
-        Ok(())
+        self.delete_slot(i)
     }
 
     /// Moves the live entries into a new slot array of `cap` slots (bounded by the shard's
     /// size), then publishes it with one store and frees the old array.
-    fn rebuild(&mut self, cap: usize) -> Result<(), Error> {
-        let (old, _) = self.table()?;
+    fn rebuild(&mut self, cap: u64) -> Result<(), Error> {
+        if cap > MAX_CAP {
+            return Err(Error::InvalidOptions(
+                "a shard holds at most 2^28 slots: use more shards",
+            ));
+        }
+        let old = self.table()?;
         let old_desc = self.shard.table.load(Ordering::Relaxed);
-        let log = cap.trailing_zeros();
         self.set_intent(|it| {
-            it.old_table = old_desc & OFF_MASK;
+            it.old_table = old_desc;
             it.new_table = 0;
             it.step = 0;
         });
         // The op last: recovery must never see it with stale fields.
         self.set_intent(|it| it.op = OP_REBUILD);
-        fence(Ordering::Release);
         let region = &self.map.region;
-        let t = region.alloc(cap as u64 * SLOT, 64)?;
-        let desc = t | (u64::from(log) << CAP_SHIFT);
+        let t = new_table(region, cap)?;
+        let desc = table_desc(t, cap);
         self.set_intent(|it| it.new_table = desc);
-        fence(Ordering::Release);
-        let p = region
-            .ptr(t, cap as u64 * SLOT)
-            .ok_or(Error::Corrupt("new table"))?;
-        // SAFETY: a fresh block of `cap` slots.
-        let new = unsafe { std::slice::from_raw_parts_mut(p as *mut Slot, cap) };
-        new.fill(Slot {
-            kw: EMPTY,
-            vw: NONE_WORD,
-        });
+        let new = self.map.slots(desc).ok_or(Error::Corrupt("new table"))?;
+        let cap = cap as usize;
         let mut n = 0u64;
-        for s in old.iter() {
-            if s.kw == EMPTY || s.kw == TOMB {
+        for s in old {
+            let k = s.kw.load(Ordering::Relaxed);
+            if k == EMPTY || k == TOMB {
                 continue;
             }
-            let mut i = mix(s.kw, log);
-            while new[i].kw != EMPTY {
-                i = (i + 1) & (cap - 1);
+            let mut i = home(k, cap);
+            while new[i].kw.load(Ordering::Relaxed) != EMPTY {
+                i += 1;
+                if i == cap {
+                    i = 0;
+                }
             }
-            new[i] = *s;
+            new[i]
+                .vw
+                .store(s.vw.load(Ordering::Relaxed), Ordering::Relaxed);
+            new[i].kw.store(k, Ordering::Relaxed);
             n += 1;
         }
-        fence(Ordering::Release);
         self.set_intent(|it| it.step = 1);
-        fence(Ordering::Release);
         self.shard.table.store(desc, Ordering::Release);
         self.shard.used.store(n, Ordering::Relaxed);
-        fence(Ordering::Release);
         self.set_intent(|it| it.step = 2);
-        fence(Ordering::Release);
-        let _ = region.free(old_desc & OFF_MASK);
-        fence(Ordering::Release);
+        let _ = region.free(desc_parts(old_desc).0);
         self.set_intent(|it| it.op = OP_NONE);
         Ok(())
     }
@@ -1136,108 +1324,118 @@ impl Ctx<'_> {
     /// Repairs the shard after its previous writer died: finishes (redo) or rolls back
     /// (undo) the operation its intent records, then recounts the shard.
     fn recover(&mut self) -> Result<(), Error> {
-        let IntentCopy {
-            op,
-            step,
-            new,
-            old,
-            rec,
-            old_table: old_t,
-            new_table: new_t,
-            ..
-        } = self.get_intent();
-        match (op, step) {
+        let it = self.get_intent();
+        let blob = |w: u64| w != NONE_W && is_handle(w);
+        match (it.op, it.step) {
             (OP_NONE, _) => {}
             (OP_INSERT, 0) => {
                 // Not committed: roll back what was allocated.
-                self.free_word(&new);
-                self.free_word(&rec);
+                if blob(it.new) {
+                    self.free_bits(it.new_h);
+                }
+                if it.rec != NONE_W {
+                    self.free_bits(it.rec_h);
+                }
             }
             (OP_INSERT, _) => self.apply_insert()?,
-            (OP_UPDATE, 0) => self.free_word(&new),
-            (OP_UPDATE, 1) => {
-                self.apply_update()?;
-                self.free_word(&old);
+            (OP_UPDATE, 0) => {
+                if blob(it.new) {
+                    self.free_bits(it.new_h);
+                }
             }
-            (OP_UPDATE, _) => self.free_word(&old),
+            (OP_UPDATE, s) => {
+                if s == 1 {
+                    self.apply_update()?;
+                }
+                if blob(it.old) {
+                    self.free_bits(it.old_h);
+                }
+            }
             (OP_DELETE, s) => {
                 if s <= 1 {
                     self.apply_delete()?;
                 }
-                self.free_word(&old);
-                self.free_word(&rec);
+                if blob(it.old) {
+                    self.free_bits(it.old_h);
+                }
+                if it.rec != NONE_W {
+                    self.free_bits(it.rec_h);
+                }
             }
             (OP_REBUILD, 0) => {
-                if new_t != 0 {
-                    let _ = self.map.region.free(new_t & OFF_MASK);
+                if it.new_table != 0 {
+                    let _ = self.map.region.free(desc_parts(it.new_table).0);
                 }
             }
             (OP_REBUILD, 1) => {
                 // The new table was complete: publish it (again) and free the old one.
-                self.shard.table.store(new_t, Ordering::Release);
-                let _ = self.map.region.free(old_t);
+                self.shard.table.store(it.new_table, Ordering::Release);
+                let _ = self.map.region.free(desc_parts(it.old_table).0);
             }
             // Step 2: the old table may already be freed; leaking it is the safe choice.
             (OP_REBUILD, _) => {}
             _ => return Err(Error::Corrupt("unknown intent")),
         }
-        fence(Ordering::Release);
-        // SAFETY: write lock held.
         self.set_intent(|it| it.op = OP_NONE);
         // Recount (O(shard)).
-        let (slots, _) = self.table()?;
-        let (mut len, mut used) = (0u64, 0u64);
-        for s in slots.iter() {
-            if s.kw != EMPTY {
-                used += 1;
-                if s.kw != TOMB {
-                    len += 1;
-                }
-            }
-        }
+        let (len, used) = self.count()?;
         self.shard.len.store(len, Ordering::Relaxed);
         self.shard.used.store(used, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Live entries and used slots (live + tombstones) of the table.
+    fn count(&self) -> Result<(u64, u64), Error> {
+        let (mut len, mut used) = (0u64, 0u64);
+        for s in self.table()? {
+            let k = s.kw.load(Ordering::Relaxed);
+            if k != EMPTY {
+                used += 1;
+                if k != TOMB {
+                    len += 1;
+                }
+            }
+        }
+        Ok((len, used))
+    }
+
     fn for_each(&self, f: &mut impl FnMut(&[u8], &[u8])) -> Result<(), Error> {
-        let (slots, _) = self.table()?;
-        for s in slots.iter() {
-            if s.kw == EMPTY || s.kw == TOMB {
+        for s in self.table()? {
+            let k = s.kw.load(Ordering::Relaxed);
+            if k == EMPTY || k == TOMB {
                 continue;
             }
-            if s.kw & LONG_KEY == 0 {
-                let b = s.kw.to_le_bytes();
-                let n = b[7] as usize;
-                if n > 7 {
-                    return Err(Error::Corrupt("short key length"));
-                }
-                self.with_word(&s.vw, |v| f(&b[..n], v))?;
+            let vw = s.vw.load(Ordering::Relaxed);
+            if k & LONG_KEY == 0 {
+                let (b, n) = unpack7(k).ok_or(Error::Corrupt("short key length"))?;
+                self.with_word(vw, |v| f(&b[..n], v))?;
             } else {
-                let h = self.word_handle(&s.vw)?;
+                let h = self.word_handle(vw)?;
                 let mut key = Vec::new();
                 blob_pieces(self.arena()?, h, REC_HDR, |p| {
                     key.extend_from_slice(p);
                     true
                 })?;
-                let v = self.rec_value(&s.vw)?;
-                self.with_word(&v, |v| f(&key, v))?;
+                let v = self.rec_value(vw)?;
+                self.with_word(v, |v| f(&key, v))?;
             }
         }
         Ok(())
     }
 
     fn check(&self) -> Result<(), Error> {
-        let (slots, _) = self.table()?;
-        let live = slots
-            .iter()
-            .filter(|s| s.kw != EMPTY && s.kw != TOMB)
-            .count();
-        if live as u64 != self.shard.len.load(Ordering::Relaxed) {
+        let cap = self.table()?.len() as u64;
+        let (len, used) = self.count()?;
+        if len != self.shard.len.load(Ordering::Relaxed) {
             return Err(Error::Corrupt("shard length does not match its table"));
         }
-        if !slots.iter().any(|s| s.kw == EMPTY) {
-            return Err(Error::Corrupt("shard table has no empty slot"));
+        if used != self.shard.used.load(Ordering::Relaxed) {
+            return Err(Error::Corrupt(
+                "shard's used count does not match its table",
+            ));
+        }
+        if used * 1000 > cap * MAX_LOAD {
+            return Err(Error::Corrupt("shard table fuller than its maximum load"));
         }
         self.arena()?.check()?;
         Ok(())
@@ -1246,16 +1444,17 @@ impl Ctx<'_> {
 
 // ---------------------------------------------------------------------- blobs
 
-/// Stores the concatenation of `parts` as a blob: an 8-byte length, then the bytes, in one
-/// chunk or a chain of chunks.
+/// Stores the concatenation of `parts` as a blob: the first chunk's own handle (16 bytes),
+/// an 8-byte length, then the bytes, in one chunk or a chain of chunks.
 fn blob_alloc(arena: &mut Arena<ShardSource>, parts: &[&[u8]]) -> Result<Handle, Error> {
     let content: usize = parts.iter().map(|p| p.len()).sum();
-    let prefix = (content as u64).to_le_bytes();
+    let mut prefix = [0u8; BLOB_HDR];
+    prefix[16..].copy_from_slice(&(content as u64).to_le_bytes());
     let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
     all.push(&prefix);
     all.extend_from_slice(parts);
     let (mut pi, mut po) = (0usize, 0usize);
-    let mut remaining = BLOB_PREFIX + content;
+    let mut remaining = BLOB_HDR + content;
     let max = arena.config().slab_size;
     let mut head: Option<Handle> = None;
     let mut tail: Option<Handle> = None;
@@ -1288,8 +1487,13 @@ fn blob_alloc(arena: &mut Arena<ShardSource>, parts: &[&[u8]]) -> Result<Handle,
         }
         Ok(())
     })();
+    let r = r.and_then(|()| {
+        let h = head.ok_or(Error::Corrupt("empty blob"))?;
+        arena.write(h, 0, &h.to_bits().to_le_bytes())?;
+        Ok(h)
+    });
     match r {
-        Ok(()) => head.ok_or(Error::Corrupt("empty blob")),
+        Ok(h) => Ok(h),
         Err(e) => {
             if let Some(h) = head {
                 let _ = arena.dec_ref(h);
@@ -1308,13 +1512,9 @@ fn blob_pieces(
     mut visit: impl FnMut(&[u8]) -> bool,
 ) -> Result<usize, Error> {
     let first = arena.bytes(h)?;
-    if first.len() < BLOB_PREFIX {
-        return Err(Error::Corrupt("blob shorter than its prefix"));
-    }
-    let total = u64::from_le_bytes(first[..BLOB_PREFIX].try_into().unwrap_or([0; 8]));
-    let total = usize::try_from(total).map_err(|_| Error::Corrupt("blob length"))?;
+    let total = blob_len(first)?;
     let mut left = total;
-    let mut piece = &first[BLOB_PREFIX..];
+    let mut piece = &first[BLOB_HDR..];
     let mut h = h;
     loop {
         let n = piece.len().min(left);
@@ -1343,8 +1543,17 @@ fn blob_pieces(
     }
 }
 
-/// Calls `f` with a blob's content past `skip` bytes of the first chunk... (the whole
-/// content): borrowed if it is in one chunk, else gathered.
+/// The content length of a blob, from its first chunk.
+fn blob_len(first: &[u8]) -> Result<usize, Error> {
+    let b = first
+        .get(16..BLOB_HDR)
+        .ok_or(Error::Corrupt("blob shorter than its header"))?;
+    let total = u64::from_le_bytes(b.try_into().unwrap_or([0xFF; 8]));
+    usize::try_from(total).map_err(|_| Error::Corrupt("blob length"))
+}
+
+/// Calls `f` with a blob's content (`prefix` is the header's size): borrowed if it is in one
+/// chunk, else gathered.
 fn blob_with<R>(
     arena: &Arena<ShardSource>,
     h: Handle,
@@ -1352,11 +1561,9 @@ fn blob_with<R>(
     f: impl FnOnce(&[u8]) -> R,
 ) -> Result<R, Error> {
     let first = arena.bytes(h)?;
-    if first.len() >= prefix {
-        let total = u64::from_le_bytes(first[..BLOB_PREFIX].try_into().unwrap_or([0; 8]));
-        if total <= (first.len() - prefix) as u64 {
-            return Ok(f(&first[prefix..prefix + total as usize]));
-        }
+    let total = blob_len(first)?;
+    if first.len() >= prefix && total <= first.len() - prefix {
+        return Ok(f(&first[prefix..prefix + total]));
     }
     let mut v = Vec::new();
     blob_pieces(arena, h, 0, |p| {

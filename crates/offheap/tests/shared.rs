@@ -116,10 +116,12 @@ fn threads_share_one_map() {
 
 const CHILD: &str = "OFFHEAP_CHILD";
 
-fn val(k: u32) -> [u8; 8] {
-    let mut v = [0u8; 8];
+/// A 7-byte value (stored inline in the slot: the writer that is killed does not use the
+/// arena, whose internals are not crash-consistent; see docs/concurrency.md).
+fn val(k: u32) -> [u8; 7] {
+    let mut v = [0u8; 7];
     v[..4].copy_from_slice(&k.to_le_bytes());
-    v[4..].copy_from_slice(&(!k).to_le_bytes());
+    v[4..].copy_from_slice(&(!k).to_le_bytes()[..3]);
     v
 }
 
@@ -186,6 +188,15 @@ fn child_entry() {
                 if i >= 500 {
                     m.delete(&(round | (i - 500)).to_le_bytes()).unwrap();
                 }
+            }
+        }
+        // Inserts forever (inline keys and values, no deletes): the shard tables keep
+        // growing, so kills land in table rebuilds too.
+        "grower" => {
+            let round = a << 24;
+            for i in 0u32.. {
+                m.put(&(round | i).to_le_bytes(), &(round | i).to_le_bytes())
+                    .unwrap();
             }
         }
         r => panic!("unknown role {r}"),
@@ -278,6 +289,27 @@ fn processes_on_overlapping_keys() {
     m.check().unwrap();
 }
 
+/// Runs child `role` for round `round` and SIGKILLs it after `base` to `base + spread` ms
+/// (a pseudo-random draw from the state `x`).
+fn spawn_and_kill(
+    role: &str,
+    path: &std::path::Path,
+    round: u32,
+    x: &mut u64,
+    base: u64,
+    spread: u64,
+) {
+    let mut c = spawn(role, path, round, 0);
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    std::thread::sleep(Duration::from_millis(base + (*x >> 33) % spread));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    let st = c.wait().unwrap();
+    assert!(!st.success(), "the {role} was meant to be killed");
+}
+
 #[cfg_attr(miri, ignore)]
 #[test]
 fn sigkilled_writer_is_recovered() {
@@ -288,15 +320,7 @@ fn sigkilled_writer_is_recovered() {
     let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(4)).unwrap();
     let mut x = 12345u64;
     for round in 1..=8u32 {
-        let mut c = spawn("writer", &path, round, 0);
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(30 + (x >> 33) % 200));
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-        let st = c.wait().unwrap();
-        assert!(!st.success(), "the writer was meant to be killed");
+        spawn_and_kill("writer", &path, round, &mut x, 30, 200);
         // The parent takes every lock (check reads every shard; a lock held by the dead
         // child is recovered, and the shard repaired) and finds consistent data.
         m.check().unwrap();
@@ -335,4 +359,137 @@ fn sigkilled_writer_is_recovered() {
     }
     // Kills land inside operations most of the time (the child does nothing else).
     eprintln!("shards repaired after kills: {}", m.recoveries());
+}
+
+/// A writer killed while the shard tables grow (rebuilds are a large part of its time):
+/// every completed put is there, the tables are consistent, and the map keeps working.
+#[cfg_attr(miri, ignore)]
+#[test]
+fn sigkilled_grower_is_recovered() {
+    let _w = watchdog(Duration::from_secs(150));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grow.map");
+    // Two shards: every rebuild copies half the map. The region is made large up front and
+    // keeps its free pages, so that its allocator (which is not crash-consistent: see
+    // docs/concurrency.md) does no system calls and the kills land in the rebuilds.
+    let region = offheap::mmap::RegionOptions::new()
+        .initial_size(256 << 20)
+        .release_threshold(1 << 40);
+    let m =
+        SharedMap::create_with(&path, &SharedMapOptions::new().shards(2).region(region)).unwrap();
+    let mut x = 99u64;
+    for round in 1..=8u32 {
+        spawn_and_kill("grower", &path, round, &mut x, 20, 150);
+        match m.check() {
+            Ok(()) => {}
+            // The known gap (docs/concurrency.md): a kill inside the region's block
+            // allocator (a rebuild allocates the new table and frees the old one) leaves
+            // its lists torn; it is detected and reported, never used. The map cannot go
+            // on from there.
+            Err(offheap::Error::Region(e)) => {
+                eprintln!("round {round}: killed inside the region allocator: {e}");
+                return;
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        let mut keys: Vec<u32> = Vec::new();
+        m.for_each(|k, v| {
+            assert_eq!(k, v, "torn value");
+            let k = u32::from_le_bytes(k.try_into().unwrap());
+            if k >> 24 == round {
+                keys.push(k & 0xFF_FFFF);
+            }
+        })
+        .unwrap();
+        keys.sort_unstable();
+        // Puts complete in order: the keys present are exactly 0..n (the put in flight
+        // when the kill came is either committed or absent).
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(k, i as u32, "round {round}: completed put {i} lost");
+        }
+        for &k in &keys {
+            let key = ((round << 24) | k).to_le_bytes();
+            assert_eq!(m.get(&key).unwrap(), Some(key.to_vec()));
+            assert!(m.delete(&key).unwrap());
+        }
+        assert_eq!(m.len(), 0, "round {round}");
+        m.check().unwrap();
+    }
+    eprintln!("shards repaired after kills: {}", m.recoveries());
+}
+
+/// Readers (optimistic for short keys) racing with writers that update values and insert
+/// and delete other keys (so that the tables grow, shrink and are rebuilt under the
+/// readers): a reader never misses a key that is always present, and never sees a torn
+/// or foreign value.
+#[test]
+fn optimistic_readers_race_with_rebuilds() {
+    let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(2)).unwrap();
+    let (fixed, rounds) = if cfg!(miri) { (8u32, 2u32) } else { (64, 100) };
+    for k in 0..fixed {
+        m.insert(&k.to_le_bytes(), &[0u8; 7]).unwrap();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..2u32 {
+            let (m, stop) = (&m, &stop);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 4 * fixed as u64 {
+                    let k = (n as u32 * 7 + t) % fixed;
+                    let v = m
+                        .get(&k.to_le_bytes())
+                        .unwrap()
+                        .expect("a fixed key was missed");
+                    assert_eq!(v.len(), 7);
+                    assert!(v.iter().all(|&b| b == v[0]), "torn value {v:?}");
+                    n += 1;
+                }
+            });
+        }
+        for r in 0..rounds {
+            let b = r as u8;
+            for k in 0..fixed {
+                m.put(&k.to_le_bytes(), &[b; 7]).unwrap();
+            }
+            // Grow, then shrink again: rebuilds while the readers read.
+            let extra: u32 = if cfg!(miri) { 40 } else { 2000 };
+            for k in 0..extra {
+                m.put(&(1_000_000 + k).to_le_bytes(), &[b; 3]).unwrap();
+            }
+            for k in 0..extra {
+                assert!(m.delete(&(1_000_000 + k).to_le_bytes()).unwrap());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(m.len(), fixed as usize);
+    m.check().unwrap();
+}
+
+/// A file of another SharedMap format version (version 1: 24-byte slots) is refused with a
+/// typed error, not misread.
+#[cfg_attr(miri, ignore)]
+#[test]
+fn other_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.map");
+    let m = SharedMap::create(&path).unwrap();
+    m.insert(b"k", b"v").unwrap();
+    m.flush().unwrap();
+    drop(m);
+    {
+        let r = offheap::mmap::Region::open(&path).unwrap();
+        let hdr = r.root("offheap.shared").unwrap();
+        // The header: the allocator lock (8 x 128 bytes), magic, version.
+        let at = offheap::mmap::Offset::new(hdr.get() + 1024 + 8).unwrap();
+        let p = r.ptr(at, 8).unwrap();
+        // SAFETY: 8 bytes of the mapping, no other user.
+        unsafe { (p.as_ptr() as *mut u64).write_unaligned(1) };
+        r.flush().unwrap();
+    }
+    match SharedMap::open(&path) {
+        Err(offheap::Error::Corrupt(why)) => assert!(why.contains("version"), "{why}"),
+        other => panic!("expected a version error, got {other:?}"),
+    }
 }
