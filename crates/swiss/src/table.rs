@@ -3,7 +3,7 @@
 use crate::group::GROUP_WIDTH;
 use crate::hash::{random_seed, SeededHash, Xxh3};
 use crate::memory::{DefaultMemory, TableMemory};
-use crate::raw::{find_in, tag, RawTable, SegRef, Slot, MAX_GROUPS_LIMIT};
+use crate::raw::{find_in, key_eq, tag, RawTable, SegRef, Slot, MAX_GROUPS_LIMIT};
 use crate::Error;
 use bytemuck::Pod;
 use core::fmt;
@@ -480,8 +480,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// Looks up many keys at once, writing `out[i] = table.get(&keys[i]).copied()`, and
     /// returns how many were found. Overlaps the cache misses of many keys: a software
     /// pipeline hashes key `i` and prefetches its first control group, matches the group of
-    /// key `i - 12` and prefetches its first candidate slot, and probes key `i - 24`, so on a
-    /// table larger than the caches the memory latency of one key hides behind the others'.
+    /// key `i - 12` and prefetches its first candidate slot, and compares that candidate for
+    /// key `i - 24` (probing further only when it is not the key), so on a table larger than
+    /// the caches the memory latency of one key hides behind the others'.
     ///
     /// # Panics
     /// If `keys` and `out` differ in length.
@@ -500,46 +501,117 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
             }
             return found;
         }
-        // A software pipeline, `D` keys apart per stage: key `i` is hashed and its first
-        // control group prefetched; key `i - D` has its group matched (the prefetch had `D`
-        // keys' time to arrive) and its first candidate slot prefetched; key `i - 2D` is
-        // probed. Unlike fixed batches, no stage ever waits for a whole batch's misses.
+        // A software pipeline, `D` keys apart per stage: key `i` is hashed, its segment
+        // found and its first control group prefetched (stage 1); key `i - D` has that group
+        // matched (the prefetch had `D` keys' time to arrive) and its first candidate slot
+        // prefetched (stage 2); key `i - 2D` has that candidate compared, and only if it is
+        // not the key (rare), the full probe (stage 3). Each stage hands the next what it
+        // found through a ring of `RING` entries, so no stage recomputes the earlier ones'
+        // work, and unlike fixed batches no stage waits for a whole batch's misses.
         const D: usize = 12;
-        const RING: usize = 32; // > 2 * D, a power of two
-        let mut ring = [0u64; RING];
+        const RING: usize = 32; // >= 2 * D + 1, a power of two
         let n = keys.len();
-        for i in 0..n + 2 * D {
-            if let Some(k) = keys.get(i) {
-                let h = self.raw.hash(k);
-                ring[i % RING] = h;
-                let seg = self.raw.seg_at(h);
-                // SAFETY: start() <= pmask, so the address lies in the segment's control bytes.
-                prefetch(unsafe { seg.ctrl_at(seg.start(h)) });
-            }
-            if i >= D && i - D < n {
-                let h = ring[(i - D) % RING];
-                let seg = self.raw.seg_at(h);
-                let pos = seg.start(h);
-                // SAFETY: pos is a group's first byte.
-                if let Some(b) = unsafe { seg.group_at(pos) }.match_tag(tag(h)).lowest() {
+        let mut ring = [Pending {
+            h: 0,
+            seg: self.raw.seg_at(0),
+            at: PROBE,
+        }; RING];
+        let stage1 = |ring: &mut [Pending<K, V>; RING], i: usize| {
+            let h = self.raw.hash(&keys[i]);
+            let seg = self.raw.seg_at(h);
+            let pos = seg.start(h);
+            // SAFETY: pos <= pmask, so the address lies in the segment's control bytes.
+            prefetch(unsafe { seg.ctrl_at(pos) });
+            ring[i % RING] = Pending { h, seg, at: pos };
+        };
+        let stage2 = |ring: &mut [Pending<K, V>; RING], i: usize| {
+            let e = &mut ring[i % RING];
+            let pos = e.at;
+            // SAFETY: stage 1 left the first group's position, a group's first byte.
+            let grp = unsafe { e.seg.group_at(pos) };
+            e.at = match grp.match_tag(tag(e.h)).lowest() {
+                Some(b) => {
                     // SAFETY: pos + b < capacity.
-                    prefetch(unsafe { seg.slot(pos + b) } as *const u8);
+                    prefetch(unsafe { e.seg.slot(pos + b) } as *const u8);
+                    pos + b
                 }
-            }
-            if i >= 2 * D {
-                let j = i - 2 * D;
-                let h = ring[j % RING];
-                let seg = self.raw.seg_at(h);
-                out[j] = find_in(&seg, h, &keys[j]).map(|x| {
-                    found += 1;
-                    // SAFETY: found slot.
-                    unsafe { (*x.slot.as_ptr()).value }
-                });
-            }
+                // No candidate, and the probe would stop at this group: absent.
+                None if grp.match_empty().any() => ABSENT,
+                None => PROBE,
+            };
+        };
+        let mut stage3 = |ring: &[Pending<K, V>; RING], out: &mut [Option<V>], i: usize| {
+            let e = &ring[i % RING];
+            let key = &keys[i];
+            out[i] = if e.at < PROBE {
+                // SAFETY: a candidate from stage 2 is below the segment's capacity, and its
+                // control byte carried the key's tag: a full slot.
+                let s = unsafe { &*e.seg.slot(e.at) };
+                if key_eq(&s.key, key) {
+                    Some(s.value)
+                } else {
+                    self.probe_value(e, key)
+                }
+            } else if e.at == ABSENT {
+                None
+            } else {
+                self.probe_value(e, key)
+            };
+            found += out[i].is_some() as usize;
+        };
+        for i in 0..n.min(D) {
+            stage1(&mut ring, i);
+        }
+        for i in D..n.min(2 * D) {
+            stage1(&mut ring, i);
+            stage2(&mut ring, i - D);
+        }
+        for i in 2 * D..n {
+            stage1(&mut ring, i);
+            stage2(&mut ring, i - D);
+            stage3(&ring, out, i - 2 * D);
+        }
+        // Drain: the later stages of the last keys.
+        let s2_done = n.saturating_sub(D); // keys 0..s2_done had stage 2
+        for i in s2_done..n {
+            stage2(&mut ring, i);
+        }
+        let s3_done = n.saturating_sub(2 * D); // keys 0..s3_done had stage 3
+        for i in s3_done..n {
+            stage3(&ring, out, i);
         }
         found
     }
+
+    /// The full probe for a key of `get_many` whose first candidate was not it.
+    #[cold]
+    #[inline(never)]
+    fn probe_value(&self, e: &Pending<K, V>, key: &K) -> Option<V> {
+        // SAFETY: a found slot is full.
+        find_in(&e.seg, e.h, key).map(|x| unsafe { (*x.slot.as_ptr()).value })
+    }
 }
+
+/// A key in `get_many`'s pipeline (32 bytes): its hash, its segment, and `at`: after stage 1
+/// the first group's position, after stage 2 what the group match found (a candidate slot,
+/// [`ABSENT`] or [`PROBE`]).
+struct Pending<K, V> {
+    h: u64,
+    seg: SegRef<K, V>,
+    at: usize,
+}
+
+impl<K, V> Clone for Pending<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Pending<K, V> {}
+
+/// `Pending::at` after stage 2: the key needs the full probe.
+const PROBE: usize = usize::MAX - 1;
+/// `Pending::at` after stage 2: the key is absent.
+const ABSENT: usize = usize::MAX;
 
 /// `insert`'s panic, out of line so that the inlined insert stays small.
 #[cold]

@@ -300,3 +300,37 @@ fn memory_behind_rc_box_and_ref() {
     t.insert(1, 2);
     assert_eq!(t.get(&1), Some(&2));
 }
+
+/// `get_many`'s pipeline (used once the directory is 8 entries or more) agrees with `get` for
+/// every batch length around its stage distance (12) and ring (32), on present keys, absent
+/// keys, and keys whose first candidate slot is another key's (tiny segments collide often).
+#[test]
+fn get_many_agrees_with_get_at_every_length() {
+    let heap = Heap::new();
+    let mut t: SwissTable<u64, u64, &Heap> =
+        SwissTable::with_options_in(TableOptions::new().segment_slots(16).seed(3), &heap).unwrap();
+    let n = if cfg!(miri) { 300 } else { 5000 };
+    for k in 0..n {
+        t.insert(k * 2, k);
+    }
+    assert!(t.stats().global_depth >= 3, "the pipeline path is taken");
+    let probe: Vec<u64> = (0..n * 2).map(|i| (i * 7919) % (n * 2 + 10)).collect();
+    let lens: Vec<usize> = if cfg!(miri) {
+        vec![0, 1, 11, 12, 13, 23, 24, 25, 40]
+    } else {
+        (0..=70).collect()
+    };
+    for len in lens {
+        for chunk in probe
+            .chunks(len.max(1))
+            .take(if cfg!(miri) { 2 } else { 20 })
+        {
+            let chunk = &chunk[..len.min(chunk.len())];
+            let mut out = vec![Some(u64::MAX); chunk.len()];
+            let found = t.get_many(chunk, &mut out);
+            let want: Vec<Option<u64>> = chunk.iter().map(|k| t.get(k).copied()).collect();
+            assert_eq!(out, want, "len {len}");
+            assert_eq!(found, want.iter().flatten().count());
+        }
+    }
+}
