@@ -247,7 +247,9 @@ fn show_key(k: &[u8]) -> String {
     codec::escape(k)
 }
 
-fn progress(len: Option<u64>) -> ProgressBar {
+/// A progress bar on stderr if it is a terminal (hidden otherwise): of `len` pairs, or
+/// bytes if `bytes`, or a spinner counting pairs if the length is unknown.
+fn progress(len: Option<u64>, bytes: bool) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -255,9 +257,12 @@ fn progress(len: Option<u64>) -> ProgressBar {
         Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
-    let style = match len {
-        Some(_) => ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}"),
-        None => ProgressStyle::with_template("{spinner} {pos} pairs {per_sec}"),
+    let style = match (len, bytes) {
+        (Some(_), true) => ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} eta {eta}"),
+        (Some(_), false) => {
+            ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} pairs eta {eta}")
+        }
+        (None, _) => ProgressStyle::with_template("{spinner} {human_pos} pairs {elapsed}"),
     };
     if let Ok(s) = style {
         pb.set_style(s);
@@ -457,7 +462,7 @@ fn dump(file: &Path, json: bool, output: Option<&Path>) -> Res<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     let mut w = BufWriter::with_capacity(1 << 16, sink);
-    let pb = progress(Some(m.len() as u64));
+    let pb = progress(Some(m.len() as u64), false);
     let mut failed: Option<std::io::Error> = None;
     let mut n = 0u64;
     m.for_each(|k, v| {
@@ -497,7 +502,7 @@ fn load(file: &Path, json: bool, input: Option<&Path>, shards: usize) -> Res<()>
     };
     let src_name = input.unwrap_or(Path::new("stdin"));
     let m = open_or_create(file, shards)?;
-    let pb = progress(len);
+    let pb = progress(len, true);
     let (mut pairs, mut bytes) = (0u64, 0u64);
     for (i, line) in src.lines().enumerate() {
         let line = line.map_err(io_err(src_name))?;

@@ -94,12 +94,19 @@ pub fn latency(csv: &Path, out: &Path) -> Result<(), String> {
         )
         .margin(12)
         .x_label_area_size(45)
-        .y_label_area_size(70)
+        .y_label_area_size(80)
         .build_cartesian_2d(0.0..xmax, ((ymin * 0.8).max(1e-3)..ymax * 1.5).log_scale())
         .map_err(e)?;
     c.configure_mesh()
         .x_desc("keys inserted (millions)")
-        .y_desc("worst insert in slice (us, log)")
+        .y_desc("worst insert in slice (µs, log scale)")
+        .y_label_formatter(&|v| {
+            if *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v}")
+            }
+        })
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(e)?;
