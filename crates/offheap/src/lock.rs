@@ -1,9 +1,12 @@
-//! A process-shared reader-writer lock that records its owners and recovers from dead ones.
+//! A process-shared reader-writer lock that records its owners and recovers from dead ones,
+//! and the seqlock counter that lets readers go without it.
 //!
-//! The lock is one cache line of 64-bit words in shared memory: `state` (0, or the owner id
-//! of the writer) and [`READER_SLOTS`] reader slots (0, or the owner id of a reader). An owner
-//! id is `pid << 32 | start_time` (the process's start time in clock ticks, low 32 bits), so
-//! a recycled pid is told apart from the process that recorded it.
+//! The lock is 64-bit words in shared memory: `state` (0, or the owner id of the writer) and
+//! [`READER_SLOTS`] reader slots (0, or the owner id of a reader); the functions take them
+//! by reference, so their placement is the caller's ([`LockWords`] puts each on lines of its
+//! own; a `SharedMap` shard puts `state` beside its seqlock counter and the slots on the next
+//! line). An owner id is `pid << 32 | start_time` (the process's start time in clock ticks,
+//! low 32 bits), so a recycled pid is told apart from the process that recorded it.
 //!
 //! - **Write**: CAS `state` 0 → me (SeqCst); then wait until every reader slot is 0.
 //! - **Read**: CAS a free slot 0 → me (SeqCst); then load `state` (SeqCst); if a writer holds
