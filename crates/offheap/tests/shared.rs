@@ -493,3 +493,63 @@ fn other_format_version_is_refused() {
         other => panic!("expected a version error, got {other:?}"),
     }
 }
+
+/// Shard table words that point outside the region (or name an impossible capacity) are
+/// bounds-checked before any slot is read: every operation returns an error, nothing
+/// faults, on the optimistic read path as on the locked paths.
+#[cfg_attr(miri, ignore)]
+#[test]
+fn corrupt_table_words_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-table.map");
+    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(4)).unwrap();
+    for k in 0..100u32 {
+        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
+    }
+    m.flush().unwrap();
+    drop(m);
+    let bad = [
+        u64::MAX,                   // capacity far too large
+        (1u64 << 36) - 1,           // capacity 0
+        (64u64 << 36) | 0xFFF_FFFF, // offset past the end of the region
+    ];
+    for (n, &word) in bad.iter().enumerate() {
+        {
+            let r = offheap::mmap::Region::open(&path).unwrap();
+            let hdr = r.root("offheap.shared").unwrap().get();
+            // Header: the allocator lock (1024 bytes), magic, version, shards, seed, hash
+            // mask, then the shard array's offset.
+            let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
+            // SAFETY: 8 bytes of the mapping, no other user.
+            let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
+            for i in 0..4 {
+                // A shard is 256 bytes; its table word is the third.
+                let at = offheap::mmap::Offset::new(shards + i * 256 + 16).unwrap();
+                let p = r.ptr(at, 8).unwrap().as_ptr() as *mut u64;
+                // SAFETY: as above.
+                let old = unsafe { p.read() };
+                if n == 0 {
+                    // It is a table word: a capacity of 16 slots or a few hundred.
+                    assert!(
+                        (16..1000).contains(&(old >> 36)),
+                        "not a table word: {old:#x}"
+                    );
+                }
+                // SAFETY: as above.
+                unsafe { p.write(word) };
+            }
+            r.flush().unwrap();
+        }
+        let m = SharedMap::open(&path).unwrap();
+        for k in 0..100u32 {
+            assert!(m.get(&k.to_le_bytes()).is_err(), "case {n}: get of {k}");
+            assert!(
+                m.insert(&k.to_le_bytes(), b"x").is_err(),
+                "case {n}: insert"
+            );
+            assert!(m.get(&[7u8; 20]).is_err(), "case {n}: long key");
+        }
+        assert!(m.check().is_err());
+        assert!(m.to_vec().is_err());
+    }
+}
