@@ -273,9 +273,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     #[inline]
     pub fn get_key_value(&self, key: &K) -> Option<(&K, &V)> {
         let h = self.raw.hash(key);
-        let (seg, i) = self.raw.find(h, key)?;
+        let s = self.raw.find_slot(h, key)?;
         // SAFETY: as in `get`.
-        let s = unsafe { &*seg.slot(i) };
+        let s = unsafe { &*s.as_ptr() };
         Some((&s.key, &s.value))
     }
 
@@ -283,9 +283,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     #[inline]
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let h = self.raw.hash(key);
-        let (seg, i) = self.raw.find(h, key)?;
+        let s = self.raw.find_slot(h, key)?;
         // SAFETY: a found slot is full; `&mut self` makes the borrow unique.
-        Some(unsafe { &mut (*seg.slot(i)).value })
+        Some(unsafe { &mut (*s.as_ptr()).value })
     }
 
     /// Whether `key` is present.
