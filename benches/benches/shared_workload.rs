@@ -1,4 +1,5 @@
-//! The SharedHashFile workload on `offheap::SharedMap` (harness = false).
+//! The SharedHashFile workload on `offheap::SharedMap` (harness = false): a thin wrapper
+//! around `offheap_cli::workload`, the code behind `offheap bench` (see docs/cli.md).
 //!
 //! P worker processes (this binary re-executed with `OFFHEAP_WORKER=i`), each on its own
 //! key range, 4-byte keys and 4-byte values, in phases separated by a barrier:
@@ -10,81 +11,18 @@
 //! Run: `cargo bench -p offheap-benches --features offheap --bench shared_workload`
 //! Options (env): `KEYS` (default 10000000), `PROCS` (default 2), `SHM_DIR` (default /dev/shm).
 
-use std::io::{Read, Write};
+use std::io::BufWriter;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use offheap::{SharedMap, SharedMapOptions};
-
-const PHASES: [&str; 4] = ["PUT", "UPD", "MIX", "GET"];
+use offheap::SharedMap;
+use offheap_cli::workload::{self, Config};
 
 fn env_u64(name: &str, d: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(d)
-}
-
-fn worker(path: &str, id: u64, procs: u64, keys: u64) {
-    let m = SharedMap::open(path).unwrap();
-    let per = keys / procs;
-    let (lo, hi) = (id * per, (id + 1) * per);
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    let mut go = [0u8; 1];
-    for phase in PHASES {
-        // Barrier: wait for the parent's go byte.
-        stdin.lock().read_exact(&mut go).unwrap();
-        let t = Instant::now();
-        let mut ops = 0u64;
-        match phase {
-            "PUT" => {
-                for k in lo..hi {
-                    m.put(&(k as u32).to_le_bytes(), &(k as u32).to_le_bytes())
-                        .unwrap();
-                }
-                ops = hi - lo;
-            }
-            "UPD" => {
-                for k in lo..hi {
-                    m.put(&(k as u32).to_le_bytes(), &(!k as u32).to_le_bytes())
-                        .unwrap();
-                }
-                ops = hi - lo;
-            }
-            "MIX" => {
-                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ id;
-                for _ in lo..hi {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let k = (lo + x % (hi - lo)) as u32;
-                    if x % 100 < 2 {
-                        m.delete(&k.to_le_bytes()).unwrap();
-                        m.put(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
-                        ops += 2;
-                    } else {
-                        std::hint::black_box(m.get_with(&k.to_le_bytes(), |v| v[0]).unwrap());
-                        ops += 1;
-                    }
-                }
-            }
-            _ => {
-                let mut found = 0u64;
-                for k in lo..hi {
-                    found += m
-                        .get_with(&(k as u32).to_le_bytes(), |_| ())
-                        .unwrap()
-                        .is_some() as u64;
-                }
-                assert_eq!(found, hi - lo, "every key must be found");
-                ops = hi - lo;
-            }
-        }
-        writeln!(out, "{phase} {ops} {}", t.elapsed().as_nanos()).unwrap();
-        out.flush().unwrap();
-    }
 }
 
 fn rss_bytes() -> u64 {
@@ -99,11 +37,22 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     // Criterion-style arguments (`--bench`) are ignored.
-    let keys = env_u64("KEYS", 10_000_000);
-    let procs = env_u64("PROCS", 2);
+    let cfg = Config {
+        procs: env_u64("PROCS", 2) as usize,
+        keys: env_u64("KEYS", 10_000_000),
+        ..Config::default()
+    };
     if let Ok(id) = std::env::var("OFFHEAP_WORKER") {
-        let path = std::env::var("OFFHEAP_PATH").unwrap();
-        worker(&path, id.parse().unwrap(), procs, keys);
+        let path = PathBuf::from(std::env::var("OFFHEAP_PATH").unwrap());
+        let out = BufWriter::new(std::io::stdout().lock());
+        workload::run_worker(
+            &cfg,
+            &path,
+            id.parse().unwrap(),
+            std::io::stdin().lock(),
+            out,
+        )
+        .unwrap();
         return;
     }
     let dir = PathBuf::from(std::env::var("SHM_DIR").unwrap_or_else(|_| "/dev/shm".into()));
@@ -112,70 +61,48 @@ fn main() {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&path);
-    let m = SharedMap::create_with(
-        &path,
-        &SharedMapOptions::new().region(
-            offheap::mmap::RegionOptions::new()
-                .max_size(64 << 30)
-                .release_threshold(1 << 20),
-        ),
-    )
-    .unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut kids: Vec<_> = (0..procs)
-        .map(|i| {
-            Command::new(&exe)
-                .env("OFFHEAP_WORKER", i.to_string())
-                .env("OFFHEAP_PATH", &path)
-                .env("KEYS", keys.to_string())
-                .env("PROCS", procs.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    println!("SharedMap workload: {procs} processes, {keys} keys, 4-byte keys and values");
-    let mut lines: Vec<_> = kids
-        .iter_mut()
-        .map(|c| std::io::BufReader::new(c.stdout.take().unwrap()))
-        .collect();
-    for phase in PHASES {
-        for c in kids.iter_mut() {
-            c.stdin.as_mut().unwrap().write_all(b"g").unwrap();
-            c.stdin.as_mut().unwrap().flush().unwrap();
+    let spawn = |id: usize| {
+        let mut c = Command::new(&exe);
+        c.env("OFFHEAP_WORKER", id.to_string())
+            .env("OFFHEAP_PATH", &path)
+            .env("KEYS", cfg.keys.to_string())
+            .env("PROCS", cfg.procs.to_string());
+        c
+    };
+    println!(
+        "SharedMap workload: {} processes, {} keys, 4-byte keys and values",
+        cfg.procs, cfg.keys
+    );
+    let report = workload::run(&cfg, &path, &spawn, &mut |_| {});
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            panic!("workload failed: {e}");
         }
-        let (mut ops, mut worst) = (0u64, 0u128);
-        for l in lines.iter_mut() {
-            let mut s = String::new();
-            std::io::BufRead::read_line(l, &mut s).unwrap();
-            let f: Vec<&str> = s.split_whitespace().collect();
-            assert_eq!(f[0], phase);
-            ops += f[1].parse::<u64>().unwrap();
-            worst = worst.max(f[2].parse().unwrap());
-        }
+    };
+    for p in &report.phases {
         println!(
-            "{phase}: {:.2} M ops/s ({ops} ops, slowest worker {:.2} s)",
-            ops as f64 / (worst as f64 / 1e9) / 1e6,
-            worst as f64 / 1e9
+            "{}: {:.2} M ops/s ({} ops, slowest worker {:.2} s)",
+            p.phase,
+            p.mops(),
+            p.ops,
+            p.seconds
         );
     }
-    for mut c in kids {
-        assert!(c.wait().unwrap().success());
-    }
-    let pairs = m.len() as u64;
-    let st = m.region_stats();
-    let file = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
     // Touch every key from the parent so that RSS counts the whole table's pages.
+    let m = SharedMap::open(&path).unwrap();
     let mut sum = 0u64;
-    m.for_each(|_, v| sum += v[0] as u64).unwrap();
+    m.for_each(|_, v| sum += v.len() as u64).unwrap();
     std::hint::black_box(sum);
     let rss = rss_bytes();
+    let pairs = report.pairs;
     println!(
         "memory: {pairs} pairs; file {:.1} MiB = {:.1} B/pair; region in use {:.1} B/pair; parent RSS {:.1} MiB = {:.1} B/pair",
-        file as f64 / (1 << 20) as f64,
-        file as f64 / pairs as f64,
-        st.in_use as f64 / pairs as f64,
+        report.file_bytes as f64 / (1 << 20) as f64,
+        report.file_bytes as f64 / pairs as f64,
+        report.in_use as f64 / pairs as f64,
         rss as f64 / (1 << 20) as f64,
         rss as f64 / pairs as f64,
     );
