@@ -1,0 +1,136 @@
+//! A SharedMap file is untrusted input: this target mutates a valid map file (byte flips and
+//! word overwrites anywhere, truncation), then opens it, runs `check`, reads every pair and
+//! some keys, and writes a few. Every step must give a typed error or an answer; a panic, a
+//! crash or a hang is a bug.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use offheap::mmap::RegionOptions;
+use offheap::{SharedMap, SharedMapOptions};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+const SHARDS: usize = 4;
+
+fn key(i: u32) -> Vec<u8> {
+    // Short keys (inline in the slot) and long ones (records in the shard's arena).
+    if i % 3 == 0 {
+        format!("a long key number {i:08}").into_bytes()
+    } else {
+        i.to_le_bytes().to_vec()
+    }
+}
+
+fn value(i: u32) -> Vec<u8> {
+    vec![i as u8; (i as usize * 37) % 300]
+}
+
+/// A valid map file image: short and long keys and values, with some removed.
+fn valid_image() -> &'static [u8] {
+    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let path = scratch_path("seed");
+        let _ = std::fs::remove_file(&path);
+        let opts = SharedMapOptions::new()
+            .shards(SHARDS)
+            .slab_size(4096)
+            .region(RegionOptions::new().initial_size(64 << 10));
+        let m = SharedMap::create_with(&path, &opts).expect("create seed map");
+        for i in 0..200 {
+            m.put(&key(i), &value(i)).unwrap();
+        }
+        for i in (0..200).step_by(5) {
+            m.delete(&key(i)).unwrap();
+        }
+        m.flush().unwrap();
+        drop(m);
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        bytes
+    })
+}
+
+fn scratch_path(what: &str) -> PathBuf {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!("offheap-fuzz-{}-{what}.map", std::process::id()))
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let mut b = [0u8; 4];
+        for x in &mut b {
+            *x = self.byte()?;
+        }
+        Some(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from(self.u32()?) | u64::from(self.u32()?) << 32)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut img = valid_image().to_vec();
+    let mut input = Input(data);
+    // Mutations until a separator byte or the end of the input.
+    while let Some(kind) = input.byte() {
+        let len = img.len().max(1);
+        match kind % 6 {
+            0 | 1 => {
+                let (Some(at), Some(x)) = (input.u32(), input.byte()) else {
+                    break;
+                };
+                if let Some(b) = img.get_mut(at as usize % len) {
+                    *b ^= x;
+                }
+            }
+            2 | 3 => {
+                let (Some(at), Some(v)) = (input.u32(), input.u64()) else {
+                    break;
+                };
+                let at = (at as usize % len) & !7;
+                if at + 8 <= img.len() {
+                    img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+            4 => {
+                let Some(n) = input.u32() else { break };
+                img.truncate(n as usize % (len + 1));
+            }
+            _ => break,
+        }
+    }
+    let path = scratch_path("case");
+    std::fs::write(&path, &img).unwrap();
+    let opened = SharedMap::open(&path);
+    // The mapping keeps the file alive; unlinking now leaves nothing behind.
+    let _ = std::fs::remove_file(&path);
+    let Ok(m) = opened else { return };
+    let _ = m.check();
+    let _ = m.len();
+    let _ = m.for_each(|k, v| {
+        std::hint::black_box((k.len(), v.len()));
+    });
+    for i in 0..200 {
+        let _ = m.get(&key(i));
+    }
+    while let Some(op) = input.byte() {
+        let i = u32::from(op);
+        let _ = match op % 3 {
+            0 => m.put(&key(i), &value(i)).map(drop),
+            1 => m.delete(&key(i)).map(drop),
+            _ => m.get(&key(i)).map(drop),
+        };
+    }
+    let _ = m.check();
+});
