@@ -189,6 +189,13 @@ fn main() {
             if reps > 1 {
                 println!("best of {reps}, CPU time: {best:.2} ns/op");
             }
+            let st = t.stats();
+            println!(
+                "segments {} global depth {} (directory mirror {} KiB)",
+                st.segments,
+                st.global_depth,
+                (16u64 << st.global_depth) / 1024
+            );
             black_box(&t);
         }
         "hb" => {
