@@ -46,12 +46,12 @@ const MIN_CAP: u64 = 16;
 const MAX_CAP: u64 = (1 << 28) - 1;
 /// Table descriptor: slot array offset / 64 in the low 36 bits, capacity above.
 const CAP_SHIFT: u32 = 36;
-/// Growth: when live + tombstone slots would pass `MAX_LOAD`, the shard is rebuilt to hold
-/// its live entries at `FILL` (a growth by 1.2: see docs/performance.md for the measured
-/// trade-off with 1.1). Loads are in per mille.
+/// Growth: when live + tombstone slots would pass `MAX_LOAD`, the shard is rebuilt one step
+/// up its capacity ladder (see [`cap_for`]), to `FILL`: a growth by 1.2 (see
+/// docs/performance.md for the measured trade-off with 1.1). Loads are in per mille.
 const MAX_LOAD: u64 = 900;
 const FILL: u64 = 750;
-/// Shrink below this load (to `FILL` again).
+/// Shrink below this load.
 const MIN_LOAD: u64 = 300;
 /// Inserts a rebuilt table takes at least before the next rebuild.
 const MIN_ROOM: u64 = 256;
@@ -358,13 +358,35 @@ fn unpack7(w: u64) -> Option<([u8; 8], usize)> {
     (n <= INLINE_MAX).then(|| (w.to_le_bytes(), n))
 }
 
-/// The capacity that holds `len` entries at the `FILL` load, with room for at least
-/// `MIN_ROOM` more entries before the next rebuild (small tables would otherwise be rebuilt,
-/// and a region block allocated and freed, every few inserts).
-fn cap_for(len: u64) -> u64 {
-    let at_fill = len.saturating_add(1).saturating_mul(1000) / FILL + 1;
-    let roomy = (len.saturating_add(MIN_ROOM)).saturating_mul(1000) / MAX_LOAD + 1;
-    at_fill.max(roomy).max(MIN_CAP)
+/// The capacity for `len` entries: the smallest step of the shard's capacity ladder that
+/// holds them below `MAX_LOAD` with room for an eighth more entries, and for at least
+/// `MIN_ROOM` more (small tables would otherwise be rebuilt, and a region block allocated
+/// and freed, every few inserts).
+///
+/// Each shard's ladder is `MIN_CAP * G^(k + phase)` (`G = MAX_LOAD / FILL`, `k` a whole
+/// number) with its own `phase` in `0..1` (shard index / shard count), so that a table that
+/// fills up to `MAX_LOAD` grows by exactly `G` and the shards, which fill up at the same
+/// pace, do not all grow at the same moments: at any number of entries their loads are
+/// spread evenly over `FILL..MAX_LOAD`, and the map's memory per entry is the average over
+/// a growth cycle, not its worst point.
+fn cap_for(len: u64, phase: f64) -> u64 {
+    // Room for an eighth more (a table that reached `MAX_LOAD` thus goes one step up, to
+    // `FILL`; one that reached it through tombstones is rebuilt at its size if that
+    // leaves the room), and at least `MIN_ROOM`.
+    let room = (len / 8).max(MIN_ROOM);
+    let need = (len.saturating_add(room).saturating_mul(1000) / MAX_LOAD + 1).max(MIN_CAP);
+    let g = MAX_LOAD as f64 / FILL as f64;
+    let k = ((need as f64 / MIN_CAP as f64).ln() / g.ln() - phase)
+        .ceil()
+        .max(0.0);
+    let cap = (MIN_CAP as f64 * g.powf(k + phase)).ceil() as u64;
+    // Rounding can only make it smaller than `need` by a hair: then `need` it is.
+    cap.max(need)
+}
+
+/// Shard `i`'s ladder phase (see [`cap_for`]).
+fn phase(i: usize, n: usize) -> f64 {
+    i as f64 / n as f64
 }
 
 fn table_desc(off: u64, cap: u64) -> u64 {
@@ -438,8 +460,14 @@ impl SharedMap {
         let hoff = r.alloc(std::mem::size_of::<MapHeader>() as u64, 128)?;
         let soff = r.alloc((n * std::mem::size_of::<Shard>()) as u64, 128)?;
         let per = opts.capacity.div_ceil(n) as u64;
-        let cap = if per == 0 { MIN_CAP } else { cap_for(per) };
-        if cap > MAX_CAP {
+        let per_cap = |i: usize| {
+            if per == 0 {
+                MIN_CAP
+            } else {
+                cap_for(per, phase(i, n))
+            }
+        };
+        if per_cap(n - 1) > MAX_CAP || per_cap(0) > MAX_CAP {
             return Err(Error::InvalidOptions(
                 "capacity: a shard holds at most 2^28 slots (use more shards)",
             ));
@@ -462,6 +490,7 @@ impl SharedMap {
         for i in 0..n {
             // SAFETY: `i < n`, inside the shard array.
             let sh = unsafe { &*shards.add(i) };
+            let cap = per_cap(i);
             let t = new_table(&r, cap)?;
             sh.table.store(table_desc(t, cap), Ordering::Relaxed);
             let arena = Arena::create_in(ShardSource(r.clone()), config)?;
@@ -903,6 +932,11 @@ impl Ctx<'_> {
         unsafe { *self.shard.intent.get() }
     }
 
+    /// The capacity of this shard's table for `len` entries (see [`cap_for`]).
+    fn cap_for(&self, len: u64) -> u64 {
+        cap_for(len, phase(self.idx, self.map.nshards))
+    }
+
     /// The shard's slots (the caller holds the shard's read or write lock).
     fn table(&self) -> Result<&[Slot], Error> {
         self.map
@@ -1082,7 +1116,7 @@ impl Ctx<'_> {
             let onto_tomb = slots[i].kw.load(Ordering::Relaxed) == TOMB;
             if !onto_tomb && (used + 1) * 1000 > cap * MAX_LOAD {
                 let len = self.shard.len.load(Ordering::Relaxed);
-                self.rebuild(cap_for(len + 1))?;
+                self.rebuild(self.cap_for(len + 1))?;
                 found = self.find(kw, key)?;
             }
         }
@@ -1232,8 +1266,8 @@ impl Ctx<'_> {
         }
         let cap = self.table()?.len() as u64;
         let len = self.shard.len.load(Ordering::Relaxed);
-        if cap > MIN_CAP && len * 1000 < cap * MIN_LOAD && cap_for(len) < cap {
-            self.rebuild(cap_for(len))?;
+        if cap > MIN_CAP && len * 1000 < cap * MIN_LOAD && self.cap_for(len) < cap {
+            self.rebuild(self.cap_for(len))?;
         }
         Ok((true, out))
     }
