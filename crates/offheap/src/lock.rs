@@ -333,9 +333,16 @@ fn start_time(pid: u32) -> Option<u32> {
 /// or the pid now belongs to a process that started at another time.
 pub(crate) fn owner_is_dead(id: u64) -> bool {
     let pid = (id >> 32) as u32;
-    if pid == std::process::id() || pid == 0 || pid > i32::MAX as u32 {
-        // Our own process (another thread) is alive; a pid of 0 would signal our group.
-        return pid == 0;
+    if pid == 0 || pid > i32::MAX as u32 {
+        // No process has such a pid (and `kill(0, ..)` would ask about our own group): the
+        // word was written by no live process (a corrupt or foreign file).
+        return true;
+    }
+    if pid == std::process::id() {
+        // Another thread of this process, unless the word was recorded by an earlier process
+        // that had our pid (a file that outlived a reboot): then the start times differ.
+        let mine = my_owner_id() as u32;
+        return mine != 0 && (id as u32) != 0 && (id as u32) != mine;
     }
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
@@ -582,5 +589,42 @@ mod loom_tests {
     #[should_panic]
     fn loom_seqlock_without_the_reader_fence_is_caught() {
         seqlock_model(|seq, v| seq.load(Relaxed) == v);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn impossible_pids_are_dead() {
+        assert!(owner_is_dead(0));
+        assert!(owner_is_dead(5));
+        assert!(owner_is_dead(u64::from(u32::MAX) << 32 | 7));
+        assert!(owner_is_dead((1u64 << 31) << 32));
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        assert!(!owner_is_dead(my_owner_id()));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // no /proc under miri
+    fn an_earlier_process_with_our_pid_is_dead() {
+        let me = my_owner_id();
+        assert_ne!(me as u32, 0, "start time from /proc/self/stat");
+        let earlier = (me & !0xFFFF_FFFF) | u64::from((me as u32).wrapping_add(1).max(1));
+        assert!(owner_is_dead(earlier));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // spawns a process
+    fn an_exited_process_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = start_time(pid).unwrap_or(1);
+        child.wait().unwrap();
+        assert!(owner_is_dead(u64::from(pid) << 32 | u64::from(start)));
     }
 }
