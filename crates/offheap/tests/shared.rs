@@ -418,12 +418,12 @@ fn sigkilled_grower_is_recovered() {
     eprintln!("shards repaired after kills: {}", m.recoveries());
 }
 
-/// Readers (optimistic for short keys) racing with writers that update values and insert
+/// Readers racing with writers that update values and insert
 /// and delete other keys (so that the tables grow, shrink and are rebuilt under the
 /// readers): a reader never misses a key that is always present, and never sees a torn
 /// or foreign value.
 #[test]
-fn optimistic_readers_race_with_rebuilds() {
+fn readers_race_with_rebuilds() {
     let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(2)).unwrap();
     let (fixed, rounds) = if cfg!(miri) { (8u32, 2u32) } else { (64, 100) };
     for k in 0..fixed {
@@ -496,7 +496,7 @@ fn other_format_version_is_refused() {
 
 /// Shard table words that point outside the region (or name an impossible capacity) are
 /// bounds-checked before any slot is read: every operation returns an error, nothing
-/// faults, on the optimistic read path as on the locked paths.
+/// faults.
 #[cfg_attr(miri, ignore)]
 #[test]
 fn corrupt_table_words_are_errors() {
