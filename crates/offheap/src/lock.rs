@@ -1,10 +1,9 @@
-//! A process-shared reader-writer lock that records its owners and recovers from dead ones,
-//! and the seqlock counter that lets readers go without it.
+//! A process-shared reader-writer lock that records its owners and recovers from dead ones.
 //!
 //! The lock is 64-bit words in shared memory: `state` (0, or the owner id of the writer) and
 //! [`READER_SLOTS`] reader slots (0, or the owner id of a reader); the functions take them
 //! by reference, so their placement is the caller's ([`LockWords`] puts each on lines of its
-//! own; a `SharedMap` shard puts `state` beside its seqlock counter and the slots on the next
+//! own; a `SharedMap` shard puts `state` beside its table word and the slots on the next
 //! line). An owner id is `pid << 32 | start_time` (the process's start time in clock ticks,
 //! low 32 bits), so a recycled pid is told apart from the process that recorded it.
 //!
@@ -76,16 +75,6 @@ pub(crate) trait Word {
     fn fence(&self) {
         core::sync::atomic::fence(SeqCst)
     }
-    /// An acquire fence (loom's own in the model).
-    #[inline]
-    fn fence_acquire(&self) {
-        core::sync::atomic::fence(Acquire)
-    }
-    /// A release fence (loom's own in the model).
-    #[inline]
-    fn fence_release(&self) {
-        core::sync::atomic::fence(Release)
-    }
 }
 
 impl Word for core::sync::atomic::AtomicU64 {
@@ -116,12 +105,6 @@ impl Word for loom::sync::atomic::AtomicU64 {
     }
     fn fence(&self) {
         loom::sync::atomic::fence(SeqCst)
-    }
-    fn fence_acquire(&self) {
-        loom::sync::atomic::fence(Acquire)
-    }
-    fn fence_release(&self) {
-        loom::sync::atomic::fence(Release)
     }
 }
 
@@ -256,47 +239,6 @@ pub(crate) fn read_lock<S: Word, W: Word>(
 /// Releases a read lock taken in slot `i`.
 pub(crate) fn read_unlock<W: Word>(slots: &[W], i: usize) {
     slots[i].store(0, Release);
-}
-
-// ---------------------------------------------------------------------- seqlock
-
-/// Starts a write section of the version counter `seq` (the caller holds the write lock, so
-/// it is the only writer of `seq`): makes it odd and returns that odd value, to pass to
-/// [`seq_write_end`]. A counter left odd by a dead writer (or by an operation that failed
-/// half-way) stays odd.
-///
-/// The odd store, then a release fence, then the data stores: a reader that sees any of
-/// the data stores also sees the odd value (or a later one) when it validates.
-#[inline]
-pub(crate) fn seq_write_begin<W: Word>(seq: &W) -> u64 {
-    let v = seq.load(Relaxed) | 1;
-    seq.store(v, Relaxed);
-    seq.fence_release();
-    v
-}
-
-/// Ends a write section begun with [`seq_write_begin`] (which returned `v`): the next even
-/// value, with Release, so that a reader that sees it sees every data store before it.
-#[inline]
-pub(crate) fn seq_write_end<W: Word>(seq: &W, v: u64) {
-    seq.store(v.wrapping_add(1), Release);
-}
-
-/// Starts an optimistic read: the version to validate against, or `None` while a write is
-/// in progress (or was left unfinished) and the reader must wait or take the read lock.
-#[inline]
-pub(crate) fn seq_read_begin<W: Word>(seq: &W) -> Option<u64> {
-    let v = seq.load(Acquire);
-    (v & 1 == 0).then_some(v)
-}
-
-/// Ends an optimistic read begun with version `v`: `true` if no write began since, so that
-/// every value the reader loaded (with atomic loads) in between is from one consistent state.
-/// The acquire fence orders the reader's data loads before its second load of `seq`.
-#[inline]
-pub(crate) fn seq_read_validate<W: Word>(seq: &W, v: u64) -> bool {
-    seq.fence_acquire();
-    seq.load(Relaxed) == v
 }
 
 /// A number per thread, to spread threads over reader slots.
@@ -525,70 +467,6 @@ mod loom_tests {
             l.slots[0].store(0, Release);
             w.join().unwrap();
         });
-    }
-
-    /// One writer changes two data words from 0 to 1 in one write section while a reader
-    /// reads them optimistically and validates with `validate`; a validated read must be
-    /// untorn and of its version.
-    fn seqlock_model(validate: fn(&AtomicU64, u64) -> bool) {
-        loom::model(move || {
-            let seq = Arc::new(AtomicU64::new(0));
-            let d = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-            let w = {
-                let (seq, d) = (seq.clone(), d.clone());
-                thread::spawn(move || {
-                    let v = seq_write_begin(&*seq);
-                    d[0].store(1, Relaxed);
-                    d[1].store(1, Relaxed);
-                    seq_write_end(&*seq, v);
-                })
-            };
-            if let Some(v) = seq_read_begin(&*seq) {
-                let a = d[0].load(Relaxed);
-                let b = d[1].load(Relaxed);
-                if validate(&seq, v) {
-                    assert_eq!(a, b, "a validated read is torn");
-                    assert_eq!(a, v / 2, "a validated read is from another version");
-                }
-            }
-            w.join().unwrap();
-        });
-    }
-
-    /// The seqlock: a reader that validates never returns a torn pair of data words, and a
-    /// validated read sees the data as of its version (a reader whose loads overlap the
-    /// write section fails to validate).
-    #[test]
-    fn loom_seqlock_reader_never_validates_a_torn_read() {
-        seqlock_model(|seq, v| seq_read_validate(seq, v));
-    }
-
-    /// A writer that died inside its write section leaves the counter odd: optimistic reads
-    /// are refused (the reader takes the read lock, which recovers the shard), and the next
-    /// writer's section ends on an even value again.
-    #[test]
-    fn loom_seqlock_dead_writer_blocks_optimistic_reads_until_the_next_write() {
-        loom::model(|| {
-            let seq = Arc::new(AtomicU64::new(0));
-            let _ = seq_write_begin(&*seq); // and "dies"
-            let r = {
-                let seq = seq.clone();
-                thread::spawn(move || seq_read_begin(&*seq).map(|v| v % 2))
-            };
-            let v = seq_write_begin(&*seq); // the recovering writer
-            seq_write_end(&*seq, v);
-            assert_eq!(r.join().unwrap().unwrap_or(0), 0);
-            assert!(seq_read_begin(&*seq).is_some());
-        });
-    }
-
-    /// The model is sensitive: a reader that validates without the acquire fence (its
-    /// second load of the counter may then be satisfied before its data loads) accepts a
-    /// torn read, which loom finds.
-    #[test]
-    #[should_panic]
-    fn loom_seqlock_without_the_reader_fence_is_caught() {
-        seqlock_model(|seq, v| seq.load(Relaxed) == v);
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`SharedMap`]: `BytesMap` semantics for many threads and processes on one file.
 //!
-//! See `docs/concurrency.md` in the repository for the layout, the locks, the optimistic
-//! (seqlock) reads, owner recovery, growth visibility and crash consistency, including what
-//! is not yet crash-consistent.
+//! See `docs/concurrency.md` in the repository for the layout, the locks, owner recovery,
+//! growth visibility and crash consistency, including what is not yet crash-consistent, and
+//! why reads take the read lock (optimistic reads were tried and removed).
 
 use std::path::Path;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -19,7 +19,7 @@ use crate::Error;
 
 const ROOT: &str = "offheap.shared";
 const MAGIC: u64 = u64::from_le_bytes(*b"offShare");
-/// Version 2: 16-byte slots, any capacity, seqlock counter (version 1: 24-byte slots).
+/// Version 2: 16-byte slots, any capacity (version 1: 24-byte slots).
 const VERSION: u64 = 2;
 
 /// Key words and value words (see docs/concurrency.md): up to 7 bytes inline, with the
@@ -56,9 +56,6 @@ const MIN_LOAD: u64 = 300;
 /// Inserts a rebuilt table takes at least before the next rebuild.
 const MIN_ROOM: u64 = 256;
 
-/// Optimistic read attempts before a reader takes the read lock.
-const OPTIMISTIC_TRIES: u32 = 8;
-
 // Intent operations (see docs/concurrency.md). Operations on inline keys and values commit
 // with one store and need none.
 const OP_NONE: u64 = 0;
@@ -67,8 +64,8 @@ const OP_UPDATE: u64 = 2;
 const OP_DELETE: u64 = 3;
 const OP_REBUILD: u64 = 4;
 
-/// A slot: key word and value word, accessed only atomically (optimistic readers load them
-/// while a writer may store to them).
+/// A slot: key word and value word, accessed through atomics (an inline write commits with
+/// one store, so a process killed mid-write leaves the old or the new word, never a mix).
 #[repr(C)]
 struct Slot {
     kw: AtomicU64,
@@ -125,14 +122,13 @@ struct Intent {
     new_table: u64,
 }
 
-/// The line that writers write and optimistic readers read, then the reader slots, then the
-/// intent record.
+/// The line that writers write, then the reader slots, then the intent record.
 #[repr(C, align(128))]
 struct Shard {
     /// 0, or the write lock holder's owner id.
     state: AtomicU64,
-    /// The seqlock counter: odd while a write is in progress (or was left unfinished).
-    seq: AtomicU64,
+    /// Unused, zero (kept so that the table word stays where format 2 put it).
+    _reserved: AtomicU64,
     /// Slot array offset / 64 | capacity << 36 (one word: published atomically).
     table: AtomicU64,
     len: AtomicU64,
@@ -234,11 +230,9 @@ impl SharedMapOptions {
 /// the same file: `BytesMap` semantics through `&self`.
 ///
 /// The map is split into shards (256 by default), each with its own process-shared
-/// reader-writer lock and seqlock counter, open-addressing table of 16-byte slots and slab
-/// arena; the shard is chosen by hash bits `32..40` (and up) of the key's xxh3 hash. Reads
-/// of keys and values of at most 7 bytes are optimistic: they write no shared memory and
-/// validate the shard's counter afterwards (taking the read lock only after repeated
-/// conflicts). Locks record their owner (pid and process start time); a lock whose owner
+/// reader-writer lock, open-addressing table of 16-byte slots and slab arena; the shard is
+/// chosen by hash bits `32..40` (and up) of the key's xxh3 hash. Readers take the shard's
+/// read lock (they do not block each other). Locks record their owner (pid and process start time); a lock whose owner
 /// died is taken over by the next process, which first repairs the shard from its intent
 /// record.
 ///
@@ -287,20 +281,12 @@ impl std::fmt::Debug for SharedMap {
     }
 }
 
-/// The write lock and the write section of the seqlock. Dropped: the counter becomes even
-/// again unless the operation was left unfinished (an error half-way), so that optimistic
-/// readers go to the lock, which repairs the shard first.
-struct WriteGuard<'a> {
-    shard: &'a Shard,
-    seq: u64,
-}
+/// The write lock, released when dropped.
+struct WriteGuard<'a>(&'a Shard);
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        if self.shard.pending_op() == OP_NONE {
-            lock::seq_write_end(&self.shard.seq, self.seq);
-        }
-        lock::write_unlock(&self.shard.state);
+        lock::write_unlock(&self.0.state);
     }
 }
 
@@ -316,15 +302,6 @@ enum Found {
     /// long key the record's value word.
     At(usize, u64, Option<u64>),
     Vacant(usize),
-}
-
-/// The outcome of an optimistic lookup.
-enum Fast {
-    Absent,
-    /// An inline value word.
-    Inline(u64),
-    /// Needs the arena (a long value) or found something invalid: take the lock.
-    Slow,
 }
 
 /// Everything a shard operation needs, with the shard's write or read lock held.
@@ -665,8 +642,7 @@ impl SharedMap {
     ) -> Result<R, Error> {
         let shard = self.shard(i);
         let how = lock::write_lock(&shard.state, &shard.readers, self.me, lock::owner_is_dead);
-        let seq = lock::seq_write_begin(&shard.seq);
-        let _g = WriteGuard { shard, seq };
+        let _g = WriteGuard(shard);
         let mut c = self.ctx(shard, i);
         if how == Acquired::Recovered || shard.pending_op() != OP_NONE {
             self.recovered.fetch_add(1, Ordering::Relaxed);
@@ -702,51 +678,17 @@ impl SharedMap {
         f(&mut c)
     }
 
-    /// The optimistic lookup of a short key (see docs/concurrency.md): loads only, validated
-    /// by the shard's seqlock counter; `Fast::Slow` after repeated conflicts, for a long
-    /// value, or for anything that does not look valid.
-    fn get_fast(&self, shard: &Shard, kw: u64) -> Fast {
-        let backoff = crossbeam_utils::Backoff::new();
-        for _ in 0..OPTIMISTIC_TRIES {
-            let Some(v) = lock::seq_read_begin(&shard.seq) else {
-                backoff.snooze();
-                continue;
-            };
-            let d = shard.table.load(Ordering::Relaxed);
-            let r = match self.slots(d) {
-                Some(slots) => probe_fast(slots, kw),
-                None => Fast::Slow,
-            };
-            if lock::seq_read_validate(&shard.seq, v) {
-                return r;
-            }
-            backoff.spin();
-        }
-        Fast::Slow
-    }
-
     // ------------------------------------------------------------------ operations
 
     /// Calls `f` with the value of `key`, without copying it when it is in one chunk (a
     /// value longer than the slab size is gathered into a buffer first; an inline value of
-    /// at most 7 bytes is a copy). For a key and a value of at most 7 bytes, the lookup is
-    /// optimistic and `f` runs after it, outside any lock; otherwise `f` runs under the
-    /// shard's read lock: keep it short, and do not call back into the map from it (a write
-    /// to the same shard would wait for this very read lock forever).
+    /// at most 7 bytes is a copy). `f` runs under the shard's read lock: keep it short, and
+    /// do not call back into the map from it (a write to the same shard would wait for this
+    /// very read lock forever).
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, Error> {
         let h = self.hash(key);
         let kw = self.key_word(key, h);
         let i = self.shard_of(h);
-        if kw & LONG_KEY == 0 {
-            match self.get_fast(self.shard(i), kw) {
-                Fast::Absent => return Ok(None),
-                Fast::Inline(w) => {
-                    let (b, n) = unpack7(w).ok_or(Error::Corrupt("inline value"))?;
-                    return Ok(Some(f(&b[..n])));
-                }
-                Fast::Slow => {}
-            }
-        }
         self.read(i, |c| match c.find(kw, key)? {
             Found::At(_, vw, rec) => c.with_word(rec.unwrap_or(vw), f).map(Some),
             Found::Vacant(_) => Ok(None),
@@ -829,8 +771,7 @@ impl SharedMap {
         for i in 0..self.nshards {
             self.read(i, |c| c.check())?;
         }
-        self.region.lock().check()?;
-        Ok(())
+        self.region.check()
     }
 }
 
@@ -838,41 +779,14 @@ impl SharedMap {
 fn new_table(r: &SharedRegion, cap: u64) -> Result<u64, Error> {
     let t = r.alloc(cap * SLOT, 64)?;
     let p = r.ptr(t, cap * SLOT).ok_or(Error::Corrupt("new table"))?;
-    // SAFETY: a fresh block of `cap` slots, aligned to 64; slots are atomics (a stale
-    // optimistic reader of the block's previous use may still load from it).
+    // SAFETY: a fresh block of `cap` slots (16 bytes each, aligned to 64) that only this
+    // writer (holding the shard's write lock) reaches until the table word publishes it.
     let slots = unsafe { std::slice::from_raw_parts(p as *const Slot, cap as usize) };
     for s in slots {
         s.kw.store(EMPTY, Ordering::Relaxed);
         s.vw.store(NONE_W, Ordering::Relaxed);
     }
     Ok(t)
-}
-
-/// Linear probing for `kw` with loads only (at most one pass over the table).
-#[inline]
-fn probe_fast(slots: &[Slot], kw: u64) -> Fast {
-    let cap = slots.len();
-    let mut i = home(kw, cap);
-    for _ in 0..cap {
-        let s = &slots[i];
-        let k = s.kw.load(Ordering::Relaxed);
-        if k == kw {
-            let w = s.vw.load(Ordering::Relaxed);
-            return if w >> 56 <= INLINE_MAX as u64 {
-                Fast::Inline(w)
-            } else {
-                Fast::Slow
-            };
-        }
-        if k == EMPTY {
-            return Fast::Absent;
-        }
-        i += 1;
-        if i == cap {
-            i = 0;
-        }
-    }
-    Fast::Slow
 }
 
 // ---------------------------------------------------------------------- shard operations
