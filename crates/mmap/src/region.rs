@@ -27,6 +27,44 @@ const HULL_HI: u64 = 40;
 /// Bytes at the start of a free block that hold its header, links and hull.
 const FREE_HEADER: u64 = 48;
 
+/// Test-only simulation of a process killed inside the allocator: after
+/// `WRITES_LEFT` more writes to the region's allocator words, every further write is
+/// dropped (and `wr` fails), as if the process had died at that instruction boundary.
+#[cfg(test)]
+pub(crate) mod kill {
+    use core::cell::Cell;
+    std::thread_local! {
+        pub(crate) static WRITES_LEFT: Cell<u64> = const { Cell::new(u64::MAX) };
+        pub(crate) static DEAD: Cell<bool> = const { Cell::new(false) };
+    }
+    /// `true` if this write must be dropped (the simulated process is dead).
+    pub(crate) fn write_refused() -> bool {
+        if DEAD.with(Cell::get) {
+            return true;
+        }
+        WRITES_LEFT.with(|w| match w.get() {
+            0 => {
+                DEAD.with(|d| d.set(true));
+                true
+            }
+            u64::MAX => false,
+            n => {
+                w.set(n - 1);
+                false
+            }
+        })
+    }
+    /// `true` once a write was dropped.
+    pub(crate) fn dead() -> bool {
+        DEAD.with(Cell::get)
+    }
+    /// Lets the next `n` writes through, then "kills" (`u64::MAX`: never).
+    pub(crate) fn arm(n: u64) {
+        WRITES_LEFT.with(|w| w.set(n));
+        DEAD.with(|d| d.set(false));
+    }
+}
+
 /// Smallest range holding both (`None` = empty).
 fn union(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
     match (a, b) {
@@ -177,6 +215,29 @@ pub struct CheckReport {
     pub largest_free_block: u64,
     /// Root slots in use.
     pub roots: u64,
+}
+
+/// What [`Region::recover`] found and repaired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// `false` when [`check`](Region::check) passed and nothing was written.
+    pub rebuilt: bool,
+    /// Size of the region in bytes after recovery.
+    pub size: u64,
+    /// Blocks walked (after merging).
+    pub blocks: u64,
+    /// Allocated blocks (leaked blocks of an interrupted operation included).
+    pub allocations: u64,
+    /// Free blocks, each put back into its free list.
+    pub free_blocks: u64,
+    /// Free blocks merged into a free predecessor.
+    pub merged: u64,
+    /// Boundary tags and PREV_FREE flags that were wrong and were rewritten.
+    pub tags_fixed: u64,
+    /// `true` if the header counters (or the last-block field) disagreed with the walk.
+    pub counters_fixed: bool,
+    /// The new size when an interrupted growth was rolled forward.
+    pub grown_to: Option<u64>,
 }
 
 enum Backing {
@@ -570,6 +631,10 @@ impl Region {
     #[inline]
     fn hset(&self, field: usize, v: u64) {
         debug_assert!(field % 8 == 0 && field + 8 <= HEADER_LEN as usize && field != F_SIZE);
+        #[cfg(test)]
+        if kill::write_refused() {
+            return;
+        }
         // SAFETY: as in `hget`.
         unsafe { ptr::write(self.base.as_ptr().add(field).cast::<u64>(), v) }
     }
@@ -594,6 +659,10 @@ impl Region {
     fn wr(&self, off: u64, v: u64) -> Result<(), Error> {
         if off < self.data_start || off % 8 != 0 || off > self.mapped.get() - 8 {
             return Err(corrupt(off, "link points outside the block area"));
+        }
+        #[cfg(test)]
+        if kill::write_refused() {
+            return Err(corrupt(off, "simulated kill"));
         }
         // SAFETY: checked just above: 8-aligned and inside the mapping.
         unsafe { ptr::write(self.base.as_ptr().add(off as usize).cast::<u64>(), v) };
@@ -824,6 +893,10 @@ impl Region {
             if gap != 0 {
                 // The front piece stays free; its predecessor is allocated (no two free
                 // blocks are adjacent), so it needs no coalescing.
+                // Crash order: the rest's header (inside the free block) first, then the
+                // front's shrinking header, so the header chain tiles the region after
+                // every write (two adjacent free blocks at worst, which `recover` merges).
+                self.set_block(b + gap, s - gap, true)?;
                 self.set_block(b, gap, true)?;
                 self.insert(b, gap)?;
                 self.set_hull(b, gap, clip(hull, b, b + gap))?;
@@ -835,6 +908,8 @@ impl Region {
         }
         let mut last_piece = (b, s);
         if s - need >= MIN_BLOCK {
+            // Crash order: the tail's header is written inside the still-free block
+            // before the one write below that shrinks the block and marks it allocated.
             let t = b + need;
             let ts = s - need;
             self.wr(t, need)?;
@@ -845,7 +920,10 @@ impl Region {
             s = need;
             last_piece = (t, ts);
         }
-        // Allocated; its predecessor is free only if a front gap was split off.
+        // Allocated; its predecessor is free only if a front gap was split off. This
+        // single header write is the commit point of the allocation: a kill before it
+        // leaves the block free, a kill after it leaks it (allocated, never returned).
+        // Everything after it (boundary tag, flags, counters) is derived state.
         self.wr(b + 8, s | if b != b0 { PREV_FREE } else { 0 })?;
         let orig_end = b0 + s0;
         if orig_end < end {
@@ -928,6 +1006,9 @@ impl Region {
             len += ps;
             merged -= 1;
         }
+        // Crash order: everything above touched derived state only (counters, lists);
+        // this single header write is the commit point of the free (and of the merge).
+        // A kill before it leaks the block (still allocated), never frees it twice.
         self.set_block(start, len, true)?;
         self.insert(start, len)?;
         let e = start + len;
@@ -957,6 +1038,10 @@ impl Region {
     /// Gives the pages `from..to` (free memory) back to the OS. Best effort: the
     /// memory is free either way, so a failure costs footprint, not correctness.
     fn release(&self, from: u64, to: u64) {
+        #[cfg(test)]
+        if kill::dead() {
+            return;
+        }
         match &self.backing {
             Backing::Anon(_map) => {
                 #[cfg(not(miri))]
@@ -1012,6 +1097,11 @@ impl Region {
         }
         self.mapped.set(new);
         let add = new - old;
+        // Crash order: the header chain ends at the published size `old` until the one
+        // header write that extends it (the last block's size, or the new block's header
+        // at `old`, beyond the published size). A kill after that write, before the
+        // publication, leaves a last block reaching past the published size into the
+        // lengthened file: `recover` rolls the growth forward.
         if lfree {
             // The new pages are clean: the hull stays what it was.
             let hull = self.hull(last, ls)?;
@@ -1029,6 +1119,10 @@ impl Region {
         }
         self.hadd(F_FREE, add as i64);
         // Everything above is in place (file extended, headers written): publish.
+        #[cfg(test)]
+        if kill::dead() {
+            return Ok(());
+        }
         publish_size(self.size_word(), new);
         Ok(())
     }
@@ -1179,6 +1273,158 @@ impl Region {
         Ok(best.saturating_sub(BLOCK_HEADER))
     }
 
+    /// Repairs the block allocator after a process died inside
+    /// [`alloc`](Self::alloc), [`free`](Self::free) or a growth (for example when taking
+    /// over a lock whose holder was killed). Does nothing when [`check`](Self::check)
+    /// passes.
+    ///
+    /// Block headers (size and free flag) are the truth: every allocator write is
+    /// ordered so that they tile the region at every instruction boundary. Everything
+    /// else is derived and rebuilt by one walk over the blocks: adjacent free blocks
+    /// are merged, boundary tags and PREV_FREE flags rewritten, free lists and their
+    /// bitmap rebuilt, dirty hulls set to whole blocks (conservative: they only steer
+    /// give-back), and the counters and last-block field recomputed. A growth that
+    /// was interrupted after its header write is rolled forward (size published). The
+    /// block of the interrupted operation may leak (stay allocated); no live block is
+    /// ever freed or handed out twice.
+    ///
+    /// Headers that do not tile the region are real corruption, not an interrupted
+    /// operation: [`Error::Corrupt`]. Idempotent; O(blocks). Must not run while another
+    /// thread or process uses the allocator.
+    pub fn recover(&self) -> Result<RecoverReport, Error> {
+        let published = self.size_word().load(core::sync::atomic::Ordering::Acquire);
+        let view = self.mapped.get();
+        if published >= view {
+            if let Ok(c) = self.check() {
+                return Ok(RecoverReport {
+                    size: c.size,
+                    blocks: c.blocks,
+                    allocations: c.allocations,
+                    free_blocks: c.free_blocks,
+                    ..RecoverReport::default()
+                });
+            }
+        }
+        if published > self.mapped.get() {
+            self.extend_view(self.mapped.get(), published)?;
+            self.mapped.set(published);
+        }
+        let mut end = self.mapped.get();
+        let mut rep = RecoverReport {
+            rebuilt: true,
+            ..RecoverReport::default()
+        };
+        // Pass 1: validate the tiling, roll an interrupted growth forward, merge free
+        // neighbours. Every write keeps the tiling valid, so recovery may itself be
+        // interrupted and run again.
+        let mut b = self.data_start;
+        let mut run: Option<(u64, u64)> = None;
+        while b < end {
+            let v = self.rd(b + 8)?;
+            let mut size = v & !FLAG_MASK;
+            let mut free = v & FREE != 0;
+            if b == published && published < end && size < MIN_BLOCK {
+                // This process had mapped a growth whose headers were never written
+                // (the same process recovers after a simulated kill): the new range
+                // becomes a free block.
+                size = end - b;
+                self.set_block(b, size, true)?;
+                free = true;
+                rep.grown_to = Some(end);
+            } else if v & FLAG_MASK & !(FREE | PREV_FREE) != 0 || size < MIN_BLOCK {
+                return Err(corrupt(b, "block header out of range"));
+            } else if size > end - b {
+                // Only a growth writes a header past the published size, a free one.
+                if !free {
+                    return Err(corrupt(b, "block header out of range"));
+                }
+                self.roll_forward(b, size, end)?;
+                end = b + size;
+                rep.grown_to = Some(end);
+            }
+            match run {
+                Some((rs, rl)) if free => {
+                    self.set_block(rs, rl + size, true)?;
+                    run = Some((rs, rl + size));
+                    rep.merged += 1;
+                }
+                _ => run = free.then_some((b, size)),
+            }
+            b += size;
+        }
+        publish_size(self.size_word(), end);
+        // Pass 2: derived state.
+        for bin in 0..BINS {
+            self.hset(F_BINS_HEADS + bin * 8, 0);
+        }
+        for w in 0..BINS / 64 {
+            self.hset(F_BITMAP + w * 8, 0);
+        }
+        let (mut in_use, mut free_bytes) = (0u64, 0u64);
+        let (mut b, mut prev_size, mut prev_free, mut last) = (self.data_start, 0, false, 0);
+        while b < end {
+            let (size, free) = self.block(b)?;
+            if self.rd(b)? != prev_size {
+                self.wr(b, prev_size)?;
+                rep.tags_fixed += 1;
+            }
+            let want = size | u64::from(free) | if prev_free { PREV_FREE } else { 0 };
+            if self.rd(b + 8)? != want {
+                self.wr(b + 8, want)?;
+                rep.tags_fixed += 1;
+            }
+            rep.blocks += 1;
+            if free {
+                self.insert(b, size)?;
+                self.set_hull(b, size, Some((b, b + size)))?;
+                rep.free_blocks += 1;
+                free_bytes += size;
+            } else {
+                rep.allocations += 1;
+                in_use += size;
+            }
+            (last, prev_size, prev_free) = (b, size, free);
+            b += size;
+        }
+        let counters = [
+            (F_IN_USE, in_use),
+            (F_FREE, free_bytes),
+            (F_ALLOCS, rep.allocations),
+            (F_FREE_BLOCKS, rep.free_blocks),
+            (F_LAST_BLOCK, last),
+        ];
+        for (field, v) in counters {
+            if self.hget(field) != v {
+                self.hset(field, v);
+                rep.counters_fixed = true;
+            }
+        }
+        rep.size = end;
+        Ok(rep)
+    }
+
+    /// Maps and publishes a growth that a dead process left half done: the block at `b`
+    /// (`size` bytes) reaches past `end`, into the file that the growth lengthened.
+    fn roll_forward(&self, b: u64, size: u64, end: u64) -> Result<(), Error> {
+        let new = b + size;
+        let bad = corrupt(b, "block header out of range");
+        if new % self.page != 0 || new > self.reserved {
+            return Err(bad);
+        }
+        match &self.backing {
+            Backing::Anon(_) => Err(bad),
+            Backing::File { file, .. } => {
+                if file.metadata()?.len() < new {
+                    return Err(bad);
+                }
+                // SAFETY: end..new lies inside our reservation beyond our view: unreferenced.
+                unsafe { os::map_file_fixed(self.base.as_ptr(), file, end, new) }?;
+                self.mapped.set(new);
+                Ok(())
+            }
+        }
+    }
+
     /// Walks and validates every allocator structure: the block chain covers the region
     /// exactly, boundary tags agree, no two free blocks are adjacent, every free block is
     /// in exactly the right free list (and nothing else is), the bitmaps match the lists,
@@ -1279,6 +1525,10 @@ impl Region {
         Ok(r)
     }
 }
+
+#[cfg(test)]
+#[path = "recover_tests.rs"]
+mod recover_tests;
 
 #[inline]
 fn corrupt(offset: u64, what: &'static str) -> Error {

@@ -97,14 +97,21 @@ impl SharedRegion {
         }
         let _u = Unlock(words);
         if how == lock::Acquired::Recovered {
-            // A process died inside the block allocator: its state may be torn. Refuse to
-            // go on if it is.
-            r.check()
+            // A process may have died inside the block allocator: rebuild its derived
+            // state from the block headers (a no-op when `check` passes). Headers that do
+            // not tile the region are real corruption, and an error.
+            r.recover()
                 .map_err(|_| Error::Corrupt("region allocator torn by a dead process"))?;
         }
         let out = f(&r);
         self.view.fetch_max(r.mapped_len(), Ordering::Release);
         out
+    }
+
+    /// Checks the region's allocator under the allocator lock: other processes' allocations
+    /// are not seen half done, and a dead holder's torn state is recovered first.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.with_alloc_lock(|r| Ok(r.check().map(|_| ())?))
     }
 
     pub(crate) fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {

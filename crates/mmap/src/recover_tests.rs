@@ -1,0 +1,264 @@
+//! `Region::recover` after a simulated kill at every allocator write of alloc, free and
+//! growth: the `kill` hook lets N writes through and drops every later one, as if the
+//! process had died at that instruction boundary. After the kill, `recover` and `check`
+//! must pass, every live allocation must hold its bytes, no two allocations may overlap,
+//! and the allocator must go on working.
+
+use super::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Alloc(u64, u64),
+    Free(usize),
+}
+
+/// A live allocation: offset, length, pattern seed.
+type Live = Vec<(Offset, u64, u64)>;
+
+fn gen(rng: &mut Rng, live: &Live) -> Op {
+    let x = rng.next();
+    if !live.is_empty() && x % 3 == 0 {
+        return Op::Free((x >> 8) as usize % live.len());
+    }
+    const SIZES: [u64; 7] = [8, 24, 40, 100, 300, 1000, 5000];
+    const ALIGNS: [u64; 6] = [8, 16, 16, 64, 256, 4096];
+    Op::Alloc(
+        SIZES[(x >> 8) as usize % SIZES.len()],
+        ALIGNS[(x >> 16) as usize % ALIGNS.len()],
+    )
+}
+
+fn byte(seed: u64, i: u64) -> u8 {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i) >> 7) as u8
+}
+
+fn fill(r: &Region, (off, len, seed): (Offset, u64, u64)) {
+    let p = r.ptr(off, len).unwrap().as_ptr();
+    for i in 0..len {
+        // SAFETY: `off..off + len` is a live allocation of `r`.
+        unsafe { p.add(i as usize).write(byte(seed, i)) };
+    }
+}
+
+fn verify(r: &Region, live: &Live) {
+    for &(off, len, seed) in live {
+        let p = r.ptr(off, len).unwrap().as_ptr();
+        for i in 0..len {
+            // SAFETY: as in `fill`.
+            let got = unsafe { p.add(i as usize).read() };
+            assert_eq!(
+                got,
+                byte(seed, i),
+                "allocation {off:?}+{len} overwritten at {i}"
+            );
+        }
+    }
+    let mut spans: Vec<(u64, u64)> = live.iter().map(|&(o, l, _)| (o.get(), l)).collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "overlapping allocations {w:?}");
+    }
+}
+
+fn opts() -> RegionOptions {
+    let page = os::page_size();
+    RegionOptions::new()
+        .initial_size(0)
+        .max_size(if cfg!(miri) { 1 << 20 } else { 64 << 20 })
+        .growth_step(page)
+        .release_threshold(2 * page)
+}
+
+/// Runs `steps` ops of scenario `seed`; op `kill_step` is killed after `n` writes.
+/// With `file`, the region is a file that a second `Region` (another process) has open
+/// from the start; after the kill the killed one is dropped and the other recovers
+/// (with its own, older view of the file: it must map what the dead one grew). Returns whether the kill happened (`false`: the op completed
+/// in fewer than `n` writes).
+fn run(seed: u64, steps: usize, kill_step: usize, n: u64, file: Option<&Path>) -> bool {
+    let (mut r, mut other) = match file {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            let r = Region::create(p, &opts()).unwrap();
+            (r, Some(Region::open_with(p, &opts()).unwrap()))
+        }
+        None => (Region::anonymous_with(&opts()).unwrap(), None),
+    };
+    let mut rng = Rng(seed | 1);
+    let mut live: Live = Vec::new();
+    let mut killed = false;
+    for step in 0..steps {
+        let op = gen(&mut rng, &live);
+        if step == kill_step {
+            kill::arm(n);
+        }
+        let got = match op {
+            Op::Alloc(size, align) => r.alloc(size, align).map(|off| {
+                assert_eq!(off.get() % align, 0);
+                Some((off, size, rng.next()))
+            }),
+            Op::Free(i) => {
+                let (off, _, _) = live.swap_remove(i);
+                r.free(off).map(|()| None)
+            }
+        };
+        if step != kill_step {
+            if let Some(a) = got.unwrap() {
+                fill(&r, a);
+                live.push(a);
+            }
+            continue;
+        }
+        killed = kill::dead();
+        kill::arm(u64::MAX);
+        if !killed {
+            if let Some(a) = got.unwrap() {
+                fill(&r, a);
+                live.push(a);
+            }
+            continue;
+        }
+        if let Some(o) = other.take() {
+            r = o;
+        }
+        let rep = r
+            .recover()
+            .unwrap_or_else(|e| panic!("step {step} {op:?} killed after {n} writes: {e}"));
+        r.check()
+            .unwrap_or_else(|e| panic!("step {step} {op:?} killed after {n} writes: {e}"));
+        let again = r.recover().unwrap();
+        assert!(
+            !again.rebuilt,
+            "recover is not idempotent: {rep:?} then {again:?}"
+        );
+        assert_eq!(again.allocations, rep.allocations);
+        // An allocation the dead process got (all its header writes done) stays live.
+        if let Ok(Some(a)) = got {
+            fill(&r, a);
+            live.push(a);
+        }
+        verify(&r, &live);
+        let leaked = rep.allocations - live.len() as u64;
+        assert!(leaked <= 1, "{leaked} blocks leaked by one killed op");
+    }
+    verify(&r, &live);
+    r.check().unwrap();
+    for (off, _, _) in live.drain(..) {
+        r.free(off).unwrap();
+    }
+    let c = r.check().unwrap();
+    assert!(c.allocations <= u64::from(killed));
+    killed
+}
+
+fn kill_everywhere(seed: u64, steps: usize, file: Option<&Path>) -> u64 {
+    let mut kills = 0;
+    for kill_step in 0..steps {
+        let mut n = 0;
+        while run(seed, steps, kill_step, n, file) {
+            n += 1;
+            kills += 1;
+        }
+    }
+    kills
+}
+
+#[test]
+fn recover_after_a_kill_at_every_write_anonymous() {
+    let (seeds, steps) = if cfg!(miri) { (1, 8) } else { (4, 60) };
+    let mut kills = 0;
+    for seed in 0..seeds {
+        kills += kill_everywhere(0x5EED + seed, steps, None);
+    }
+    assert!(kills > steps as u64, "only {kills} kills simulated");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn recover_after_a_kill_at_every_write_file_other_process() {
+    let dir = std::env::temp_dir().join(format!(
+        "offheap-recover-{}-{:x}",
+        std::process::id(),
+        creation_stamp()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.region");
+    let mut kills = 0;
+    for seed in 0..2 {
+        kills += kill_everywhere(0xF11E + seed, 40, Some(&path));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(kills > 40, "only {kills} kills simulated");
+}
+
+#[test]
+fn recover_on_a_sound_region_writes_nothing() {
+    let r = Region::anonymous_with(&opts()).unwrap();
+    let a = r.alloc(100, 8).unwrap();
+    let _b = r.alloc(200, 8).unwrap();
+    r.free(a).unwrap();
+    let rep = r.recover().unwrap();
+    assert!(!rep.rebuilt);
+    assert_eq!((rep.allocations, rep.free_blocks), (1, 2));
+}
+
+#[test]
+fn recover_rebuilds_lists_and_counters() {
+    let r = Region::anonymous_with(&opts()).unwrap();
+    let offs: Vec<Offset> = (0..8).map(|i| r.alloc(64 * (i + 1), 16).unwrap()).collect();
+    for &o in offs.iter().step_by(2) {
+        r.free(o).unwrap();
+    }
+    let before = r.check().unwrap();
+    // Tear every piece of derived state: lists, bitmap, counters, last block.
+    for bin in 0..BINS {
+        r.hset(F_BINS_HEADS + bin * 8, 0);
+    }
+    r.hset(F_BITMAP, !0);
+    r.hset(F_IN_USE, 7);
+    r.hset(F_LAST_BLOCK, 0);
+    assert!(r.check().is_err());
+    let rep = r.recover().unwrap();
+    assert!(rep.rebuilt && rep.counters_fixed);
+    let after = r.check().unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn recover_merges_adjacent_free_blocks() {
+    let r = Region::anonymous_with(&opts()).unwrap();
+    let a = r.alloc(100, 16).unwrap();
+    let b = r.alloc(100, 16).unwrap();
+    let _c = r.alloc(100, 16).unwrap();
+    // Mark `b`'s block free by its header alone, next to the free `a` (as a torn free
+    // would never do, but a torn aligned carve does).
+    r.free(a).unwrap();
+    let hb = b.get() - BLOCK_HEADER + 8;
+    let v = r.rd(hb).unwrap();
+    r.wr(hb, (v & !FLAG_MASK) | FREE).unwrap();
+    let rep = r.recover().unwrap();
+    assert_eq!(rep.merged, 1);
+    let c = r.check().unwrap();
+    assert_eq!(c.allocations, 1);
+}
+
+#[test]
+fn recover_refuses_headers_that_do_not_tile() {
+    let r = Region::anonymous_with(&opts()).unwrap();
+    let a = r.alloc(100, 16).unwrap();
+    let _b = r.alloc(100, 16).unwrap();
+    let ha = a.get() - BLOCK_HEADER + 8;
+    r.wr(ha, 3 << 4).unwrap(); // 48 bytes: lands inside `a`'s payload
+    r.wr(a.get() + 24, 0).unwrap(); // where the chain now looks for a header
+    assert!(matches!(r.recover(), Err(Error::Corrupt { .. })));
+}
