@@ -4,15 +4,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+use common::{scratch_path, Input};
 use offheap_mmap::{Offset, Region, RegionOptions};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// A valid region file image with allocations, free blocks and roots.
 fn valid_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let path = scratch_path("seed");
+        let path = scratch_path("seed.region");
         let _ = std::fs::remove_file(&path);
         let opts = RegionOptions::new().initial_size(64 << 10);
         let r = Region::create(&path, &opts).expect("create seed region");
@@ -32,36 +35,6 @@ fn valid_image() -> &'static [u8] {
         let _ = std::fs::remove_file(&path);
         bytes
     })
-}
-
-fn scratch_path(what: &str) -> PathBuf {
-    let dir = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!("offheap-fuzz-{}-{what}.region", std::process::id()))
-}
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes([
-            self.byte()?,
-            self.byte()?,
-            self.byte()?,
-            self.byte()?,
-        ]))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from(self.u32()?) | u64::from(self.u32()?) << 32)
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -113,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     if reseal {
         offheap_mmap::__fuzz::reseal(&mut img);
     }
-    let path = scratch_path("case");
+    let path = scratch_path("case.region");
     std::fs::write(&path, &img).unwrap();
     let opts = RegionOptions::new().max_size(256 << 20);
     let opened = Region::open_with(&path, &opts);

@@ -5,9 +5,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+use common::{scratch_path, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{SharedMap, SharedMapOptions};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const SHARDS: usize = 4;
@@ -29,7 +32,7 @@ fn value(i: u32) -> Vec<u8> {
 fn valid_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let path = scratch_path("seed");
+        let path = scratch_path("seed.map");
         let _ = std::fs::remove_file(&path);
         let opts = SharedMapOptions::new()
             .shards(SHARDS)
@@ -48,35 +51,6 @@ fn valid_image() -> &'static [u8] {
         let _ = std::fs::remove_file(&path);
         bytes
     })
-}
-
-fn scratch_path(what: &str) -> PathBuf {
-    let dir = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!("offheap-fuzz-{}-{what}.map", std::process::id()))
-}
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        let mut b = [0u8; 4];
-        for x in &mut b {
-            *x = self.byte()?;
-        }
-        Some(u32::from_le_bytes(b))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from(self.u32()?) | u64::from(self.u32()?) << 32)
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -110,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             _ => break,
         }
     }
-    let path = scratch_path("case");
+    let path = scratch_path("case.map");
     std::fs::write(&path, &img).unwrap();
     let opened = SharedMap::open(&path);
     // The mapping keeps the file alive; unlinking now leaves nothing behind.
