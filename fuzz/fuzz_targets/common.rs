@@ -34,3 +34,40 @@ impl Input<'_> {
         Some(u64::from(self.u32()?) | u64::from(self.u32()?) << 32)
     }
 }
+
+/// Flips the bits `x` of one byte anywhere in `img`. `None` when the input has run out.
+pub fn flip(img: &mut [u8], input: &mut Input<'_>) -> Option<()> {
+    let (at, x) = (input.u32()?, input.byte()?);
+    let len = img.len().max(1);
+    if let Some(b) = img.get_mut(at as usize % len) {
+        *b ^= x;
+    }
+    Some(())
+}
+
+/// Overwrites an aligned 8-byte word of `img`, within its first `window` bytes (the whole
+/// image when `None`). `None` when the input has run out.
+pub fn overwrite_word(img: &mut [u8], input: &mut Input<'_>, window: Option<usize>) -> Option<()> {
+    let (at, v) = (input.u32()?, input.u64()?);
+    let span = window.unwrap_or(img.len()).max(1);
+    let at = (at as usize % span) & !7;
+    if at + 8 <= img.len() {
+        img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    Some(())
+}
+
+/// Truncates `img` to a length drawn from the input. `None` when the input has run out.
+pub fn truncate(img: &mut Vec<u8>, input: &mut Input<'_>) -> Option<()> {
+    let n = input.u32()?;
+    let len = img.len() + 1;
+    img.truncate(n as usize % len);
+    Some(())
+}
+
+/// The bytes of the seed file at `path`, which is then removed.
+pub fn take_file(path: &std::path::Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).expect("read the seed file");
+    let _ = std::fs::remove_file(path);
+    bytes
+}

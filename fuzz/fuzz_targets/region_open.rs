@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{scratch_path, Input};
+use common::{flip, overwrite_word, scratch_path, truncate, Input};
 use offheap_mmap::{Offset, Region, RegionOptions};
 use std::sync::OnceLock;
 
@@ -31,9 +31,7 @@ fn valid_image() -> &'static [u8] {
         r.set_root("second", Some(offs[2])).unwrap();
         r.flush().unwrap();
         drop(r);
-        let bytes = std::fs::read(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        bytes
+        common::take_file(&path)
     })
 }
 
@@ -43,44 +41,21 @@ fuzz_target!(|data: &[u8]| {
     let mut reseal = false;
     // Mutations until a 0xFF separator or the end of the input.
     while let Some(kind) = input.byte() {
-        let len = img.len().max(1);
-        match kind % 8 {
-            0 => {
-                // Flip bits of one byte anywhere.
-                let (Some(at), Some(x)) = (input.u32(), input.byte()) else {
-                    break;
-                };
-                let at = at as usize % len;
-                if at < img.len() {
-                    img[at] ^= x;
-                }
+        let more = match kind % 8 {
+            0 => flip(&mut img, &mut input),
+            // An aligned word in the header (fields, bins, roots).
+            1 | 2 => overwrite_word(&mut img, &mut input, Some(4096)),
+            // An aligned word anywhere (block headers, links).
+            3 | 4 => overwrite_word(&mut img, &mut input, None),
+            5 => truncate(&mut img, &mut input),
+            6 => {
+                reseal = true;
+                Some(())
             }
-            1 | 2 => {
-                // Overwrite an aligned word in the header (fields, bins, roots).
-                let (Some(at), Some(v)) = (input.u32(), input.u64()) else {
-                    break;
-                };
-                let at = (at as usize % 4096) & !7;
-                if at + 8 <= img.len() {
-                    img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-                }
-            }
-            3 | 4 => {
-                // Overwrite an aligned word in the block area (block headers, links).
-                let (Some(at), Some(v)) = (input.u32(), input.u64()) else {
-                    break;
-                };
-                let at = (at as usize % len) & !7;
-                if at + 8 <= img.len() {
-                    img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-                }
-            }
-            5 => {
-                let Some(n) = input.u32() else { break };
-                img.truncate(n as usize % (len + 1));
-            }
-            6 => reseal = true,
-            _ => break,
+            _ => None,
+        };
+        if more.is_none() {
+            break;
         }
     }
     if reseal {

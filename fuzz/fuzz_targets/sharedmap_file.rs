@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{scratch_path, Input};
+use common::{flip, overwrite_word, scratch_path, truncate, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{SharedMap, SharedMapOptions};
 use std::sync::OnceLock;
@@ -47,9 +47,7 @@ fn valid_image() -> &'static [u8] {
         }
         m.flush().unwrap();
         drop(m);
-        let bytes = std::fs::read(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        bytes
+        common::take_file(&path)
     })
 }
 
@@ -58,30 +56,14 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     // Mutations until a separator byte or the end of the input.
     while let Some(kind) = input.byte() {
-        let len = img.len().max(1);
-        match kind % 6 {
-            0 | 1 => {
-                let (Some(at), Some(x)) = (input.u32(), input.byte()) else {
-                    break;
-                };
-                if let Some(b) = img.get_mut(at as usize % len) {
-                    *b ^= x;
-                }
-            }
-            2 | 3 => {
-                let (Some(at), Some(v)) = (input.u32(), input.u64()) else {
-                    break;
-                };
-                let at = (at as usize % len) & !7;
-                if at + 8 <= img.len() {
-                    img[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-                }
-            }
-            4 => {
-                let Some(n) = input.u32() else { break };
-                img.truncate(n as usize % (len + 1));
-            }
-            _ => break,
+        let more = match kind % 6 {
+            0 | 1 => flip(&mut img, &mut input),
+            2 | 3 => overwrite_word(&mut img, &mut input, None),
+            4 => truncate(&mut img, &mut input),
+            _ => None,
+        };
+        if more.is_none() {
+            break;
         }
     }
     let path = scratch_path("case.map");
