@@ -323,18 +323,21 @@ mod loom_tests {
         false
     }
 
+    /// Takes the write lock as owner `id`, adds one to the data, releases.
+    fn increment(l: &Lock, id: u64) {
+        write_lock(&l.state, &l.slots, id, alive);
+        // SAFETY: loom checks that this write races with nothing.
+        l.data.with_mut(|p| unsafe { *p += 1 });
+        write_unlock(&l.state);
+    }
+
     #[test]
     fn loom_writer_excludes_readers() {
         loom::model(|| {
             let l = lock();
             let w = {
                 let l = l.clone();
-                thread::spawn(move || {
-                    write_lock(&l.state, &l.slots, 1, alive);
-                    // SAFETY: loom checks this write races with nothing.
-                    l.data.with_mut(|p| unsafe { *p += 1 });
-                    write_unlock(&l.state);
-                })
+                thread::spawn(move || increment(&l, 1))
             };
             let i = read_lock(&l.state, &l.slots, 2, 0, alive).unwrap();
             // SAFETY: loom checks this read races with no write.
@@ -351,17 +354,9 @@ mod loom_tests {
             let l = lock();
             let w = {
                 let l = l.clone();
-                thread::spawn(move || {
-                    write_lock(&l.state, &l.slots, 1, alive);
-                    // SAFETY: loom checks exclusion.
-                    l.data.with_mut(|p| unsafe { *p += 1 });
-                    write_unlock(&l.state);
-                })
+                thread::spawn(move || increment(&l, 1))
             };
-            write_lock(&l.state, &l.slots, 2, alive);
-            // SAFETY: loom checks exclusion.
-            l.data.with_mut(|p| unsafe { *p += 1 });
-            write_unlock(&l.state);
+            increment(&l, 2);
             w.join().unwrap();
             // SAFETY: both threads are done.
             assert_eq!(l.data.with(|p| unsafe { *p }), 2);

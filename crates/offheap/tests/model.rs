@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use offheap::{BytesMap, BytesMapOptions, Map};
 use proptest::prelude::*;
 
+mod common;
+use common::{cases, max_ops};
+
 #[derive(Clone, Debug)]
 enum MapOp {
     Insert(u16, u64),
@@ -62,24 +65,6 @@ fn bytes_op() -> impl Strategy<Value = BytesOp> {
         1 => Just(BytesOp::Reopen),
         1 => Just(BytesOp::Iter),
     ]
-}
-
-fn max_ops() -> usize {
-    if cfg!(miri) {
-        12
-    } else {
-        250
-    }
-}
-
-fn cases() -> u32 {
-    // Miri runs each case about a thousand times slower: four cases there.
-    let cap = if cfg!(miri) { 4 } else { u32::MAX };
-    let n = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
-    n.min(cap)
 }
 
 fn run_bytes(ops: Vec<BytesOp>, opts: BytesMapOptions, file: bool) {
@@ -140,7 +125,7 @@ fn run_bytes(ops: Vec<BytesOp>, opts: BytesMapOptions, file: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     #[test]
     fn map_matches_std(ops in proptest::collection::vec(map_op(), 1..max_ops())) {

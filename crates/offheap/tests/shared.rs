@@ -8,23 +8,8 @@ use std::time::{Duration, Instant};
 use offheap::{SharedMap, SharedMapOptions};
 use proptest::prelude::*;
 
-fn max_ops() -> usize {
-    if cfg!(miri) {
-        12
-    } else {
-        250
-    }
-}
-
-fn cases() -> u32 {
-    // Miri runs each case about a thousand times slower: four cases there.
-    let cap = if cfg!(miri) { 4 } else { u32::MAX };
-    let n = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
-    n.min(cap)
-}
+mod common;
+use common::{cases, max_ops};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -55,7 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(cases(32)))]
 
     #[test]
     fn shared_map_matches_std(ops in proptest::collection::vec(op(), 1..max_ops()), collide in any::<bool>()) {
