@@ -105,7 +105,7 @@ enum Cmd {
     Worker {
         file: PathBuf,
         id: usize,
-        #[arg(num_args = 6)]
+        #[arg(num_args = 7)]
         shape: Vec<String>,
     },
 }
@@ -137,6 +137,11 @@ struct BenchArgs {
     /// Shards of the map (a power of two).
     #[arg(long, default_value_t = 256)]
     shards: usize,
+    /// Operations per call: 1 uses the one-key API (`put`, `get_with`, `delete`) as
+    /// SharedHashFile's test does; more uses the batched, prefetching API (`put_many`,
+    /// `get_many_with`, `delete_many`) with groups of this many keys.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// The map file (must not exist). Default: a new file in --dir.
     #[arg(long, conflicts_with = "dir")]
     file: Option<PathBuf>,
@@ -548,6 +553,7 @@ fn bench(a: BenchArgs) -> Res<()> {
         value_size: a.value_size,
         mix_get_percent: a.mix_get_percent,
         shards: a.shards,
+        batch: a.batch,
     };
     cfg.validate().map_err(msg)?;
     let path = match (a.file, a.dir) {
@@ -574,13 +580,18 @@ fn bench(a: BenchArgs) -> Res<()> {
     let _cleanup = Remove(if a.keep { None } else { Some(path.clone()) });
     if !a.json {
         println!(
-            "offheap bench: {} processes, {} keys, {}-byte keys, {}-byte values, MIX {}% get, {} shards, file {}",
+            "offheap bench: {} processes, {} keys, {}-byte keys, {}-byte values, MIX {}% get, {} shards, {}, file {}",
             cfg.procs,
             cfg.keys,
             cfg.key_size,
             cfg.value_size,
             cfg.mix_get_percent,
             cfg.shards,
+            if cfg.batch == 1 {
+                "one key per call".to_string()
+            } else {
+                format!("batches of {}", cfg.batch)
+            },
             path.display()
         );
     }

@@ -52,6 +52,10 @@ pub struct Config {
     pub mix_get_percent: u32,
     /// Shards of the map (a power of two).
     pub shards: usize,
+    /// Operations per call: 1 uses the one-key API (`put`, `get_with`, `delete`), as
+    /// SharedHashFile's test does; more uses the batched API (`put_many`,
+    /// `get_many_with`, `delete_many`) with groups of this many keys.
+    pub batch: usize,
 }
 
 impl Default for Config {
@@ -63,12 +67,16 @@ impl Default for Config {
             value_size: 4,
             mix_get_percent: 98,
             shards: 256,
+            batch: 1,
         }
     }
 }
 
 /// Largest key or value size the workload accepts (1 MiB).
 pub const MAX_SIZE: usize = 1 << 20;
+
+/// Largest `--batch`.
+pub const MAX_BATCH: usize = 4096;
 
 impl Config {
     /// Checks the shape; the message says what is wrong.
@@ -103,6 +111,9 @@ impl Config {
         if !self.shards.is_power_of_two() || self.shards > 1 << 16 {
             return Err("--shards must be a power of two up to 65536".into());
         }
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err(format!("--batch must be 1 to {MAX_BATCH}"));
+        }
         Ok(())
     }
 
@@ -131,6 +142,7 @@ impl Config {
             self.value_size.to_string(),
             self.mix_get_percent.to_string(),
             self.shards.to_string(),
+            self.batch.to_string(),
         ]
     }
 
@@ -148,6 +160,7 @@ impl Config {
             value_size: n(3)? as usize,
             mix_get_percent: n(4)? as u32,
             shards: n(5)? as usize,
+            batch: n(6)? as usize,
         };
         c.validate()?;
         Ok(c)
@@ -255,57 +268,155 @@ pub fn run_worker(
             ops: 0,
             last: t,
         };
-        match phase {
-            "PUT" | "UPD" => {
-                let flip = if phase == "UPD" { u64::MAX } else { 0 };
-                for k in lo..hi {
-                    fill_key(&mut key, k);
-                    fill_value(&mut val, k ^ flip);
-                    m.put(&key, &val)?;
-                    p.add(1)?;
-                }
-            }
-            "MIX" => {
-                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ id as u64;
-                let span = hi - lo;
-                for _ in lo..hi {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let k = lo + x % span;
-                    fill_key(&mut key, k);
-                    if (x >> 32) % 100 < cfg.mix_get_percent as u64 {
-                        std::hint::black_box(m.get_with(&key, |v| v.len())?);
-                        p.add(1)?;
-                    } else {
-                        m.delete(&key)?;
-                        fill_value(&mut val, k);
+        if cfg.batch > 1 {
+            batched_phase(&m, cfg, phase, id, (lo, hi), &mut p)?;
+        } else {
+            match phase {
+                "PUT" | "UPD" => {
+                    let flip = if phase == "UPD" { u64::MAX } else { 0 };
+                    for k in lo..hi {
+                        fill_key(&mut key, k);
+                        fill_value(&mut val, k ^ flip);
                         m.put(&key, &val)?;
-                        p.add(2)?;
+                        p.add(1)?;
                     }
                 }
-            }
-            _ => {
-                let (mut found, mut wrong) = (0u64, 0u64);
-                for k in lo..hi {
-                    fill_key(&mut key, k);
-                    if let Some(n) = m.get_with(&key, |v| v.len())? {
-                        found += 1;
-                        wrong += (n != cfg.value_size) as u64;
+                "MIX" => {
+                    let mut x = mix_seed(id);
+                    let span = hi - lo;
+                    for _ in lo..hi {
+                        xorshift(&mut x);
+                        let k = lo + x % span;
+                        fill_key(&mut key, k);
+                        if (x >> 32) % 100 < cfg.mix_get_percent as u64 {
+                            std::hint::black_box(m.get_with(&key, |v| v.len())?);
+                            p.add(1)?;
+                        } else {
+                            m.delete(&key)?;
+                            fill_value(&mut val, k);
+                            m.put(&key, &val)?;
+                            p.add(2)?;
+                        }
                     }
-                    p.add(1)?;
                 }
-                if found != hi - lo || wrong != 0 {
-                    return fail(format!(
-                        "worker {id}: GET found {found} of {} keys, {wrong} with a value of the wrong size",
-                        hi - lo
-                    ));
+                _ => {
+                    let (mut found, mut wrong) = (0u64, 0u64);
+                    for k in lo..hi {
+                        fill_key(&mut key, k);
+                        if let Some(n) = m.get_with(&key, |v| v.len())? {
+                            found += 1;
+                            wrong += (n != cfg.value_size) as u64;
+                        }
+                        p.add(1)?;
+                    }
+                    check_found(id, found, wrong, hi - lo)?;
                 }
             }
         }
         let (ops, ns) = (p.ops, t.elapsed().as_nanos());
         writeln!(out, "d {ops} {ns}")?;
         out.flush()?;
+    }
+    Ok(())
+}
+
+/// The xorshift step of the MIX phase's key choice.
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// The MIX phase's generator seed for worker `id`.
+fn mix_seed(id: usize) -> u64 {
+    0x2545_F491_4F6C_DD1Du64 ^ id as u64
+}
+
+fn check_found(id: usize, found: u64, wrong: u64, want: u64) -> Result<(), WorkloadError> {
+    if found != want || wrong != 0 {
+        return fail(format!(
+            "worker {id}: GET found {found} of {want} keys, {wrong} with a value of the wrong size"
+        ));
+    }
+    Ok(())
+}
+
+/// One phase through the batched API: the same operations on the same keys as the one-key
+/// loop, `cfg.batch` at a time (in MIX, a group's gets go first, then its delete + puts).
+fn batched_phase(
+    m: &SharedMap,
+    cfg: &Config,
+    phase: &str,
+    id: usize,
+    (lo, hi): (u64, u64),
+    p: &mut Progress<'_, impl Write>,
+) -> Result<(), WorkloadError> {
+    let b = cfg.batch;
+    let mut keys = vec![padded(cfg.key_size); b];
+    let mut dels = keys.clone();
+    let mut pairs = vec![(padded(cfg.key_size), padded(cfg.value_size)); b];
+    let mut k = lo;
+    match phase {
+        "PUT" | "UPD" => {
+            let flip = if phase == "UPD" { u64::MAX } else { 0 };
+            while k < hi {
+                let n = (hi - k).min(b as u64) as usize;
+                for (j, (key, val)) in pairs[..n].iter_mut().enumerate() {
+                    fill_key(key, k + j as u64);
+                    fill_value(val, (k + j as u64) ^ flip);
+                }
+                m.put_many(&pairs[..n])?;
+                p.add(n as u64)?;
+                k += n as u64;
+            }
+        }
+        "MIX" => {
+            let mut x = mix_seed(id);
+            let span = hi - lo;
+            while k < hi {
+                let n = (hi - k).min(b as u64) as usize;
+                let (mut g, mut d) = (0, 0);
+                for _ in 0..n {
+                    let r = xorshift(&mut x);
+                    let key = lo + r % span;
+                    if (r >> 32) % 100 < cfg.mix_get_percent as u64 {
+                        fill_key(&mut keys[g], key);
+                        g += 1;
+                    } else {
+                        fill_key(&mut dels[d], key);
+                        fill_key(&mut pairs[d].0, key);
+                        fill_value(&mut pairs[d].1, key);
+                        d += 1;
+                    }
+                }
+                m.get_many_with(&keys[..g], |_, v| {
+                    std::hint::black_box(v.map(<[u8]>::len));
+                })?;
+                m.delete_many(&dels[..d])?;
+                m.put_many(&pairs[..d])?;
+                p.add((n + d) as u64)?;
+                k += n as u64;
+            }
+        }
+        _ => {
+            let (mut found, mut wrong) = (0u64, 0u64);
+            while k < hi {
+                let n = (hi - k).min(b as u64) as usize;
+                for (j, key) in keys[..n].iter_mut().enumerate() {
+                    fill_key(key, k + j as u64);
+                }
+                m.get_many_with(&keys[..n], |_, v| {
+                    if let Some(v) = v {
+                        found += 1;
+                        wrong += u64::from(v.len() != cfg.value_size);
+                    }
+                })?;
+                p.add(n as u64)?;
+                k += n as u64;
+            }
+            check_found(id, found, wrong, hi - lo)?;
+        }
     }
     Ok(())
 }
@@ -398,6 +509,7 @@ impl Report {
             "value_size": c.value_size,
             "mix_get_percent": c.mix_get_percent,
             "shards": c.shards,
+            "batch": c.batch,
             "matches_shf": shf,
             "phases": phases,
             "pairs": self.pairs,
@@ -654,6 +766,8 @@ mod tests {
         assert!(bad(|c| c.mix_get_percent = 101));
         assert!(bad(|c| c.shards = 3));
         assert!(bad(|c| c.value_size = MAX_SIZE + 1));
+        assert!(bad(|c| c.batch = 0));
+        assert!(bad(|c| c.batch = MAX_BATCH + 1));
         let c = Config {
             procs: 3,
             keys: 7,
@@ -661,6 +775,7 @@ mod tests {
             value_size: 0,
             mix_get_percent: 50,
             shards: 4,
+            batch: 3,
         };
         assert_eq!(Config::from_worker_args(&c.worker_args()).unwrap(), c);
         assert!(Config::from_worker_args(&["x".into()]).is_err());

@@ -255,10 +255,25 @@ fn bench_text_at_tiny_size() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn bench_json_counts_and_keep() {
+    bench_json(1);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bench_json_batched() {
+    bench_json(100);
+}
+
+/// A JSON bench run of an odd shape (3 workers, long keys and values, 50 % gets) with the
+/// given `--batch`: every count, and the kept file holds every key.
+fn bench_json(batch: usize) {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("kept.map");
+    let batch_arg = batch.to_string();
     let out = ok(&[
         "bench",
+        "--batch",
+        &batch_arg,
         "--json",
         "--keys",
         "30001",
@@ -286,6 +301,7 @@ fn bench_json_counts_and_keep() {
     assert_eq!(r["pairs"], 30001);
     assert_eq!(r["procs"], 3);
     assert_eq!(r["shards"], 16);
+    assert_eq!(r["batch"], batch);
     assert_eq!(r["matches_shf"], false);
     let phases = r["phases"].as_array().unwrap();
     let names: Vec<&str> = phases
