@@ -1,6 +1,7 @@
 //! A SharedMap file is untrusted input: this target mutates a valid map file (byte flips and
 //! word overwrites anywhere, truncation), then opens it, runs `check`, reads every pair and
-//! some keys, and writes a few. Every step must give a typed error or an answer; a panic, a
+//! some keys (one at a time and in a batch), and writes a few (one at a time and in
+//! batches). Every step must give a typed error or an answer; a panic, a
 //! crash or a hang is a bug.
 #![no_main]
 
@@ -80,11 +81,22 @@ fuzz_target!(|data: &[u8]| {
     for i in 0..200 {
         let _ = m.get(&key(i));
     }
+    // The batched lookup too: it reads (and prefetches through) every shard's table word
+    // before taking the shard's lock.
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    let _ = m.get_many_with(&keys, |i, v| {
+        std::hint::black_box((i, v.map(<[u8]>::len)));
+    });
     while let Some(op) = input.byte() {
         let i = u32::from(op);
-        let _ = match op % 3 {
+        let _ = match op % 5 {
             0 => m.put(&key(i), &value(i)).map(drop),
             1 => m.delete(&key(i)).map(drop),
+            2 => {
+                let pairs: Vec<_> = (i..i + 8).map(|j| (key(j), value(j))).collect();
+                m.put_many(&pairs).map(drop)
+            }
+            3 => m.delete_many(&keys[(i as usize % 192)..][..8]).map(drop),
             _ => m.get(&key(i)).map(drop),
         };
     }
