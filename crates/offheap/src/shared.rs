@@ -340,8 +340,13 @@ struct Plan {
 }
 
 impl Plan {
-    /// Calls `f(s, run)` for every shard `s` with keys in the batch, in shard order, with
-    /// the slots of the next `AHEAD` such shards prefetched meanwhile.
+    /// Calls `f(s, run)` for every shard `s` with keys in the batch, with the slots of the
+    /// next `AHEAD` such shards prefetched meanwhile. The shards go in order, except that
+    /// one whose write lock is held by someone else (a writer of another thread or
+    /// process, perhaps in the middle of a table rebuild) when its turn comes is put off
+    /// until the others are done, instead of waited for. Each shard's keys keep their
+    /// order, and different shards hold different keys, so the outcome is that of a loop
+    /// over the keys in order.
     fn run(
         &self,
         m: &SharedMap,
@@ -355,10 +360,21 @@ impl Plan {
         for (t, next) in ahead.by_ref().take(AHEAD) {
             m.prefetch_run(t, next, self.write);
         }
+        let mut later = Vec::new();
         for (s, run) in runs {
             if let Some((t, next)) = ahead.next() {
                 m.prefetch_run(t, next, self.write);
             }
+            // A hint only (the lock is taken as always): a holder seen now is likely to
+            // be gone by the end of the pass.
+            if m.shard(s).state.load(Ordering::Relaxed) != 0 {
+                later.push((s, run));
+                continue;
+            }
+            f(s, run)?;
+        }
+        for (s, run) in later {
+            m.prefetch_run(s, run, self.write);
             f(s, run)?;
         }
         Ok(())

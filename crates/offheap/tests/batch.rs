@@ -33,10 +33,19 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// Keys in one generated batch (few under miri, which is slow).
+fn batch_len() -> std::ops::Range<usize> {
+    if cfg!(miri) {
+        0..8
+    } else {
+        0..40
+    }
+}
+
 fn op() -> impl Strategy<Value = Op> {
-    let keys = || proptest::collection::vec(key(), 0..40);
+    let keys = || proptest::collection::vec(key(), batch_len());
     prop_oneof![
-        4 => proptest::collection::vec((key(), value()), 0..40).prop_map(Op::PutMany),
+        4 => proptest::collection::vec((key(), value()), batch_len()).prop_map(Op::PutMany),
         3 => keys().prop_map(Op::GetMany),
         2 => keys().prop_map(Op::DeleteMany),
         1 => (key(), value()).prop_map(|(k, v)| Op::Put(k, v)),
@@ -59,14 +68,14 @@ fn get_many(m: &SharedMap, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(32)))]
+    #![proptest_config(ProptestConfig::with_cases(cases(32).min(if cfg!(miri) { 2 } else { u32::MAX })))]
 
     /// The batched operations have the effect of the one-key operations applied in order
     /// (the last of several puts of one key wins; a delete counts each present key once).
     #[test]
     fn batches_match_std(
         ops in proptest::collection::vec(op(), 1..max_ops() / 4 + 2),
-        shards in prop_oneof![Just(1usize), Just(4), Just(64)],
+        shards in prop_oneof![Just(1usize), Just(4), Just(if cfg!(miri) { 8 } else { 64 })],
         collide in any::<bool>(),
     ) {
         let mut opts = SharedMapOptions::new().shards(shards).slab_size(128);
@@ -105,7 +114,7 @@ proptest! {
 
 #[test]
 fn empty_batches_do_nothing() {
-    let m = SharedMap::anonymous().unwrap();
+    let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(4)).unwrap();
     let none: [&[u8]; 0] = [];
     assert_eq!(m.put_many::<&[u8], &[u8]>(&[]).unwrap(), 0);
     assert_eq!(m.delete_many(&none).unwrap(), 0);
@@ -117,7 +126,7 @@ fn empty_batches_do_nothing() {
 #[test]
 #[cfg_attr(miri, ignore)] // a 4 GiB allocation
 fn a_too_long_value_fails_the_batch_before_any_write() {
-    let m = SharedMap::anonymous().unwrap();
+    let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(4)).unwrap();
     // Zeroed by the allocator lazily (calloc maps fresh pages): only its length is read.
     let long = vec![0u8; offheap::MAX_LEN + 1];
     let pairs: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"b", &long), (b"c", b"3")];
@@ -132,11 +141,11 @@ fn a_too_long_value_fails_the_batch_before_any_write() {
 fn big_batches_across_rebuilds_and_file_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("batch.map");
-    let n = if cfg!(miri) { 300u32 } else { 60_000 };
+    let n = if cfg!(miri) { 100u32 } else { 60_000 };
     let key = |i: u32| i.to_le_bytes();
     {
         let m = if cfg!(miri) {
-            SharedMap::anonymous().unwrap()
+            SharedMap::anonymous_with(&SharedMapOptions::new().shards(4)).unwrap()
         } else {
             SharedMap::create(&path).unwrap()
         };
@@ -183,8 +192,10 @@ fn big_batches_across_rebuilds_and_file_reopen() {
 
 #[test]
 fn threads_batch_on_one_map() {
-    let m = SharedMap::anonymous_with(&SharedMapOptions::new().shards(16)).unwrap();
-    let per = if cfg!(miri) { 40u32 } else { 20_000 };
+    let m =
+        SharedMap::anonymous_with(&SharedMapOptions::new().shards(if cfg!(miri) { 4 } else { 16 }))
+            .unwrap();
+    let per = if cfg!(miri) { 20u32 } else { 20_000 };
     std::thread::scope(|s| {
         for t in 0..4u32 {
             let m = &m;
@@ -192,7 +203,7 @@ fn threads_batch_on_one_map() {
                 let keys: Vec<[u8; 8]> = (0..per)
                     .map(|i| (u64::from(t) << 32 | u64::from(i)).to_le_bytes())
                     .collect();
-                for chunk in keys.chunks(500) {
+                for chunk in keys.chunks(if cfg!(miri) { 8 } else { 500 }) {
                     let pairs: Vec<_> = chunk.iter().map(|k| (*k, *k)).collect();
                     m.put_many(&pairs).unwrap();
                     let mut seen = 0;
