@@ -42,6 +42,15 @@ fn batch_len() -> std::ops::Range<usize> {
     }
 }
 
+/// Cases of the model test: `cases(32)`, and only two under miri (each case creates maps).
+fn batch_cases() -> u32 {
+    if cfg!(miri) {
+        cases(32).min(2)
+    } else {
+        cases(32)
+    }
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let keys = || proptest::collection::vec(key(), batch_len());
     prop_oneof![
@@ -68,7 +77,7 @@ fn get_many(m: &SharedMap, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases(32).min(if cfg!(miri) { 2 } else { u32::MAX })))]
+    #![proptest_config(ProptestConfig::with_cases(batch_cases()))]
 
     /// The batched operations have the effect of the one-key operations applied in order
     /// (the last of several puts of one key wins; a delete counts each present key once).
