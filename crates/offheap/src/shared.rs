@@ -1004,11 +1004,14 @@ impl SharedMap {
         prefetch(std::ptr::from_ref(shard).cast(), write);
         let (off, cap) = desc_parts(shard.table.load(Ordering::Relaxed));
         if let Some(p) = self.region.ptr(off, cap * SLOT) {
+            // Probes are linear: at the tables' loads (0.75 to 0.9) a hit reads about 3
+            // slots and an insert about 20, so the home slot's next line is wanted too
+            // (measured: one line more made batched puts and updates about 8 % faster;
+            // three more made updates slower).
             for &(kw, _) in run {
-                prefetch(
-                    p.wrapping_add(home(kw, cap as usize) * SLOT as usize),
-                    write,
-                );
+                let at = p.wrapping_add(home(kw, cap as usize) * SLOT as usize);
+                prefetch(at, write);
+                prefetch(at.wrapping_add(64), write);
             }
         }
     }
