@@ -331,11 +331,11 @@ fn home(kw: u64, cap: usize) -> usize {
 /// How many shards' runs of a batch are prefetched ahead of the one being worked on.
 const AHEAD: usize = 2;
 
-/// A batch of keys grouped by shard: `order[bounds[s]..bounds[s + 1]]` are shard `s`'s
-/// (key word, index in the batch) pairs.
+/// A batch of keys grouped by shard: (key word, index in the batch) pairs, shard by shard.
 struct Plan {
     order: Vec<(u64, u32)>,
-    bounds: Vec<u32>,
+    /// Shard, and its run's range in `order`, in shard order; only shards with keys.
+    runs: Vec<(usize, u32, u32)>,
     write: bool,
 }
 
@@ -352,10 +352,10 @@ impl Plan {
         m: &SharedMap,
         mut f: impl FnMut(usize, &[(u64, u32)]) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let runs = (0..m.nshards).filter_map(|s| {
-            let (a, b) = (self.bounds[s] as usize, self.bounds[s + 1] as usize);
-            (a < b).then(|| (s, &self.order[a..b]))
-        });
+        let runs = self
+            .runs
+            .iter()
+            .map(|&(s, a, b)| (s, &self.order[a as usize..b as usize]));
         let mut ahead = runs.clone();
         for (t, next) in ahead.by_ref().take(AHEAD) {
             m.prefetch_run(t, next, self.write);
@@ -968,32 +968,47 @@ impl SharedMap {
         if n > u32::MAX as usize {
             return Err(Error::TooLong(n));
         }
-        let mut shard_of = Vec::with_capacity(n);
-        let mut hashed = Vec::with_capacity(n);
-        let mut count = vec![0u32; self.nshards + 1];
-        for key in keys {
-            let h = self.hash(key);
-            let s = self.shard_of(h);
-            count[s + 1] += 1;
-            shard_of.push(s as u32);
-            hashed.push(self.key_word(key, h));
+        let keyed: Vec<(u32, u64)> = keys
+            .map(|key| {
+                let h = self.hash(key);
+                (self.shard_of(h) as u32, self.key_word(key, h))
+            })
+            .collect();
+        let mut order = Vec::with_capacity(n);
+        let mut runs = Vec::new();
+        if self.nshards <= 4 * n {
+            // A counting sort: O(n + shards).
+            let mut count = vec![0u32; self.nshards + 1];
+            for &(s, _) in &keyed {
+                count[s as usize + 1] += 1;
+            }
+            for s in 0..self.nshards {
+                count[s + 1] += count[s];
+                if count[s + 1] > count[s] {
+                    runs.push((s, count[s], count[s + 1]));
+                }
+            }
+            // `count[s]..count[s + 1]` is shard s's run; fill it in key order.
+            order.resize(n, (0u64, 0u32));
+            for (k, &(s, kw)) in keyed.iter().enumerate() {
+                let at = &mut count[s as usize];
+                order[*at as usize] = (kw, k as u32);
+                *at += 1;
+            }
+        } else {
+            // Few keys and many shards: a stable sort, O(n log n), not O(shards).
+            let mut idx: Vec<u32> = (0..n as u32).collect();
+            idx.sort_by_key(|&k| keyed[k as usize].0);
+            for (at, &k) in idx.iter().enumerate() {
+                let s = keyed[k as usize].0 as usize;
+                match runs.last_mut() {
+                    Some((last, _, end)) if *last == s => *end += 1,
+                    _ => runs.push((s, at as u32, at as u32 + 1)),
+                }
+                order.push((keyed[k as usize].1, k));
+            }
         }
-        for s in 0..self.nshards {
-            count[s + 1] += count[s];
-        }
-        // `count[s]..count[s + 1]` is shard s's run; fill it in key order.
-        let mut next = count.clone();
-        let mut order = vec![(0u64, 0u32); n];
-        for (k, (&s, &kw)) in shard_of.iter().zip(&hashed).enumerate() {
-            let at = &mut next[s as usize];
-            order[*at as usize] = (kw, k as u32);
-            *at += 1;
-        }
-        Ok(Plan {
-            order,
-            bounds: count,
-            write,
-        })
+        Ok(Plan { order, runs, write })
     }
 
     /// Prefetches the home slots of `run`'s keys in shard `s`'s current table (a hint: the
