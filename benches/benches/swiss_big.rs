@@ -7,8 +7,11 @@
 //! the worst insert in each of 1000 consecutive slices of the run, written as CSV, and an SVG
 //! plot of both traces.
 //!
-//! Run (about 2-3 minutes and 2 GiB of memory at 50M):
-//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--svg PATH] [--csv PATH]`
+//! Ours runs twice: with the region's default huge pages (`offheap`) and without them
+//! (`offheap_4k`, `RegionOptions::huge_pages(false)`; `--no-4k` skips it).
+//!
+//! Run (about 4-6 minutes and 2 GiB of memory at 50M):
+//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--no-4k] [--svg PATH] [--csv PATH]`
 //! The docs' plot: `... -- 50000000 --svg docs/img/swiss-insert-latency.svg --csv target/swiss-insert-latency.csv`
 
 use std::hint::black_box;
@@ -84,6 +87,10 @@ impl Map for SwissTable<u64, u64> {
             .and_then(|v| v.parse().ok())
         {
             opts = opts.release_threshold(t);
+        }
+        // Set by the parent for the `offheap_4k` child: the region without huge pages.
+        if std::env::var("SWISS_BIG_HUGE").as_deref() == Ok("0") {
+            opts = opts.huge_pages(false);
         }
         let mem = offheap_mmap::Region::anonymous_with(&opts).unwrap();
         SwissTable::with_options_in(TableOptions::new().seed(SEED), mem).unwrap()
@@ -237,6 +244,10 @@ fn spawn(which: &str, n: u64) -> Run {
     let exe = std::env::current_exe().unwrap();
     let o = Command::new(exe)
         .args(["--child", which, &n.to_string()])
+        .env(
+            "SWISS_BIG_HUGE",
+            if which == "offheap_4k" { "0" } else { "1" },
+        )
         .output()
         .expect("spawn child");
     assert!(
@@ -349,7 +360,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         let n = args[2].parse().unwrap();
         match args[1].as_str() {
-            "offheap" => child::<SwissTable<u64, u64>>(n),
+            "offheap" | "offheap_4k" => child::<SwissTable<u64, u64>>(n),
             _ => child::<HashMap<u64, u64, Xxh3BuildHasher>>(n),
         }
         return;
@@ -357,9 +368,11 @@ fn main() {
     let mut n = 50_000_000u64;
     let mut svg_path = None;
     let mut csv_path = None;
+    let mut no_4k = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--no-4k" => no_4k = true,
             "--svg" => svg_path = it.next().cloned(),
             "--csv" => csv_path = it.next().cloned(),
             s => {
@@ -377,17 +390,35 @@ fn main() {
     let svg_path = svg_path.map(|p| root.join(p));
     let csv_path = csv_path.map(|p| root.join(p));
     let ours = spawn("offheap", n);
+    let small = (!no_4k).then(|| spawn("offheap_4k", n));
     let theirs = spawn("hashbrown", n);
     println!("u64 -> u64, xxh3 for both, {n} keys (one process each)");
+    println!("offheap: huge pages (the default); offheap_4k: RegionOptions::huge_pages(false)");
     println!(
-        "{:<20} {:>12} {:>12} {:>8}",
-        "row", "offheap", "hashbrown", "ratio"
+        "{:<20} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "row", "offheap", "offheap_4k", "hashbrown", "ratio", "ratio_4k"
     );
+    let find = |run: Option<&Run>, k: &str| {
+        run.and_then(|r| r.rows.iter().find(|(k2, _)| k2 == k).map(|&(_, v)| v))
+    };
+    let cell = |v: Option<f64>, w: usize| match v {
+        Some(v) => format!("{v:>w$.1}"),
+        None => format!("{:>w$}", "-"),
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:>8.2}", a / b),
+        _ => format!("{:>8}", "-"),
+    };
     for (k, v) in &ours.rows {
-        match theirs.rows.iter().find(|(k2, _)| k2 == k) {
-            Some((_, h)) => println!("{k:<20} {v:>12.1} {h:>12.1} {:>8.2}", v / h),
-            None => println!("{k:<20} {v:>12.1} {:>12} {:>8}", "-", "-"),
-        }
+        let (v, s4, h) = (Some(*v), find(small.as_ref(), k), find(Some(&theirs), k));
+        println!(
+            "{k:<20} {} {} {} {} {}",
+            cell(v, 12),
+            cell(s4, 12),
+            cell(h, 12),
+            ratio(v, h),
+            ratio(s4, h)
+        );
     }
     if let Some(p) = csv_path {
         let mut s = String::from(
