@@ -275,11 +275,12 @@ fn spawn(which: &str, n: u64) -> Run {
 }
 
 /// A log-scale SVG of the two traces (worst insert per slice, CPU time, microseconds).
-fn svg(n: u64, ours: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
+fn svg(n: u64, ours: &[(u64, u64)], small: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
     let (w, h, l, r, t, b) = (900.0, 420.0, 70.0, 20.0, 40.0, 50.0);
     let ymin: f64 = 0.1; // µs
     let ymax = ours
         .iter()
+        .chain(small)
         .chain(theirs)
         .map(|&(_, d)| d as f64 / 1000.0)
         .fold(10.0f64, f64::max)
@@ -333,7 +334,8 @@ fn svg(n: u64, ours: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
     );
     for (pts, color, name, ly) in [
         (theirs, "#d62728", "hashbrown", 0.0),
-        (ours, "#1f77b4", "offheap-swiss", 16.0),
+        (small, "#2ca02c", "offheap-swiss, 4 KiB pages", 32.0),
+        (ours, "#1f77b4", "offheap-swiss, huge pages (default)", 16.0),
     ] {
         let p: Vec<String> = pts
             .iter()
@@ -422,17 +424,29 @@ fn main() {
     }
     if let Some(p) = csv_path {
         let mut s = String::from(
-            "inserted,offheap_worst_cpu_ns,offheap_worst_wall_ns,hashbrown_worst_cpu_ns,hashbrown_worst_wall_ns\n",
+            "inserted,offheap_worst_cpu_ns,offheap_worst_wall_ns,hashbrown_worst_cpu_ns,hashbrown_worst_wall_ns,offheap_4k_worst_cpu_ns,offheap_4k_worst_wall_ns\n",
         );
-        for (a, b) in ours.trace.iter().zip(&theirs.trace) {
-            s += &format!("{},{},{},{},{}\n", a.0, a.1, a.2, b.1, b.2);
+        let none = Vec::new();
+        let small_trace = small.as_ref().map_or(&none, |r| &r.trace);
+        for (i, (a, b)) in ours.trace.iter().zip(&theirs.trace).enumerate() {
+            let c = small_trace.get(i).map_or((0, 0), |c| (c.1, c.2));
+            s += &format!("{},{},{},{},{},{},{}\n", a.0, a.1, a.2, b.1, b.2, c.0, c.1);
         }
         std::fs::write(&p, s).unwrap();
         println!("wrote {}", p.display());
     }
     if let Some(p) = svg_path {
         let cpu = |t: &[(u64, u64, u64)]| t.iter().map(|&(i, c, _)| (i, c)).collect::<Vec<_>>();
-        std::fs::write(&p, svg(n, &cpu(&ours.trace), &cpu(&theirs.trace))).unwrap();
+        std::fs::write(
+            &p,
+            svg(
+                n,
+                &cpu(&ours.trace),
+                &small.as_ref().map_or_else(Vec::new, |r| cpu(&r.trace)),
+                &cpu(&theirs.trace),
+            ),
+        )
+        .unwrap();
         println!("wrote {}", p.display());
     }
 }

@@ -6,6 +6,10 @@
 //!
 //! Prints the growth of VmRSS (and of AnonHugePages in /proc/self/smaps_rollup) from before
 //! the region is created to after `n` u64 -> u64 inserts.
+//!
+//! `-- fault <MiB> <huge: 0|1>` instead times the first touch of memory: it allocates a block
+//! of `MiB` in a fresh anonymous region, writes one byte per 4 KiB page, and prints the
+//! median and largest time per 2 MiB (the cost of the page faults that a growing table pays).
 
 use offheap_swiss::{SwissTable, TableOptions};
 
@@ -27,8 +31,37 @@ fn rss() -> (u64, u64) {
     )
 }
 
+/// Times the first write to each 4 KiB page of a fresh block, per 2 MiB.
+fn fault(mib: u64, huge: bool) {
+    let opts = offheap_mmap::RegionOptions::new().huge_pages(huge);
+    let region = offheap_mmap::Region::anonymous_with(&opts).expect("region");
+    let len = mib << 20;
+    let off = region.alloc(len, 4096).expect("alloc");
+    let p = region.ptr(off, len).expect("ptr").as_ptr();
+    let mut per = Vec::new();
+    for w in (0..len as usize).step_by(2 << 20) {
+        let t = std::time::Instant::now();
+        for i in (w..(w + (2 << 20)).min(len as usize)).step_by(4096) {
+            // SAFETY: `i` is inside the `len`-byte block just allocated.
+            unsafe { p.add(i).write_volatile(1) };
+        }
+        per.push(t.elapsed().as_micros());
+    }
+    per.sort_unstable();
+    println!(
+        "fault huge_pages={huge} MiB={mib}: per 2 MiB median {} us, max {} us",
+        per[per.len() / 2],
+        per[per.len() - 1]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("fault") {
+        let mib = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(64);
+        fault(mib, args.get(3).map(String::as_str) != Some("0"));
+        return;
+    }
     let n: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1000);
     let huge = args.get(2).map(String::as_str) != Some("0");
     let (r0, h0) = rss();
