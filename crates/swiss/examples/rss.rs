@@ -55,8 +55,58 @@ fn fault(mib: u64, huge: bool) {
     );
 }
 
+/// Minor page faults of this process so far (field 10 of /proc/self/stat).
+fn minor_faults() -> i64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One shared region (as the criterion suite keeps): build and drop a table of `big` keys,
+/// then `rounds` times build a table of `small` keys and remove every key. Prints the page
+/// faults and time per round.
+fn churn(big: u64, small: u64, rounds: u64, huge: bool) {
+    let opts = offheap_swiss::default_region_options().huge_pages(huge);
+    let region = offheap_mmap::Region::anonymous_with(&opts).expect("region");
+    let build = |n: u64| {
+        let mut t = SwissTable::<u64, u64, _>::with_options_in(TableOptions::new(), &region)
+            .expect("table");
+        for i in 0..n {
+            t.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), i);
+        }
+        t
+    };
+    drop(build(big));
+    let (f0, t0) = (minor_faults(), std::time::Instant::now());
+    for _ in 0..rounds {
+        let mut t = build(small);
+        for i in 0..small {
+            std::hint::black_box(t.remove(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        }
+    }
+    println!(
+        "churn huge_pages={huge} big={big} small={small}: {:.1} faults and {:.1} us per round",
+        (minor_faults() - f0) as f64 / rounds as f64,
+        t0.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("churn") {
+        let num = |i: usize, d: u64| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+        churn(
+            num(2, 1_000_000),
+            num(3, 1000),
+            num(4, 10_000),
+            num(5, 1) != 0,
+        );
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("fault") {
         let mib = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(64);
         fault(mib, args.get(3).map(String::as_str) != Some("0"));
