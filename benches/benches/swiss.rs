@@ -9,6 +9,9 @@
 //! * `get_many/N` (ours only; compare with `lookup_hit/N`): batched lookup of the N present
 //!   keys, 1024 at a time.
 //!
+//! Ours runs twice per row: `offheap` in a region with huge pages (the default) and
+//! `offheap_4k` in one with `RegionOptions::huge_pages(false)`.
+//!
 //! Throughput is per key, so criterion reports ns per operation; ratio = offheap / hashbrown.
 //! Run: `cargo bench -p offheap-benches --features swiss --bench swiss`
 //! (the 50M-key rows are `--bench swiss_big`).
@@ -37,28 +40,39 @@ type Theirs = HashMap<u64, u64, Xxh3BuildHasher>;
 /// One region for all tables of the run (as an application keeps its region), so a table
 /// built in an iteration reuses the blocks the previous one freed, as hashbrown reuses what
 /// malloc kept. (A fresh region per table would add its first page faults to every insert
-/// row.) Options are those of `SwissTable::new`.
-fn region() -> &'static Region {
+/// row.) Options are those of `SwissTable::new` (huge pages on), or with
+/// `huge_pages(false)` for the `offheap_4k` rows.
+fn region(huge: bool) -> &'static Region {
     // Region is Send but not Sync; the benchmark is single-threaded, so lend it from a
     // thread-local leak instead of a shared static.
-    thread_local! {
-        static L: &'static Region = Box::leak(Box::new(
-            Region::anonymous_with(&offheap_swiss::default_region_options()).unwrap(),
-        ));
+    fn leak(huge: bool) -> &'static Region {
+        let opts = offheap_swiss::default_region_options().huge_pages(huge);
+        Box::leak(Box::new(Region::anonymous_with(&opts).unwrap()))
     }
-    L.with(|r| *r)
+    thread_local! {
+        static HUGE: &'static Region = leak(true);
+        static SMALL: &'static Region = leak(false);
+    }
+    if huge {
+        HUGE.with(|r| *r)
+    } else {
+        SMALL.with(|r| *r)
+    }
 }
 
-fn ours() -> Ours {
-    SwissTable::with_options_in(TableOptions::new().seed(SEED), region()).unwrap()
+fn ours_in(huge: bool) -> Ours {
+    SwissTable::with_options_in(TableOptions::new().seed(SEED), region(huge)).unwrap()
 }
+
+/// Ours in both regions: (benchmark name, huge pages).
+const OURS: [(&str, bool); 2] = [("offheap", true), ("offheap_4k", false)];
 
 fn theirs() -> Theirs {
     HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED))
 }
 
-fn build_ours(keys: &[u64]) -> Ours {
-    let mut t = ours();
+fn build_ours(keys: &[u64], huge: bool) -> Ours {
+    let mut t = ours_in(huge);
     for &k in keys {
         t.insert(k, k);
     }
@@ -85,18 +99,20 @@ fn insert_empty(c: &mut Criterion) {
         if n > 10_000 {
             g.sample_size(10);
         }
-        g.bench_with_input(BenchmarkId::new("offheap", n), &keys, |b, keys| {
-            b.iter_batched(
-                ours,
-                |mut t| {
-                    for &k in keys {
-                        t.insert(k, k);
-                    }
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
+        for (name, huge) in OURS {
+            g.bench_with_input(BenchmarkId::new(name, n), &keys, |b, keys| {
+                b.iter_batched(
+                    || ours_in(huge),
+                    |mut t| {
+                        for &k in keys {
+                            t.insert(k, k);
+                        }
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
         g.bench_with_input(BenchmarkId::new("hashbrown", n), &keys, |b, keys| {
             b.iter_batched(
                 theirs,
@@ -119,23 +135,26 @@ fn lookups(c: &mut Criterion) {
         for n in sizes() {
             let keys: Vec<u64> = (0..n as u64).map(key).collect();
             let probe: Vec<u64> = (0..n as u64).map(|i| key(i + offset)).collect();
-            let a = build_ours(&keys);
+            let a = build_ours(&keys, true);
+            let a4 = build_ours(&keys, false);
             let b = build_theirs(&keys);
             g.throughput(Throughput::Elements(n as u64));
             if n > 10_000 {
                 g.sample_size(20);
             }
-            g.bench_function(BenchmarkId::new("offheap", n), |bch| {
-                bch.iter(|| {
-                    let mut s = 0u64;
-                    for k in &probe {
-                        if let Some(v) = a.get(k) {
-                            s = s.wrapping_add(*v);
+            for (t, (name, _)) in [&a, &a4].into_iter().zip(OURS) {
+                g.bench_function(BenchmarkId::new(name, n), |bch| {
+                    bch.iter(|| {
+                        let mut s = 0u64;
+                        for k in &probe {
+                            if let Some(v) = t.get(k) {
+                                s = s.wrapping_add(*v);
+                            }
                         }
-                    }
-                    black_box(s)
-                })
-            });
+                        black_box(s)
+                    })
+                });
+            }
             g.bench_function(BenchmarkId::new("hashbrown", n), |bch| {
                 bch.iter(|| {
                     let mut s = 0u64;
@@ -172,18 +191,20 @@ fn remove(c: &mut Criterion) {
         if n > 10_000 {
             g.sample_size(10);
         }
-        g.bench_with_input(BenchmarkId::new("offheap", n), &keys, |b, keys| {
-            b.iter_batched(
-                || build_ours(keys),
-                |mut t| {
-                    for k in keys {
-                        black_box(t.remove(k));
-                    }
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
+        for (name, huge) in OURS {
+            g.bench_with_input(BenchmarkId::new(name, n), &keys, |b, keys| {
+                b.iter_batched(
+                    || build_ours(keys, huge),
+                    |mut t| {
+                        for k in keys {
+                            black_box(t.remove(k));
+                        }
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
         g.bench_with_input(BenchmarkId::new("hashbrown", n), &keys, |b, keys| {
             b.iter_batched(
                 || build_theirs(keys),

@@ -7,8 +7,11 @@
 //! the worst insert in each of 1000 consecutive slices of the run, written as CSV, and an SVG
 //! plot of both traces.
 //!
-//! Run (about 2-3 minutes and 2 GiB of memory at 50M):
-//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--svg PATH] [--csv PATH]`
+//! Ours runs twice: with the region's default huge pages (`offheap`) and without them
+//! (`offheap_4k`, `RegionOptions::huge_pages(false)`; `--no-4k` skips it).
+//!
+//! Run (about 4-6 minutes and 2 GiB of memory at 50M):
+//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--no-4k] [--svg PATH] [--csv PATH]`
 //! The docs' plot: `... -- 50000000 --svg docs/img/swiss-insert-latency.svg --csv target/swiss-insert-latency.csv`
 
 use std::hint::black_box;
@@ -84,6 +87,10 @@ impl Map for SwissTable<u64, u64> {
             .and_then(|v| v.parse().ok())
         {
             opts = opts.release_threshold(t);
+        }
+        // Set by the parent for the `offheap_4k` child: the region without huge pages.
+        if std::env::var("SWISS_BIG_HUGE").as_deref() == Ok("0") {
+            opts = opts.huge_pages(false);
         }
         let mem = offheap_mmap::Region::anonymous_with(&opts).unwrap();
         SwissTable::with_options_in(TableOptions::new().seed(SEED), mem).unwrap()
@@ -237,6 +244,10 @@ fn spawn(which: &str, n: u64) -> Run {
     let exe = std::env::current_exe().unwrap();
     let o = Command::new(exe)
         .args(["--child", which, &n.to_string()])
+        .env(
+            "SWISS_BIG_HUGE",
+            if which == "offheap_4k" { "0" } else { "1" },
+        )
         .output()
         .expect("spawn child");
     assert!(
@@ -264,11 +275,12 @@ fn spawn(which: &str, n: u64) -> Run {
 }
 
 /// A log-scale SVG of the two traces (worst insert per slice, CPU time, microseconds).
-fn svg(n: u64, ours: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
+fn svg(n: u64, ours: &[(u64, u64)], small: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
     let (w, h, l, r, t, b) = (900.0, 420.0, 70.0, 20.0, 40.0, 50.0);
     let ymin: f64 = 0.1; // µs
     let ymax = ours
         .iter()
+        .chain(small)
         .chain(theirs)
         .map(|&(_, d)| d as f64 / 1000.0)
         .fold(10.0f64, f64::max)
@@ -322,7 +334,8 @@ fn svg(n: u64, ours: &[(u64, u64)], theirs: &[(u64, u64)]) -> String {
     );
     for (pts, color, name, ly) in [
         (theirs, "#d62728", "hashbrown", 0.0),
-        (ours, "#1f77b4", "offheap-swiss", 16.0),
+        (small, "#2ca02c", "offheap-swiss, 4 KiB pages", 32.0),
+        (ours, "#1f77b4", "offheap-swiss, huge pages (default)", 16.0),
     ] {
         let p: Vec<String> = pts
             .iter()
@@ -349,7 +362,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("--child") {
         let n = args[2].parse().unwrap();
         match args[1].as_str() {
-            "offheap" => child::<SwissTable<u64, u64>>(n),
+            "offheap" | "offheap_4k" => child::<SwissTable<u64, u64>>(n),
             _ => child::<HashMap<u64, u64, Xxh3BuildHasher>>(n),
         }
         return;
@@ -357,9 +370,11 @@ fn main() {
     let mut n = 50_000_000u64;
     let mut svg_path = None;
     let mut csv_path = None;
+    let mut no_4k = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--no-4k" => no_4k = true,
             "--svg" => svg_path = it.next().cloned(),
             "--csv" => csv_path = it.next().cloned(),
             s => {
@@ -377,31 +392,61 @@ fn main() {
     let svg_path = svg_path.map(|p| root.join(p));
     let csv_path = csv_path.map(|p| root.join(p));
     let ours = spawn("offheap", n);
+    let small = (!no_4k).then(|| spawn("offheap_4k", n));
     let theirs = spawn("hashbrown", n);
     println!("u64 -> u64, xxh3 for both, {n} keys (one process each)");
+    println!("offheap: huge pages (the default); offheap_4k: RegionOptions::huge_pages(false)");
     println!(
-        "{:<20} {:>12} {:>12} {:>8}",
-        "row", "offheap", "hashbrown", "ratio"
+        "{:<20} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "row", "offheap", "offheap_4k", "hashbrown", "ratio", "ratio_4k"
     );
+    let find = |run: Option<&Run>, k: &str| {
+        run.and_then(|r| r.rows.iter().find(|(k2, _)| k2 == k).map(|&(_, v)| v))
+    };
+    let cell = |v: Option<f64>, w: usize| match v {
+        Some(v) => format!("{v:>w$.1}"),
+        None => format!("{:>w$}", "-"),
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:>8.2}", a / b),
+        _ => format!("{:>8}", "-"),
+    };
     for (k, v) in &ours.rows {
-        match theirs.rows.iter().find(|(k2, _)| k2 == k) {
-            Some((_, h)) => println!("{k:<20} {v:>12.1} {h:>12.1} {:>8.2}", v / h),
-            None => println!("{k:<20} {v:>12.1} {:>12} {:>8}", "-", "-"),
-        }
+        let (v, s4, h) = (Some(*v), find(small.as_ref(), k), find(Some(&theirs), k));
+        println!(
+            "{k:<20} {} {} {} {} {}",
+            cell(v, 12),
+            cell(s4, 12),
+            cell(h, 12),
+            ratio(v, h),
+            ratio(s4, h)
+        );
     }
     if let Some(p) = csv_path {
         let mut s = String::from(
-            "inserted,offheap_worst_cpu_ns,offheap_worst_wall_ns,hashbrown_worst_cpu_ns,hashbrown_worst_wall_ns\n",
+            "inserted,offheap_worst_cpu_ns,offheap_worst_wall_ns,hashbrown_worst_cpu_ns,hashbrown_worst_wall_ns,offheap_4k_worst_cpu_ns,offheap_4k_worst_wall_ns\n",
         );
-        for (a, b) in ours.trace.iter().zip(&theirs.trace) {
-            s += &format!("{},{},{},{},{}\n", a.0, a.1, a.2, b.1, b.2);
+        let none = Vec::new();
+        let small_trace = small.as_ref().map_or(&none, |r| &r.trace);
+        for (i, (a, b)) in ours.trace.iter().zip(&theirs.trace).enumerate() {
+            let c = small_trace.get(i).map_or((0, 0), |c| (c.1, c.2));
+            s += &format!("{},{},{},{},{},{},{}\n", a.0, a.1, a.2, b.1, b.2, c.0, c.1);
         }
         std::fs::write(&p, s).unwrap();
         println!("wrote {}", p.display());
     }
     if let Some(p) = svg_path {
         let cpu = |t: &[(u64, u64, u64)]| t.iter().map(|&(i, c, _)| (i, c)).collect::<Vec<_>>();
-        std::fs::write(&p, svg(n, &cpu(&ours.trace), &cpu(&theirs.trace))).unwrap();
+        std::fs::write(
+            &p,
+            svg(
+                n,
+                &cpu(&ours.trace),
+                &small.as_ref().map_or_else(Vec::new, |r| cpu(&r.trace)),
+                &cpu(&theirs.trace),
+            ),
+        )
+        .unwrap();
         println!("wrote {}", p.display());
     }
 }

@@ -40,6 +40,51 @@ pub(crate) fn reserve(len: u64) -> io::Result<*mut u8> {
     }
 }
 
+/// Like [`reserve`], with the start aligned to `align` (a power of two): reserves
+/// `len + align` bytes and gives back the slack on both sides.
+pub(crate) fn reserve_aligned(len: u64, align: u64) -> io::Result<*mut u8> {
+    if cfg!(miri) {
+        return reserve(len);
+    }
+    let p = reserve(len + align)?;
+    let pad = (p as usize).wrapping_neg() & (align as usize - 1);
+    // SAFETY: the head `p..p+pad` and the tail `p+pad+len..p+len+align` are parts of the
+    // fresh reservation that nothing uses; `pad` and `align - pad` are multiples of the
+    // page size (the mapping and `align` are page aligned).
+    unsafe {
+        if pad > 0 {
+            libc::munmap(p.cast(), pad);
+        }
+        if pad < align as usize {
+            libc::munmap(p.add(pad + len as usize).cast(), align as usize - pad);
+        }
+        Ok(p.add(pad))
+    }
+}
+
+/// Asks for transparent huge pages over `base+from..base+to` (`madvise(MADV_HUGEPAGE)`,
+/// rounded inward to whole huge pages, and never the first one). Advice only: errors
+/// (no THP, a filesystem without huge pages) are ignored.
+///
+/// # Safety
+/// The range must be mapped by the caller.
+pub(crate) unsafe fn advise_huge(base: *mut u8, from: u64, to: u64) {
+    let huge = crate::region::HUGE_PAGE;
+    let from = from.max(huge).next_multiple_of(huge);
+    let to = to & !(huge - 1);
+    if cfg!(miri) || from >= to {
+        return;
+    }
+    // SAFETY: the caller guarantees the range is mapped; the advice changes no contents.
+    unsafe {
+        libc::madvise(
+            base.add(from as usize).cast(),
+            (to - from) as usize,
+            libc::MADV_HUGEPAGE,
+        )
+    };
+}
+
 /// Unmaps a range previously returned by [`reserve`].
 ///
 /// # Safety

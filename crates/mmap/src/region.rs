@@ -95,7 +95,13 @@ pub struct RegionOptions {
     initial_size: u64,
     growth_step: u64,
     release_threshold: u64,
+    /// `None`: the default (on for anonymous regions, off for files).
+    huge_pages: Option<bool>,
 }
+
+/// Huge-page size and alignment of the reservation's base (x86_64's and aarch64's PMD size
+/// with 4 KiB pages).
+pub(crate) const HUGE_PAGE: u64 = 2 << 20;
 
 impl Default for RegionOptions {
     fn default() -> Self {
@@ -106,6 +112,7 @@ impl Default for RegionOptions {
             initial_size: if cfg!(miri) { 64 << 10 } else { 1 << 20 },
             growth_step: 1 << 20,
             release_threshold: 1 << 20,
+            huge_pages: None,
         }
     }
 }
@@ -144,6 +151,22 @@ impl RegionOptions {
     /// give back later and fault less under churn. `u64::MAX` disables give-back.
     pub fn release_threshold(mut self, bytes: u64) -> Self {
         self.release_threshold = bytes;
+        self
+    }
+
+    /// Transparent huge pages: the region asks the kernel for 2 MiB pages
+    /// (`madvise(MADV_HUGEPAGE)`) over its reservation beyond the first 2 MiB, whose
+    /// base is 2 MiB aligned. A random access to a large region then needs one TLB entry
+    /// per 2 MiB instead of per 4 KiB page. The first 2 MiB stay in ordinary pages, so a
+    /// small region costs no more memory than without; beyond them, memory is faulted in
+    /// 2 MiB at a time (the resident size of a large region rounds up to 2 MiB).
+    ///
+    /// Default: on for anonymous regions, off for file-backed ones (where only a tmpfs
+    /// mounted with `huge=` or `shmem_enabled` other than `never` can honour it). It is
+    /// advice: where the kernel refuses it (THP `never`, a filesystem without huge pages,
+    /// no huge page free) the region works as without, and that is never an error.
+    pub fn huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = Some(on);
         self
     }
 
@@ -241,8 +264,10 @@ pub struct RecoverReport {
 }
 
 enum Backing {
-    /// Anonymous memory: one memmap2 map of the whole reservation (MAP_NORESERVE).
-    Anon(memmap2::MmapMut),
+    /// Anonymous memory: one memmap2 map of the whole reservation (MAP_NORESERVE), `pad`
+    /// bytes longer than the region's reservation, which starts `pad` bytes into it (so
+    /// that the base is aligned to [`HUGE_PAGE`]).
+    Anon { map: memmap2::MmapMut, pad: usize },
     /// A file mapped MAP_SHARED at the start of a PROT_NONE reservation.
     File { file: File, path: PathBuf },
 }
@@ -277,6 +302,8 @@ pub struct Region {
     page: u64,
     growth_step: u64,
     release_threshold: u64,
+    /// Whether the region asked for transparent huge pages.
+    huge_pages: bool,
     backing: Backing,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -289,7 +316,7 @@ impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Region");
         match &self.backing {
-            Backing::Anon(_) => d.field("backing", &"anonymous"),
+            Backing::Anon { .. } => d.field("backing", &"anonymous"),
             Backing::File { path, .. } => d.field("path", path),
         };
         d.field("base", &self.base)
@@ -327,26 +354,49 @@ impl Region {
     pub fn anonymous_with(opts: &RegionOptions) -> Result<Region, Error> {
         let page = os::page_size();
         let (initial, max) = opts.sizes(page)?;
+        // Over-reserve by one huge page so that the base can be aligned to one (address
+        // space only). Miri's maps are real allocations: no padding there.
+        let slack = if cfg!(miri) { 0 } else { HUGE_PAGE };
         let mut mo = memmap2::MmapOptions::new();
-        mo.len(max as usize);
+        mo.len(
+            usize::try_from(max + slack)
+                .map_err(|_| Error::InvalidOptions("max_size exceeds the address space"))?,
+        );
         #[cfg(not(miri))]
         mo.no_reserve_swap();
         let mut map = mo.map_anon()?;
+        let pad = match slack {
+            0 => 0,
+            _ => (map.as_ptr() as usize).wrapping_neg() & (HUGE_PAGE as usize - 1),
+        };
+        let huge = opts.huge_pages.unwrap_or(true);
+        #[cfg(not(miri))]
+        if huge && max > HUGE_PAGE {
+            // Advice only: a kernel without THP (or with it set to `never`) refuses it,
+            // and the region works the same in 4 KiB pages.
+            let _ = map.advise_range(
+                memmap2::Advice::HugePage,
+                pad + HUGE_PAGE as usize,
+                (max - HUGE_PAGE) as usize,
+            );
+        }
         let header = new_header(page, initial, creation_stamp());
         let data = header_size(page);
-        map[..header.len()].copy_from_slice(&header);
-        map[data as usize + 8..data as usize + 16]
-            .copy_from_slice(&((initial - data) | FREE).to_ne_bytes());
+        let at = pad + data as usize;
+        map[pad..pad + header.len()].copy_from_slice(&header);
+        map[at + 8..at + 16].copy_from_slice(&((initial - data) | FREE).to_ne_bytes());
         // Derived last: every later access goes through this pointer (never through `map`
         // as a slice again, which would invalidate it under the aliasing model).
-        let base = NonNull::new(map.as_mut_ptr()).ok_or(Error::InvalidOptions("empty map"))?;
+        let base =
+            NonNull::new(map[pad..].as_mut_ptr()).ok_or(Error::InvalidOptions("empty map"))?;
         Ok(Self::from_parts(
             base,
             max,
             initial,
             page,
             opts,
-            Backing::Anon(map),
+            huge,
+            Backing::Anon { map, pad },
         ))
     }
 
@@ -356,6 +406,7 @@ impl Region {
         size: u64,
         page: u64,
         opts: &RegionOptions,
+        huge_pages: bool,
         backing: Backing,
     ) -> Region {
         Region {
@@ -366,6 +417,7 @@ impl Region {
             page,
             growth_step: opts.growth_step.max(page),
             release_threshold: opts.release_threshold.max(2 * page),
+            huge_pages,
             backing,
             _not_sync: PhantomData,
         }
@@ -460,12 +512,17 @@ impl Region {
         max: u64,
         opts: &RegionOptions,
     ) -> Result<Region, Error> {
-        let base = os::reserve(max)?;
+        let base = os::reserve_aligned(max, HUGE_PAGE)?;
         // SAFETY: `0..size` lies inside the fresh reservation `base..base+max`.
         if let Err(e) = unsafe { os::map_file_fixed(base, &file, 0, size) } {
             // SAFETY: the reservation was just made and nothing uses it.
             unsafe { os::unreserve(base, max) };
             return Err(e.into());
+        }
+        let huge = opts.huge_pages.unwrap_or(false);
+        if huge {
+            // SAFETY: `0..size` was just mapped inside our reservation.
+            unsafe { os::advise_huge(base, 0, size) };
         }
         let base = NonNull::new(base).ok_or(Error::InvalidOptions("null mapping"))?;
         Ok(Self::from_parts(
@@ -474,6 +531,7 @@ impl Region {
             size,
             page,
             opts,
+            huge,
             Backing::File { file, path },
         ))
     }
@@ -506,7 +564,7 @@ impl Region {
     /// The backing file's path, for file-backed regions.
     pub fn path(&self) -> Option<&Path> {
         match &self.backing {
-            Backing::Anon(_) => None,
+            Backing::Anon { .. } => None,
             Backing::File { path, .. } => Some(path),
         }
     }
@@ -561,6 +619,26 @@ impl Region {
         unsafe { NonNull::new_unchecked(self.base.as_ptr().add(o as usize)) }
     }
 
+    /// Whether this region asked the kernel for transparent huge pages (see
+    /// [`RegionOptions::huge_pages`]). `true` does not mean that the kernel gave any.
+    pub fn huge_pages(&self) -> bool {
+        self.huge_pages
+    }
+
+    /// Maps `file[from..to]` at `base + from` (with the huge-page advice if asked for).
+    ///
+    /// # Safety
+    /// `from..to` must lie inside the reservation, beyond every reference into it.
+    unsafe fn map_file_range(&self, file: &File, from: u64, to: u64) -> io::Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { os::map_file_fixed(self.base.as_ptr(), file, from, to) }?;
+        if self.huge_pages {
+            // SAFETY: `from..to` was just mapped inside our reservation.
+            unsafe { os::advise_huge(self.base.as_ptr(), from, to) };
+        }
+        Ok(())
+    }
+
     /// Brings this process's view up to the size published in the header.
     #[inline]
     fn sync_view(&self) -> Result<u64, Error> {
@@ -593,7 +671,7 @@ impl Region {
             });
         }
         match &self.backing {
-            Backing::Anon(_) => Err(Error::Corrupt {
+            Backing::Anon { .. } => Err(Error::Corrupt {
                 offset: F_SIZE as u64,
                 what: "anonymous region size changed behind its owner",
             }),
@@ -606,7 +684,7 @@ impl Region {
                 }
                 // SAFETY: old..new lies inside our reservation and beyond our view, so
                 // nothing references it.
-                unsafe { os::map_file_fixed(self.base.as_ptr(), file, old, new) }?;
+                unsafe { self.map_file_range(file, old, new) }?;
                 Ok(())
             }
         }
@@ -1043,7 +1121,10 @@ impl Region {
             return;
         }
         match &self.backing {
-            Backing::Anon(_map) => {
+            Backing::Anon {
+                map: _map,
+                pad: _pad,
+            } => {
                 #[cfg(not(miri))]
                 {
                     // SAFETY: from..to lies inside free blocks of this region; nothing
@@ -1052,7 +1133,7 @@ impl Region {
                     let _ = unsafe {
                         _map.unchecked_advise_range(
                             memmap2::UncheckedAdvice::DontNeed,
-                            from as usize,
+                            _pad + from as usize,
                             (to - from) as usize,
                         )
                     };
@@ -1093,7 +1174,7 @@ impl Region {
                 file.set_len(new)?;
             }
             // SAFETY: old..new lies in our reservation beyond our view: unreferenced.
-            unsafe { os::map_file_fixed(self.base.as_ptr(), file, old, new) }?;
+            unsafe { self.map_file_range(file, old, new) }?;
         }
         self.mapped.set(new);
         let add = new - old;
@@ -1236,7 +1317,7 @@ impl Region {
     pub fn stats(&self) -> RegionStats {
         let _ = self.sync_view();
         let file_bytes = match &self.backing {
-            Backing::Anon(_) => None,
+            Backing::Anon { .. } => None,
             Backing::File { file, .. } => file.metadata().ok().map(|m| {
                 use std::os::unix::fs::MetadataExt;
                 m.blocks() * 512
@@ -1412,13 +1493,13 @@ impl Region {
             return Err(bad);
         }
         match &self.backing {
-            Backing::Anon(_) => Err(bad),
+            Backing::Anon { .. } => Err(bad),
             Backing::File { file, .. } => {
                 if file.metadata()?.len() < new {
                     return Err(bad);
                 }
                 // SAFETY: end..new lies inside our reservation beyond our view: unreferenced.
-                unsafe { os::map_file_fixed(self.base.as_ptr(), file, end, new) }?;
+                unsafe { self.map_file_range(file, end, new) }?;
                 self.mapped.set(new);
                 Ok(())
             }
@@ -1529,6 +1610,123 @@ impl Region {
 #[cfg(test)]
 #[path = "recover_tests.rs"]
 mod recover_tests;
+
+#[cfg(test)]
+mod huge_tests {
+    use super::*;
+
+    /// The kernel's THP mode: `always`, `madvise` or `never` (`None` if unknown).
+    fn thp_mode() -> Option<String> {
+        let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+        let (_, rest) = s.split_once('[')?;
+        Some(rest.split_once(']')?.0.to_owned())
+    }
+
+    /// `AnonHugePages` (bytes) of the mapping of /proc/self/smaps that contains `addr`.
+    fn anon_huge_bytes(addr: usize) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                    let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+                    return Some(kb * 1024);
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn option_round_trips() {
+        let anon = |o: &RegionOptions| Region::anonymous_with(o).unwrap().huge_pages();
+        assert!(
+            anon(&RegionOptions::new()),
+            "on by default for anonymous regions"
+        );
+        assert!(anon(&RegionOptions::new().huge_pages(true)));
+        assert!(!anon(&RegionOptions::new().huge_pages(false)));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn file_regions_take_the_option_and_never_fail_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, opts, want) in [
+            ("default", RegionOptions::new(), false),
+            ("on", RegionOptions::new().huge_pages(true), true),
+            ("off", RegionOptions::new().huge_pages(false), false),
+        ] {
+            let path = dir.path().join(name);
+            let r = Region::create(&path, &opts).unwrap();
+            assert_eq!(r.huge_pages(), want, "{name}");
+            assert_eq!(r.base() as usize % HUGE_PAGE as usize, 0, "{name}");
+            // Grow past several huge pages (each growth maps and advises a new range).
+            let offs: Vec<_> = (0..6).map(|_| r.alloc(3 << 20, 64).unwrap()).collect();
+            for (i, &o) in offs.iter().enumerate() {
+                // SAFETY: `o` is a live allocation of 3 MiB.
+                unsafe {
+                    r.ptr(o, 3 << 20)
+                        .unwrap()
+                        .as_ptr()
+                        .write_bytes(i as u8, 3 << 20)
+                };
+            }
+            r.set_root("x", Some(offs[5])).unwrap();
+            r.flush().unwrap();
+            r.check().unwrap();
+            drop(r);
+            let r = Region::open_with(&path, &opts).unwrap();
+            let o = r.root("x").unwrap();
+            // SAFETY: the allocation was written above and is 3 MiB long.
+            let last = unsafe { *r.ptr(o, 3 << 20).unwrap().as_ptr().add((3 << 20) - 1) };
+            assert_eq!(last, 5);
+            r.check().unwrap();
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn large_anonymous_region_works_and_gets_huge_pages() {
+        for on in [true, false] {
+            let r = Region::anonymous_with(&RegionOptions::new().huge_pages(on)).unwrap();
+            assert_eq!(r.base() as usize % HUGE_PAGE as usize, 0);
+            let len = 16u64 << 20;
+            let off = r.alloc(len, 4096).unwrap();
+            let p = r.ptr(off, len).unwrap().as_ptr();
+            // SAFETY: `off` is a live allocation of `len` bytes; every page is touched.
+            unsafe {
+                for i in (0..len as usize).step_by(4096) {
+                    p.add(i).write((i >> 12) as u8);
+                }
+                for i in (0..len as usize).step_by(4096) {
+                    assert_eq!(p.add(i).read(), (i >> 12) as u8);
+                }
+            }
+            // 8 MiB touched past the first 2 MiB: at least one whole huge page lies there.
+            let huge = anon_huge_bytes(p as usize + (8 << 20));
+            let mode = thp_mode();
+            if on && matches!(mode.as_deref(), Some("always" | "madvise")) {
+                assert!(huge.unwrap_or(0) > 0, "no AnonHugePages: {huge:?}");
+            }
+            // Under `always` every mapping may get huge pages; under `madvise` only advised ones.
+            if !on && mode.as_deref() == Some("madvise") {
+                assert_eq!(huge.unwrap_or(0), 0);
+            }
+            r.free(off).unwrap();
+            r.check().unwrap();
+        }
+    }
+}
 
 #[inline]
 fn corrupt(offset: u64, what: &'static str) -> Error {

@@ -220,6 +220,11 @@ pub type DefaultMemory = offheap_mmap::Region;
 /// region, many tables built and dropped) would fault every table's pages in again. glibc's
 /// malloc behaves alike for hashbrown: after freeing a large block it keeps up to twice its
 /// size before trimming. (A region dropped with its table unmaps everything anyway.)
+///
+/// Anonymous regions use transparent huge pages by default (see
+/// [`RegionOptions::huge_pages`](offheap_mmap::RegionOptions::huge_pages)): lookups in
+/// large tables are faster, and the first touch of each 2 MiB is one larger page fault,
+/// which a growing table's worst single insert pays. `.huge_pages(false)` opts out.
 pub fn default_region_options() -> offheap_mmap::RegionOptions {
     offheap_mmap::RegionOptions::new().release_threshold(64 << 20)
 }
