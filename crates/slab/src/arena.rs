@@ -836,6 +836,8 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// O(classes + slabs). Errors: [`Error::Corrupt`] if the tables cannot be read.
     pub fn stats(&self) -> Result<Stats, Error> {
+        // Another arena on this memory may have moved a table since this one cached it.
+        self.sync();
         let c = self.counters();
         let (tab, len) = self.slab_table()?;
         let (_, ccount) = self.class_table()?;
@@ -1165,7 +1167,7 @@ impl<S: SlabSource> Arena<S> {
     /// and re-reads the class table (validated).
     #[cold]
     #[inline(never)]
-    fn sync(&self) {
+    pub(crate) fn sync(&self) {
         // SAFETY: the validated header.
         let epoch = unsafe { (*self.hdr).epoch };
         if epoch != self.resolved.epoch.get() {
