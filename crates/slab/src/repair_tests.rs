@@ -299,7 +299,7 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, release: ReleasePolicy
     }
     verify(&victim, &m);
     // Nothing is handed out twice: fill many new chunks, then check every old one.
-    for _ in 0..64 {
+    for _ in 0..if cfg!(miri) { 8 } else { 64 } {
         apply(&mut victim, &mut m, Op::Alloc(40), &mut rng);
     }
     verify(&victim, &m);
@@ -329,7 +329,7 @@ fn kill_everywhere(seed: u64, steps: usize, release: ReleasePolicy) -> u64 {
 
 #[test]
 fn repair_after_a_kill_at_every_store_never_release() {
-    let (seeds, steps) = if cfg!(miri) { (1, 8) } else { (3, 60) };
+    let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
     let mut kills = 0;
     for seed in 0..seeds {
         kills += kill_everywhere(0xA4E5 + seed, steps, ReleasePolicy::Never);
@@ -339,7 +339,7 @@ fn repair_after_a_kill_at_every_store_never_release() {
 
 #[test]
 fn repair_after_a_kill_at_every_store_always_release() {
-    let (seeds, steps) = if cfg!(miri) { (1, 8) } else { (3, 60) };
+    let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
     let mut kills = 0;
     for seed in 0..seeds {
         kills += kill_everywhere(0x7E1E + seed, steps, ReleasePolicy::Always);
