@@ -314,27 +314,33 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, release: ReleasePolicy
     killed
 }
 
+/// Kills each of `steps` ops after every number of stores it makes (under miri, after every
+/// fifth number, from a different start at each step, to keep the interpreter's time down).
 fn kill_everywhere(seed: u64, steps: usize, release: ReleasePolicy) -> u64 {
     quiet_kills();
+    let stride = if cfg!(miri) { 5 } else { 1 };
     let mut kills = 0;
     for kill_step in 0..steps {
-        let mut n = 0;
+        let mut n = (kill_step as u64 * 2) % stride;
         while run(seed, steps, kill_step, n, release) {
-            n += 1;
+            n += stride;
             kills += 1;
         }
     }
     kills
 }
 
+/// Under miri only the test with `Always` runs (it covers every path of this one, and slab
+/// releases too, whose stale caches miri would catch).
 #[test]
+#[cfg_attr(miri, ignore)]
 fn repair_after_a_kill_at_every_store_never_release() {
     let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
     let mut kills = 0;
     for seed in 0..seeds {
         kills += kill_everywhere(0xA4E5 + seed, steps, ReleasePolicy::Never);
     }
-    assert!(kills > steps as u64, "only {kills} kills simulated");
+    assert!(kills >= steps as u64, "only {kills} kills simulated");
 }
 
 #[test]
@@ -344,7 +350,7 @@ fn repair_after_a_kill_at_every_store_always_release() {
     for seed in 0..seeds {
         kills += kill_everywhere(0x7E1E + seed, steps, ReleasePolicy::Always);
     }
-    assert!(kills > steps as u64, "only {kills} kills simulated");
+    assert!(kills >= steps as u64, "only {kills} kills simulated");
 }
 
 #[test]
