@@ -1082,6 +1082,19 @@ impl<S: SlabSource> Arena<S> {
         self.resolve_block(entry, block, class, ci)
     }
 
+    /// A slab block's address, validated: `block_size` bytes in the source, aligned for
+    /// `Meta` (no cache).
+    fn block_base(&self, block: u64, ci: &ClassInfo) -> Result<*mut u8, Error> {
+        let base = self
+            .src
+            .resolve(block, ci.block_size)
+            .ok_or(corrupt("slab block offset"))?;
+        if base as usize % std::mem::align_of::<Meta>() != 0 {
+            return Err(corrupt("slab block misaligned"));
+        }
+        Ok(base)
+    }
+
     #[cold]
     fn resolve_block(
         &self,
@@ -1090,13 +1103,7 @@ impl<S: SlabSource> Arena<S> {
         class: u32,
         ci: &ClassInfo,
     ) -> Result<*mut u8, Error> {
-        let base = self
-            .src
-            .resolve(block, ci.block_size)
-            .ok_or(corrupt("slab block offset"))?;
-        if base as usize % std::mem::align_of::<Meta>() != 0 {
-            return Err(corrupt("slab block misaligned"));
-        }
+        let base = self.block_base(block, ci)?;
         entry.set((block, class, base));
         Ok(base)
     }
@@ -1777,18 +1784,9 @@ impl<S: SlabSource> Arena<S> {
                 (*self.hdr).total_chunks,
                 (*self.hdr).total_chunks.saturating_sub(ci.cps as u64)
             );
-            let block = (*rec).block;
-            // Crash order: the epoch first (every cache of this slab's block is dropped
-            // before the block can go), the slot's generation floor, then the block word
-            // (the commit point: the slot is free), the rest of the slot (derived), and the
-            // block back to the source last (a kill before that leaks the block).
-            self.restructure();
-            let floor = (*rec).gen_max.wrapping_add(1);
-            st!((*rec).gen_floor, floor);
-            st!((*rec).gen_max, floor);
-            order();
-            st!((*rec).block, 0);
-            order();
+            // The rest of the slot (derived) after `retire`, and the block back to the
+            // source last (a kill before that leaks the block).
+            let block = self.retire(rec);
             st!((*rec).class, 0);
             st!((*rec).in_use, 0);
             st!((*rec).free_head, NONE);
@@ -1802,6 +1800,29 @@ impl<S: SlabSource> Arena<S> {
             self.bump(stat::SLAB_FREES);
         }
         Ok(())
+    }
+
+    /// The truth writes of a slab's release, in crash order: the epoch first (every cache of
+    /// the slab's block is dropped before the block can go), the slot's generation floor,
+    /// then the block word (the commit point: the slot is free). Returns the block, which the
+    /// caller gives back to the source last.
+    ///
+    /// # Safety
+    ///
+    /// `rec` is a validated record of a live slab.
+    unsafe fn retire(&mut self, rec: *mut SlabRec) -> u64 {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let block = (*rec).block;
+            self.restructure();
+            let floor = (*rec).gen_max.wrapping_add(1);
+            st!((*rec).gen_floor, floor);
+            st!((*rec).gen_max, floor);
+            order();
+            st!((*rec).block, 0);
+            order();
+            block
+        }
     }
 
     fn set_next_inner(&mut self, h: Handle, next: Option<Handle>) -> Result<(), Error> {

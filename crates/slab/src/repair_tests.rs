@@ -330,27 +330,27 @@ fn kill_everywhere(seed: u64, steps: usize, release: ReleasePolicy) -> u64 {
     kills
 }
 
+/// The kill scenarios for one release policy (3 seeds of 60 ops; under miri 1 of 4).
+fn kill_scenarios(base_seed: u64, release: ReleasePolicy) {
+    let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
+    let mut kills = 0;
+    for seed in 0..seeds {
+        kills += kill_everywhere(base_seed + seed, steps, release);
+    }
+    assert!(kills >= steps as u64, "only {kills} kills simulated");
+}
+
 /// Under miri only the test with `Always` runs (it covers every path of this one, and slab
 /// releases too, whose stale caches miri would catch).
 #[test]
 #[cfg_attr(miri, ignore)]
 fn repair_after_a_kill_at_every_store_never_release() {
-    let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
-    let mut kills = 0;
-    for seed in 0..seeds {
-        kills += kill_everywhere(0xA4E5 + seed, steps, ReleasePolicy::Never);
-    }
-    assert!(kills >= steps as u64, "only {kills} kills simulated");
+    kill_scenarios(0xA4E5, ReleasePolicy::Never);
 }
 
 #[test]
 fn repair_after_a_kill_at_every_store_always_release() {
-    let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
-    let mut kills = 0;
-    for seed in 0..seeds {
-        kills += kill_everywhere(0x7E1E + seed, steps, ReleasePolicy::Always);
-    }
-    assert!(kills >= steps as u64, "only {kills} kills simulated");
+    kill_scenarios(0x7E1E, ReleasePolicy::Always);
 }
 
 #[test]

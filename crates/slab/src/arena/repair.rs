@@ -103,13 +103,7 @@ impl<S: SlabSource> Arena<S> {
                 return Err(corrupt("slab of a class not created"));
             }
             let ci = self.classes[class as usize];
-            let base = self
-                .src
-                .resolve(block, ci.block_size)
-                .ok_or(corrupt("slab block offset"))?;
-            if base as usize % std::mem::align_of::<Meta>() != 0 {
-                return Err(corrupt("slab block misaligned"));
-            }
+            let base = self.block_base(block, &ci)?;
             if frontier > ci.cps {
                 return Err(corrupt("slab frontier beyond its chunks"));
             }
@@ -287,15 +281,7 @@ impl<S: SlabSource> Arena<S> {
         let ci = self.classes[class as usize];
         // SAFETY: `s < slab_len`, a live slab validated by `repair`'s first pass.
         unsafe {
-            let rec = tab.add(s);
-            let block = (*rec).block;
-            self.restructure();
-            let floor = (*rec).gen_max.wrapping_add(1);
-            st!((*rec).gen_floor, floor);
-            st!((*rec).gen_max, floor);
-            order();
-            st!((*rec).block, 0);
-            order();
+            let block = self.retire(tab.add(s));
             self.src.free(block, ci.block_size, BLOCK_ALIGN);
         }
         self.bump(stat::SLAB_FREES);
