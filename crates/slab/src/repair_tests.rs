@@ -440,3 +440,26 @@ fn repair_refuses_a_truth_that_does_not_check_out() {
     a.repair().unwrap();
     a.check().unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: if cfg!(miri) { 4 } else { 256 },
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random scenarios, a random op killed after a random number of stores, every release
+    /// policy (`KeepEmpty(1)` too): the same checks as the exhaustive tests.
+    #[test]
+    fn repair_after_a_random_kill(
+        seed in proptest::prelude::any::<u64>(),
+        kill_step in 0usize..24,
+        n in 0u64..120,
+        keep in 0u32..3,
+    ) {
+        quiet_kills();
+        let release = [ReleasePolicy::Never, ReleasePolicy::KeepEmpty(1), ReleasePolicy::Always]
+            [keep as usize];
+        let steps = if cfg!(miri) { 6 } else { 24 };
+        run(seed, steps, kill_step % steps, n, release);
+    }
+}
