@@ -443,7 +443,7 @@ fn repair_refuses_a_truth_that_does_not_check_out() {
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig {
-        cases: if cfg!(miri) { 4 } else { 256 },
+        cases: if cfg!(miri) { 2 } else { 256 },
         ..proptest::prelude::ProptestConfig::default()
     })]
 
