@@ -1561,9 +1561,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Repairs the shard after its previous writer died: finishes (redo) or rolls back
-    /// (undo) the operation its intent records, then recounts the shard.
+    /// Repairs the shard after its previous writer died: repairs its arena (the writer may
+    /// have died inside an arena call), finishes (redo) or rolls back (undo) the operation
+    /// its intent records, frees the arena chunks that nothing references any more, then
+    /// recounts the shard.
     fn recover(&mut self) -> Result<(), Error> {
+        // The arena's derived state (free lists, counters) from its truth; this also moves
+        // its epoch on, so the cached `Arena` objects of every process drop what they
+        // resolved before.
+        self.arena_mut()?.repair()?;
         let it = self.get_intent();
         let blob = |w: u64| w != NONE_W && is_handle(w);
         match (it.op, it.step) {
@@ -1617,11 +1623,41 @@ impl Ctx<'_> {
             _ => return Err(Error::Corrupt("unknown intent")),
         }
         self.set_intent(|it| it.op = OP_NONE);
+        // Chunks the dead writer allocated or was freeing that no table entry names any more
+        // (a blob whose allocation was cut short before the intent recorded it, a free or a
+        // chain release cut short) are freed, and refcounts set to the references the table
+        // holds.
+        let roots = self.arena_roots()?;
+        self.arena_mut()?.collect(&roots)?;
         // Recount (O(shard)).
         let (len, used) = self.count()?;
         self.shard.len.store(len, Ordering::Relaxed);
         self.shard.used.store(used, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Every arena reference the shard's table holds, once per reference: the blob of each
+    /// value word that names one, and for a long key its record and the record's value blob.
+    /// (With no operation in progress, the table holds the only references.)
+    fn arena_roots(&self) -> Result<Vec<Handle>, Error> {
+        let mut roots = Vec::new();
+        for s in self.table()? {
+            let k = s.kw.load(Ordering::Relaxed);
+            if k == EMPTY || k == TOMB {
+                continue;
+            }
+            let vw = s.vw.load(Ordering::Relaxed);
+            let v = if k & LONG_KEY != 0 {
+                roots.push(self.word_handle(vw)?);
+                self.rec_value(vw)?
+            } else {
+                vw
+            };
+            if is_handle(v) {
+                roots.push(self.word_handle(v)?);
+            }
+        }
+        Ok(roots)
     }
 
     /// Live entries and used slots (live + tombstones) of the table.
@@ -1677,7 +1713,26 @@ impl Ctx<'_> {
         if used * 1000 > cap * MAX_LOAD {
             return Err(Error::Corrupt("shard table fuller than its maximum load"));
         }
-        self.arena()?.check()?;
+        let arena = self.arena()?;
+        let report = arena.check()?;
+        // Every chunk in use belongs to a blob that the table names (blobs share no chunks):
+        // nothing leaked.
+        let mut chunks = 0usize;
+        for h in self.arena_roots()? {
+            let mut next = Some(h);
+            while let Some(h) = next {
+                chunks += 1;
+                if chunks > report.chunks_in_use {
+                    break;
+                }
+                next = arena.peek_next(h)?;
+            }
+        }
+        if chunks != report.chunks_in_use {
+            return Err(Error::Corrupt(
+                "arena chunks in use that the table does not reference",
+            ));
+        }
         Ok(())
     }
 }

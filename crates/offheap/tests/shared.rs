@@ -101,13 +101,40 @@ fn threads_share_one_map() {
 
 const CHILD: &str = "OFFHEAP_CHILD";
 
-/// A 7-byte value (stored inline in the slot: the writer that is killed does not use the
-/// arena, whose internals are not crash-consistent; see docs/concurrency.md).
+/// A 7-byte value (stored inline in the slot).
 fn val(k: u32) -> [u8; 7] {
     let mut v = [0u8; 7];
     v[..4].copy_from_slice(&k.to_le_bytes());
     v[4..].copy_from_slice(&(!k).to_le_bytes()[..3]);
     v
+}
+
+/// The killed writer's key for `k`: 4 bytes (inline) for even `k`, 12 (a long key: a record
+/// blob in the arena) for odd `k`.
+fn wkey(k: u32) -> Vec<u8> {
+    let mut v = k.to_le_bytes().to_vec();
+    if k % 2 == 1 {
+        v.extend_from_slice(b"longkey!");
+    }
+    v
+}
+
+/// The killed writer's first value for `k`: 7 bytes (inline), 8 (the smallest arena blob)
+/// or 40 bytes, by `k % 3`.
+fn wval(k: u32) -> Vec<u8> {
+    let len = [7, 8, 40][k as usize % 3];
+    (0..len)
+        .map(|i| (k >> (8 * (i % 4))) as u8 ^ i as u8)
+        .collect()
+}
+
+/// The value the killed writer updates `k` to: another length (8 to 44 bytes: another size
+/// class, so the update allocates a new blob and frees the old one).
+fn wupd(k: u32) -> Vec<u8> {
+    let len = 8 + (k as usize % 5) * 9;
+    (0..len)
+        .map(|i| (k >> (8 * (i % 4))) as u8 ^ 0x5A ^ i as u8)
+        .collect()
 }
 
 /// The child side: runs when the binary is re-executed with `OFFHEAP_CHILD` set.
@@ -165,13 +192,18 @@ fn child_entry() {
                     .unwrap();
             }
         }
-        // Writes forever: put key (round << 24 | i), delete the key 500 before it.
+        // Writes forever: put key (round << 24 | i), update the key 250 before it, delete
+        // the key 500 before it (short and long keys, inline and arena values).
         "writer" => {
             let round = a << 24;
             for i in 0u32.. {
-                m.put(&(round | i).to_le_bytes(), &val(round | i)).unwrap();
+                m.put(&wkey(round | i), &wval(round | i)).unwrap();
+                if i >= 250 {
+                    let k = round | (i - 250);
+                    m.put(&wkey(k), &wupd(k)).unwrap();
+                }
                 if i >= 500 {
-                    m.delete(&(round | (i - 500)).to_le_bytes()).unwrap();
+                    m.delete(&wkey(round | (i - 500))).unwrap();
                 }
             }
         }
@@ -295,41 +327,60 @@ fn spawn_and_kill(
     assert!(!st.success(), "the {role} was meant to be killed");
 }
 
+/// A writer killed at random moments while it puts, updates and deletes short and long
+/// keys with inline and arena values: after each kill the parent repairs the shards (their
+/// arenas included), finds every completed operation and no torn value, and writes on.
 #[cfg_attr(miri, ignore)]
 #[test]
 fn sigkilled_writer_is_recovered() {
     let _w = watchdog(Duration::from_secs(150));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kill.map");
-    // Few shards and small tables: kills land in every step, rebuilds included.
-    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(4)).unwrap();
+    // Few shards, small tables and small slabs: kills land in every step, rebuilds, new
+    // slabs and slab-table growth included.
+    let m =
+        SharedMap::create_with(&path, &SharedMapOptions::new().shards(4).slab_size(1024)).unwrap();
     let mut x = 12345u64;
     for round in 1..=8u32 {
         spawn_and_kill("writer", &path, round, &mut x, 30, 200);
         // The parent takes every lock (check reads every shard; a lock held by the dead
         // child is recovered, and the shard repaired) and finds consistent data.
-        m.check().unwrap();
-        let keys: Vec<u32> = m
+        if let Err(e) = m.check() {
+            panic!("round {round}: {e}");
+        }
+        let got: std::collections::HashMap<u32, Vec<u8>> = m
             .to_vec()
             .unwrap()
             .into_iter()
-            .filter_map(|(k, v)| {
-                let k = u32::from_le_bytes(k.try_into().unwrap());
-                assert_eq!(v, val(k), "torn value for key {k:#x}");
-                (k >> 24 == round).then_some(k & 0xFF_FFFF)
+            .map(|(k, v)| {
+                let id = u32::from_le_bytes(k[..4].try_into().unwrap());
+                assert_eq!(k, wkey(id), "torn key {id:#x}");
+                (id, v)
             })
+            .filter(|(id, _)| id >> 24 == round)
+            .map(|(id, v)| (id & 0xFF_FFFF, v))
             .collect();
-        let Some(&max) = keys.iter().max() else {
+        let Some(&max) = got.keys().max() else {
             continue; // killed before its first put completed
         };
-        let present: std::collections::HashSet<u32> = keys.iter().copied().collect();
+        let k = |i: u32| (round << 24) | i;
         for i in max.saturating_sub(499)..=max {
-            assert!(
-                present.contains(&i),
-                "round {round}: completed put of {i} lost (max {max})"
-            );
+            let v = got
+                .get(&i)
+                .unwrap_or_else(|| panic!("round {round}: completed put of {i} lost (max {max})"));
+            // Updates of keys up to max - 251 completed; of max - 250, maybe.
+            if i + 251 <= max {
+                assert_eq!(*v, wupd(k(i)), "round {round}: key {i} (max {max})");
+            } else if i + 250 == max {
+                assert!(
+                    *v == wupd(k(i)) || *v == wval(k(i)),
+                    "round {round}: torn {i}"
+                );
+            } else {
+                assert_eq!(*v, wval(k(i)), "round {round}: key {i} (max {max})");
+            }
         }
-        for &i in &present {
+        for &i in got.keys() {
             assert!(
                 i + 500 >= max,
                 "round {round}: completed delete of {i} undone (max {max})"
@@ -337,7 +388,7 @@ fn sigkilled_writer_is_recovered() {
         }
         // And it can write to every shard of the map afterwards.
         for i in 0..(max + 1) {
-            m.delete(&((round << 24) | i).to_le_bytes()).unwrap();
+            m.delete(&wkey(k(i))).unwrap();
         }
         assert_eq!(m.len(), 0, "round {round}");
         m.check().unwrap();

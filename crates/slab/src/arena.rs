@@ -8,8 +8,32 @@ use crate::layout::{
     param_check, stat, ClassRec, Header, Meta, SlabRec, BLOCK_ALIGN, CLASS_REC, HEADER_SIZE, MAGIC,
     META, NONE, NSTATS, SLAB_REC, VERSION,
 };
-use crate::stats::{CheckReport, ClassStats, ErrorCounts, Stats};
+use crate::stats::{CheckReport, ClassStats, CollectReport, ErrorCounts, RepairReport, Stats};
 use crate::{Config, Error, Handle, HeapSource, ReleasePolicy, SlabSource};
+
+/// A store to source memory: `st!(place, value)`. Under `cfg(test)` each one first asks the
+/// crash simulation whether the "process" dies here (see `crate::kill`).
+macro_rules! st {
+    ($place:expr, $v:expr) => {{
+        let v = $v;
+        #[cfg(test)]
+        crate::kill::write();
+        $place = v;
+    }};
+}
+
+/// A write-order point (see [`Arena::repair`] and the write-order table in
+/// docs/concurrency.md):
+/// stores before it are made before stores after it. The compiler is the only thing that
+/// could reorder them for this purpose: a process killed at any instruction leaves every
+/// store it retired in memory (the CPU's store buffer drains all the same), so program
+/// order is the order another process finds.
+#[inline(always)]
+fn order() {
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+}
+
+mod repair;
 
 /// Lengths up to this are mapped to their class by a table lookup (8 KiB per arena); longer
 /// ones by a binary search over the class sizes.
@@ -28,6 +52,13 @@ struct ClassInfo {
     meta_bytes: usize,
     /// Bytes of a slab's block.
     block_size: usize,
+}
+
+/// Which of the header's two tables [`Arena::grow_table`] moves.
+#[derive(Clone, Copy)]
+enum Table {
+    Class,
+    Slab,
 }
 
 /// Entries of the block-resolution cache (direct-mapped by slab index).
@@ -511,16 +542,14 @@ impl<S: SlabSource> Arena<S> {
                 return None; // the class's empty-slab count changes
             }
             let m = e.meta.add(chunk as usize);
-            if new_frontier != frontier {
-                (*rec).frontier = new_frontier;
-                (*m).gen = (*rec).gen_floor;
-            }
-            (*rec).free_head = new_free;
-            (*m).refcount = 1;
-            (*m).len = len as u32;
-            (*m).next_slab = NONE;
-            (*m).next_chunk = NONE;
-            (*rec).in_use = in_use.wrapping_add(1);
+            Self::claim(
+                rec,
+                m,
+                len,
+                (new_frontier != frontier).then_some(new_frontier),
+            );
+            st!((*rec).free_head, new_free);
+            st!((*rec).in_use, in_use.wrapping_add(1));
             self.bump(stat::ALLOCS);
             Some(Handle {
                 slab: s,
@@ -528,6 +557,36 @@ impl<S: SlabSource> Arena<S> {
                 gen: (*m).gen,
                 tag: self.tag,
             })
+        }
+    }
+
+    /// The truth writes of an allocation, in crash order: the chunk's metadata (length, no
+    /// next; a never-used chunk's generation), then its refcount (the commit point of a chunk
+    /// from the free list), then for a never-used chunk the slab's frontier (its commit
+    /// point: metadata beyond the frontier is never read). A kill before the commit leaves
+    /// the chunk free; the free list and in-use count written after it are derived.
+    ///
+    /// # Safety
+    ///
+    /// `rec` and `m` are a validated slab record and one of its chunks' metadata; for
+    /// `frontier: Some(f)`, `m` is the chunk at the slab's old frontier `f - 1`.
+    #[inline(always)]
+    unsafe fn claim(rec: *mut SlabRec, m: *mut Meta, len: usize, frontier: Option<u32>) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            st!((*m).len, len as u32);
+            st!((*m).next_slab, NONE);
+            st!((*m).next_chunk, NONE);
+            if frontier.is_some() {
+                st!((*m).gen, (*rec).gen_floor);
+            }
+            order();
+            st!((*m).refcount, 1);
+            if let Some(f) = frontier {
+                order();
+                st!((*rec).frontier, f);
+            }
+            order();
         }
     }
 
@@ -550,9 +609,10 @@ impl<S: SlabSource> Arena<S> {
     pub fn add_ref(&mut self, h: Handle) -> Result<(), Error> {
         if let Some(loc) = self.locate_fast(h) {
             // SAFETY: `loc.meta` was validated by `locate_fast`.
-            let rc = unsafe { &mut (*loc.meta).refcount };
-            if *rc != u32::MAX {
-                *rc += 1;
+            let rc = unsafe { (*loc.meta).refcount };
+            if rc != u32::MAX {
+                // SAFETY: as above.
+                unsafe { st!((*loc.meta).refcount, rc + 1) };
                 self.bump(stat::ADD_REFS);
                 return Ok(());
             }
@@ -566,11 +626,12 @@ impl<S: SlabSource> Arena<S> {
         match self.locate(h) {
             Ok(loc) => {
                 // SAFETY: `loc.meta` was validated by `locate`.
-                let rc = unsafe { &mut (*loc.meta).refcount };
-                if *rc == u32::MAX {
+                let rc = unsafe { (*loc.meta).refcount };
+                if rc == u32::MAX {
                     return Err(self.count(Error::RefcountOverflow));
                 }
-                *rc += 1;
+                // SAFETY: as above.
+                unsafe { st!((*loc.meta).refcount, rc + 1) };
                 self.bump(stat::ADD_REFS);
                 Ok(())
             }
@@ -592,7 +653,7 @@ impl<S: SlabSource> Arena<S> {
             unsafe {
                 let rc = (*loc.meta).refcount;
                 if rc > 1 {
-                    (*loc.meta).refcount = rc - 1;
+                    st!((*loc.meta).refcount, rc - 1);
                     self.bump(stat::DEC_REFS);
                     return Ok(false);
                 }
@@ -618,7 +679,7 @@ impl<S: SlabSource> Arena<S> {
         unsafe {
             let rc = (*loc.meta).refcount;
             if rc > 1 {
-                (*loc.meta).refcount = rc - 1;
+                st!((*loc.meta).refcount, rc - 1);
                 return Ok(false);
             }
         }
@@ -672,7 +733,7 @@ impl<S: SlabSource> Arena<S> {
                 if rc == u32::MAX {
                     return Err(Error::RefcountOverflow);
                 }
-                (*nl.meta).refcount = rc + 1;
+                st!((*nl.meta).refcount, rc + 1);
                 Ok(Some(self.handle_of(&nl)))
             }
         });
@@ -775,6 +836,8 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// O(classes + slabs). Errors: [`Error::Corrupt`] if the tables cannot be read.
     pub fn stats(&self) -> Result<Stats, Error> {
+        // Another arena on this memory may have moved a table since this one cached it.
+        self.sync();
         let c = self.counters();
         let (tab, len) = self.slab_table()?;
         let (_, ccount) = self.class_table()?;
@@ -847,7 +910,7 @@ impl<S: SlabSource> Arena<S> {
     #[inline(always)]
     fn bump(&mut self, i: usize) {
         // SAFETY: `hdr` is the validated header; `i < NSTATS`.
-        unsafe { (*self.hdr).stats[i] = (*self.hdr).stats[i].wrapping_add(1) };
+        unsafe { st!((*self.hdr).stats[i], (*self.hdr).stats[i].wrapping_add(1)) };
     }
 
     #[cold]
@@ -1019,6 +1082,19 @@ impl<S: SlabSource> Arena<S> {
         self.resolve_block(entry, block, class, ci)
     }
 
+    /// A slab block's address, validated: `block_size` bytes in the source, aligned for
+    /// `Meta` (no cache).
+    fn block_base(&self, block: u64, ci: &ClassInfo) -> Result<*mut u8, Error> {
+        let base = self
+            .src
+            .resolve(block, ci.block_size)
+            .ok_or(corrupt("slab block offset"))?;
+        if base as usize % std::mem::align_of::<Meta>() != 0 {
+            return Err(corrupt("slab block misaligned"));
+        }
+        Ok(base)
+    }
+
     #[cold]
     fn resolve_block(
         &self,
@@ -1027,13 +1103,7 @@ impl<S: SlabSource> Arena<S> {
         class: u32,
         ci: &ClassInfo,
     ) -> Result<*mut u8, Error> {
-        let base = self
-            .src
-            .resolve(block, ci.block_size)
-            .ok_or(corrupt("slab block offset"))?;
-        if base as usize % std::mem::align_of::<Meta>() != 0 {
-            return Err(corrupt("slab block misaligned"));
-        }
+        let base = self.block_base(block, ci)?;
         entry.set((block, class, base));
         Ok(base)
     }
@@ -1104,7 +1174,7 @@ impl<S: SlabSource> Arena<S> {
     /// and re-reads the class table (validated).
     #[cold]
     #[inline(never)]
-    fn sync(&self) {
+    pub(crate) fn sync(&self) {
         // SAFETY: the validated header.
         let epoch = unsafe { (*self.hdr).epoch };
         if epoch != self.resolved.epoch.get() {
@@ -1127,9 +1197,10 @@ impl<S: SlabSource> Arena<S> {
         // SAFETY: the validated header.
         let epoch = unsafe {
             let e = (*self.hdr).epoch.wrapping_add(1);
-            (*self.hdr).epoch = e;
+            st!((*self.hdr).epoch, e);
             e
         };
+        order();
         self.resolved.forget();
         self.resolved.epoch.set(epoch);
     }
@@ -1306,28 +1377,26 @@ impl<S: SlabSource> Arena<S> {
             };
             // Everything is validated: mutate.
             let m = loc.meta.add(chunk as usize);
-            if new_frontier != frontier {
-                (*rec).frontier = new_frontier;
-                (*m).gen = (*rec).gen_floor;
-            }
-            (*rec).free_head = new_free;
-            (*m).refcount = 1;
-            (*m).len = len as u32;
-            (*m).next_slab = NONE;
-            (*m).next_chunk = NONE;
+            Self::claim(
+                rec,
+                m,
+                len,
+                (new_frontier != frontier).then_some(new_frontier),
+            );
+            st!((*rec).free_head, new_free);
             let in_use = (*rec).in_use.wrapping_add(1);
-            (*rec).in_use = in_use;
+            st!((*rec).in_use, in_use);
             // Empty slabs are counted only when the policy may release them.
             if in_use == 1 && self.keep != u32::MAX {
-                (*crec).empty_slabs = (*crec).empty_slabs.saturating_sub(1);
+                st!((*crec).empty_slabs, (*crec).empty_slabs.saturating_sub(1));
             }
             if full {
-                (*crec).partial_head = next_slab;
+                st!((*crec).partial_head, next_slab);
                 if let Some(nr) = next_rec {
-                    (*nr).prev = NONE;
+                    st!((*nr).prev, NONE);
                 }
-                (*rec).next = NONE;
-                (*rec).prev = NONE;
+                st!((*rec).next, NONE);
+                st!((*rec).prev, NONE);
             }
             Ok(Handle {
                 slab: s,
@@ -1347,6 +1416,10 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// Creates classes up to and including `class` (go-slab creates them lazily, in order).
+    ///
+    /// Crash order: the table grows first (see [`grow_table`](Arena::grow_table)), the new
+    /// class records are written, then the class count (the commit point: records beyond it
+    /// are never read).
     #[cold]
     fn create_classes(&mut self, class: u32) -> Result<(), Error> {
         let (_, count) = self.class_table()?;
@@ -1355,15 +1428,12 @@ impl<S: SlabSource> Arena<S> {
         if class >= cap {
             let want = (class + 1).max(cap.saturating_mul(2)).max(8);
             let want = want.min(self.classes.len() as u32);
-            let new = self.grow_table(off, cap, count, CLASS_REC, want)?;
-            // SAFETY: the validated header.
-            unsafe {
-                (*self.hdr).class_table = new;
-                (*self.hdr).class_cap = want;
-            }
+            self.grow_table(Table::Class, off, cap, count, want)?;
         }
         let (tab, _) = self.class_table()?;
         for i in count..=class {
+            #[cfg(test)]
+            crate::kill::write();
             // SAFETY: `i <= class < cap`: inside the (possibly new) table.
             unsafe {
                 tab.add(i as usize).write(ClassRec {
@@ -1376,22 +1446,32 @@ impl<S: SlabSource> Arena<S> {
                 })
             };
         }
+        order();
         // SAFETY: the validated header.
-        unsafe { (*self.hdr).class_count = class + 1 };
+        unsafe { st!((*self.hdr).class_count, class + 1) };
         Ok(())
     }
 
-    /// Moves a table of `used` records of `rec` bytes to a new block of `new_cap` records.
-    /// On error nothing changed.
+    /// Moves the class or slab table (`cap` records at `off`, `used` of them in use) to a new
+    /// block of `new_cap` records and points the header at it. On error nothing changed.
+    ///
+    /// Crash order: the new block is allocated and filled; the epoch moves on (every cache of
+    /// the old table is dropped); the header's table offset (the commit point), then its
+    /// capacity (a kill between the two leaves the new table with the old capacity, which it
+    /// holds); the old block goes back to the source last (a kill before that leaks it).
     #[cold]
     fn grow_table(
         &mut self,
+        which: Table,
         off: u64,
         cap: u32,
         used: u32,
-        rec: usize,
         new_cap: u32,
-    ) -> Result<u64, Error> {
+    ) -> Result<(), Error> {
+        let rec = match which {
+            Table::Class => CLASS_REC,
+            Table::Slab => SLAB_REC,
+        };
         let old = if cap > 0 {
             self.src
                 .resolve(off, cap as usize * rec)
@@ -1408,21 +1488,46 @@ impl<S: SlabSource> Arena<S> {
             .ok_or(Error::OutOfMemory)?;
         let dst = self.src.ptr(new);
         if used > 0 {
+            #[cfg(test)]
+            crate::kill::write();
             // SAFETY: `old` is valid for `cap * rec >= used * rec` bytes, `dst` for
             // `new_cap * rec` bytes (`new_cap > cap`), and blocks do not overlap.
             unsafe { ptr::copy_nonoverlapping(old, dst, used as usize * rec) };
         }
         self.restructure();
+        // SAFETY: the validated header.
+        unsafe {
+            match which {
+                Table::Class => {
+                    st!((*self.hdr).class_table, new);
+                    order();
+                    st!((*self.hdr).class_cap, new_cap);
+                }
+                Table::Slab => {
+                    st!((*self.hdr).slab_table, new);
+                    order();
+                    st!((*self.hdr).slab_cap, new_cap);
+                }
+            }
+        }
+        order();
         if cap > 0 {
             // SAFETY: the old table is a live block of exactly these size and alignment
-            // (validated above; see the trait's note on corrupt memory).
+            // (validated above; see the trait's note on corrupt memory); nothing refers to it
+            // any more (the header names the new one and the caches were dropped).
             unsafe { self.src.free(off, cap as usize * rec, BLOCK_ALIGN) };
         }
         self.bump(stat::TABLE_GROWS);
-        Ok(new)
+        Ok(())
     }
 
     /// Adds a slab to `class` at the head of its partial list; returns its index.
+    ///
+    /// Crash order: the table grows if needed; the slab's block is allocated (a kill from
+    /// here to the commit leaks it); a slot that is new is written whole (free: block 0),
+    /// then the slab count (it now exists, as a free slot); the slot's class, frontier 0 and
+    /// generations, then its block (the commit point: the slab is live, with no chunk handed
+    /// out). Lists and counters come after, derived.
     #[cold]
     fn add_slab(&mut self, class: u32, crec: *mut ClassRec) -> Result<u32, Error> {
         let ci = self.classes[class as usize];
@@ -1452,12 +1557,7 @@ impl<S: SlabSource> Arena<S> {
             let want = cap.saturating_mul(2).clamp(8, NONE - 1);
             // SAFETY: the validated header.
             let off = unsafe { (*self.hdr).slab_table };
-            let new = self.grow_table(off, cap, len, SLAB_REC, want)?;
-            // SAFETY: the validated header.
-            unsafe {
-                (*self.hdr).slab_table = new;
-                (*self.hdr).slab_cap = want;
-            }
+            self.grow_table(Table::Slab, off, cap, len, want)?;
         }
         if old_head != NONE && self.slab_rec(old_head).is_none() {
             return Err(corrupt("partial list head out of range"));
@@ -1469,12 +1569,11 @@ impl<S: SlabSource> Arena<S> {
         let (tab, _) = self.slab_table()?;
         // SAFETY: header, table and records validated above; `slot < slab_len (+1) <= cap`.
         unsafe {
-            let slot = if free_slot != NONE {
-                let r = tab.add(free_slot as usize);
-                (*self.hdr).free_slot = (*r).next;
-                free_slot
+            let (slot, next_free) = if free_slot != NONE {
+                (free_slot, (*tab.add(free_slot as usize)).next)
             } else {
-                (*self.hdr).slab_len = len + 1;
+                #[cfg(test)]
+                crate::kill::write();
                 tab.add(len as usize).write(SlabRec {
                     block: 0,
                     class: 0,
@@ -1486,31 +1585,37 @@ impl<S: SlabSource> Arena<S> {
                     gen_floor: 0,
                     gen_max: 0,
                 });
-                len
+                order();
+                st!((*self.hdr).slab_len, len + 1);
+                order();
+                (len, NONE)
             };
             let r = tab.add(slot as usize);
             let floor = (*r).gen_floor;
-            r.write(SlabRec {
-                block,
-                class,
-                in_use: 0,
-                free_head: NONE,
-                frontier: 0,
-                prev: NONE,
-                next: old_head,
-                gen_floor: floor,
-                gen_max: floor,
-            });
+            st!((*r).class, class);
+            st!((*r).frontier, 0);
+            st!((*r).gen_max, floor);
+            order();
+            st!((*r).block, block);
+            order();
+            st!((*self.hdr).free_slot, next_free);
+            st!((*r).in_use, 0);
+            st!((*r).free_head, NONE);
+            st!((*r).prev, NONE);
+            st!((*r).next, old_head);
             if old_head != NONE {
-                (*tab.add(old_head as usize)).prev = slot;
+                st!((*tab.add(old_head as usize)).prev, slot);
             }
-            (*crec).partial_head = slot;
-            (*crec).slabs += 1;
+            st!((*crec).partial_head, slot);
+            st!((*crec).slabs, (*crec).slabs + 1);
             if self.keep != u32::MAX {
-                (*crec).empty_slabs += 1;
+                st!((*crec).empty_slabs, (*crec).empty_slabs + 1);
             }
-            (*self.hdr).live_slabs += 1;
-            (*self.hdr).total_chunks += ci.cps as u64;
+            st!((*self.hdr).live_slabs, (*self.hdr).live_slabs + 1);
+            st!(
+                (*self.hdr).total_chunks,
+                (*self.hdr).total_chunks + ci.cps as u64
+            );
             self.bump(stat::MALLOCS);
             Ok(slot)
         }
@@ -1531,7 +1636,7 @@ impl<S: SlabSource> Arena<S> {
             unsafe {
                 let rc = (*loc.meta).refcount;
                 if rc > 1 {
-                    (*loc.meta).refcount = rc - 1;
+                    st!((*loc.meta).refcount, rc - 1);
                     return Ok(());
                 }
             }
@@ -1554,18 +1659,37 @@ impl<S: SlabSource> Arena<S> {
             if fh == NONE && (*rec).frontier == loc.cps {
                 return false;
             }
-            let gen = (*m).gen.wrapping_add(1);
-            (*m).gen = gen;
-            (*m).refcount = 0;
-            (*m).next_slab = NONE;
-            (*m).next_chunk = fh;
-            if gen > (*rec).gen_max {
-                (*rec).gen_max = gen;
-            }
-            (*rec).free_head = loc.chunk;
-            (*rec).in_use = in_use - 1;
+            Self::release(rec, m);
+            st!((*m).next_chunk, fh);
+            st!((*rec).free_head, loc.chunk);
+            st!((*rec).in_use, in_use - 1);
             self.bump(stat::DEC_REF_ZEROES);
             true
+        }
+    }
+
+    /// The truth writes of a free, in crash order: the chunk's next generation (and the
+    /// slab's highest generation), so that no handle to the chunk's old life validates any
+    /// more, then its refcount 0 (the commit point), then its next cleared. A kill between
+    /// the two leaves the chunk allocated under a generation no handle names (leaked at this
+    /// layer; [`Arena::collect`] frees it). The free list and counters come after, derived.
+    ///
+    /// # Safety
+    ///
+    /// `rec` and `m` are a validated slab record and one of its live chunks' metadata.
+    #[inline(always)]
+    unsafe fn release(rec: *mut SlabRec, m: *mut Meta) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let gen = (*m).gen.wrapping_add(1);
+            st!((*m).gen, gen);
+            if gen > (*rec).gen_max {
+                st!((*rec).gen_max, gen);
+            }
+            order();
+            st!((*m).refcount, 0);
+            order();
+            st!((*m).next_slab, NONE);
         }
     }
 
@@ -1580,18 +1704,12 @@ impl<S: SlabSource> Arena<S> {
             if in_use == 0 {
                 return Err(corrupt("in-use count of a slab with a live chunk is zero"));
             }
-            let gen = (*m).gen.wrapping_add(1);
-            (*m).gen = gen;
-            (*m).refcount = 0;
-            (*m).next_slab = NONE;
-            if gen > (*rec).gen_max {
-                (*rec).gen_max = gen;
-            }
+            Self::release(rec, m);
             let fh = (*rec).free_head;
             let was_full = fh == NONE && (*rec).frontier == loc.cps;
-            (*m).next_chunk = fh;
-            (*rec).free_head = loc.chunk;
-            (*rec).in_use = in_use - 1;
+            st!((*m).next_chunk, fh);
+            st!((*rec).free_head, loc.chunk);
+            st!((*rec).in_use, in_use - 1);
             self.bump(stat::DEC_REF_ZEROES);
             let empty = in_use == 1 && self.keep != u32::MAX;
             if was_full || empty {
@@ -1614,15 +1732,15 @@ impl<S: SlabSource> Arena<S> {
                     let hr = self
                         .slab_rec(head)
                         .ok_or(corrupt("partial list head out of range"))?;
-                    (*hr).prev = loc.slab;
+                    st!((*hr).prev, loc.slab);
                 }
-                (*rec).prev = NONE;
-                (*rec).next = head;
-                (*crec).partial_head = loc.slab;
+                st!((*rec).prev, NONE);
+                st!((*rec).next, head);
+                st!((*crec).partial_head, loc.slab);
             }
             if empty {
                 let e = (*crec).empty_slabs.saturating_add(1);
-                (*crec).empty_slabs = e;
+                st!((*crec).empty_slabs, e);
                 if e > self.keep {
                     self.release_slab(loc, crec)?;
                 }
@@ -1650,36 +1768,61 @@ impl<S: SlabSource> Arena<S> {
                 None
             };
             match pr {
-                Some(p) => (*p).next = next,
-                None => (*crec).partial_head = next,
+                Some(p) => st!((*p).next, next),
+                None => st!((*crec).partial_head, next),
             }
             if let Some(n) = nr {
-                (*n).prev = prev;
+                st!((*n).prev, prev);
             }
-            (*crec).slabs = (*crec).slabs.saturating_sub(1);
-            (*crec).empty_slabs = (*crec).empty_slabs.saturating_sub(1);
-            (*self.hdr).live_slabs = (*self.hdr).live_slabs.saturating_sub(1);
-            (*self.hdr).total_chunks = (*self.hdr).total_chunks.saturating_sub(ci.cps as u64);
-            let block = (*rec).block;
-            let floor = (*rec).gen_max.wrapping_add(1);
-            rec.write(SlabRec {
-                block: 0,
-                class: 0,
-                in_use: 0,
-                free_head: NONE,
-                frontier: 0,
-                prev: NONE,
-                next: (*self.hdr).free_slot,
-                gen_floor: floor,
-                gen_max: floor,
-            });
-            (*self.hdr).free_slot = loc.slab;
+            st!((*crec).slabs, (*crec).slabs.saturating_sub(1));
+            st!((*crec).empty_slabs, (*crec).empty_slabs.saturating_sub(1));
+            st!(
+                (*self.hdr).live_slabs,
+                (*self.hdr).live_slabs.saturating_sub(1)
+            );
+            st!(
+                (*self.hdr).total_chunks,
+                (*self.hdr).total_chunks.saturating_sub(ci.cps as u64)
+            );
+            // The rest of the slot (derived) after `retire`, and the block back to the
+            // source last (a kill before that leaks the block).
+            let block = self.retire(rec);
+            st!((*rec).class, 0);
+            st!((*rec).in_use, 0);
+            st!((*rec).free_head, NONE);
+            st!((*rec).frontier, 0);
+            st!((*rec).prev, NONE);
+            st!((*rec).next, (*self.hdr).free_slot);
+            st!((*self.hdr).free_slot, loc.slab);
+            order();
             // The block was resolved with exactly this size when `loc` was validated.
-            self.restructure();
             self.src.free(block, ci.block_size, BLOCK_ALIGN);
             self.bump(stat::SLAB_FREES);
         }
         Ok(())
+    }
+
+    /// The truth writes of a slab's release, in crash order: the epoch first (every cache of
+    /// the slab's block is dropped before the block can go), the slot's generation floor,
+    /// then the block word (the commit point: the slot is free). Returns the block, which the
+    /// caller gives back to the source last.
+    ///
+    /// # Safety
+    ///
+    /// `rec` is a validated record of a live slab.
+    unsafe fn retire(&mut self, rec: *mut SlabRec) -> u64 {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let block = (*rec).block;
+            self.restructure();
+            let floor = (*rec).gen_max.wrapping_add(1);
+            st!((*rec).gen_floor, floor);
+            st!((*rec).gen_max, floor);
+            order();
+            st!((*rec).block, 0);
+            order();
+            block
+        }
     }
 
     fn set_next_inner(&mut self, h: Handle, next: Option<Handle>) -> Result<(), Error> {
@@ -1725,18 +1868,31 @@ impl<S: SlabSource> Arena<S> {
         };
         // Validated: mutate.
         // SAFETY: `la`, `lb` validated above and nothing changed since.
+        // Crash order: the new next's refcount first (a kill after it over-counts: a leak,
+        // never a chunk freed under a link), then the link, which a next slab of `NONE`
+        // disables whatever the chunk index: cleared, the chunk index, then the slab (the
+        // commit point), so that no kill leaves a half-written link; the old next is released
+        // after (a kill before that over-counts it).
         unsafe {
             match lb {
                 Some(lb) => {
-                    (*lb.meta).refcount += 1;
-                    (*la.meta).next_slab = lb.slab;
-                    (*la.meta).next_chunk = lb.chunk;
+                    st!((*lb.meta).refcount, (*lb.meta).refcount + 1);
+                    order();
+                    if os != NONE {
+                        st!((*la.meta).next_slab, NONE);
+                        order();
+                    }
+                    st!((*la.meta).next_chunk, lb.chunk);
+                    order();
+                    st!((*la.meta).next_slab, lb.slab);
                 }
                 None => {
-                    (*la.meta).next_slab = NONE;
-                    (*la.meta).next_chunk = NONE;
+                    st!((*la.meta).next_slab, NONE);
+                    order();
+                    st!((*la.meta).next_chunk, NONE);
                 }
             }
+            order();
         }
         if let Some(ol) = old {
             // SAFETY: `ol` validated; only refcounts changed since (it may be `lb` itself, whose
@@ -1744,7 +1900,7 @@ impl<S: SlabSource> Arena<S> {
             unsafe {
                 let rc = (*ol.meta).refcount;
                 if rc > 1 {
-                    (*ol.meta).refcount = rc - 1;
+                    st!((*ol.meta).refcount, rc - 1);
                 } else {
                     self.release_chain(ol)?;
                 }

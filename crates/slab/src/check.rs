@@ -21,6 +21,8 @@ pub(crate) fn check<S: SlabSource>(a: &Arena<S>) -> Result<CheckReport, Error> {
     if h.version != VERSION {
         return Err(Error::UnsupportedVersion(h.version));
     }
+    // Another arena on this memory may have moved a table since this one cached it.
+    a.sync();
     let (ctab, ccount) = a.class_table()?;
     let (tab, slen) = a.slab_table()?;
     let slen = slen as usize;

@@ -53,7 +53,40 @@ pub use config::{Config, ReleasePolicy, MAX_CLASSES, MAX_SLAB_SIZE};
 pub use error::Error;
 pub use handle::Handle;
 pub use source::{BufSource, HeapSource, SlabSource};
-pub use stats::{CheckReport, ClassStats, ErrorCounts, Stats};
+pub use stats::{CheckReport, ClassStats, CollectReport, ErrorCounts, RepairReport, Stats};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod repair_tests;
+
+/// Test-only simulation of a process killed inside the arena: every store the arena makes to
+/// its source memory first calls [`kill::write`], which lets `n` stores through after
+/// [`kill::arm`]`(n)` and then panics with [`kill::Killed`] instead of making the next one, as
+/// if the process had died at that instruction boundary (the test catches the unwind and
+/// repairs the memory left behind).
+#[cfg(test)]
+pub(crate) mod kill {
+    use std::cell::Cell;
+    std::thread_local! {
+        static LEFT: Cell<u64> = const { Cell::new(u64::MAX) };
+    }
+    /// The panic payload of a simulated kill.
+    pub(crate) struct Killed;
+    /// Called before each store to source memory.
+    pub(crate) fn write() {
+        LEFT.with(|l| match l.get() {
+            u64::MAX => {}
+            0 => {
+                l.set(u64::MAX);
+                std::panic::panic_any(Killed);
+            }
+            n => l.set(n - 1),
+        });
+    }
+    /// Lets `n` more stores through, then kills (`u64::MAX`: never).
+    pub(crate) fn arm(n: u64) {
+        LEFT.with(|l| l.set(n));
+    }
+}

@@ -165,3 +165,33 @@ pub struct CheckReport {
     /// Bytes the arena holds from its source (header, tables, slabs).
     pub source_bytes: usize,
 }
+
+/// What [`Arena::repair`](crate::Arena::repair) found and rebuilt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Slabs held.
+    pub slabs: usize,
+    /// Chunks in use (refcount above zero).
+    pub chunks_in_use: usize,
+    /// Chunks free (handed out before, refcount zero).
+    pub chunks_free: usize,
+    /// Derived fields (free lists, in-use counts, partial lists, free slot list, class and
+    /// header counters, statistics) that did not hold what the truth implies and were
+    /// rewritten. Zero for an arena that no operation was cut short in.
+    pub fixed: usize,
+    /// Refcounts raised to the number of chain links to their chunk.
+    pub refcounts_raised: usize,
+    /// Empty slabs given back to the source beyond what the release policy keeps.
+    pub slabs_released: usize,
+}
+
+/// What [`Arena::collect`](crate::Arena::collect) freed and corrected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CollectReport {
+    /// Chunks in use afterwards (reachable from the roots).
+    pub chunks_in_use: usize,
+    /// Live chunks that no root reached, freed.
+    pub freed: usize,
+    /// Refcounts of reachable chunks set to their number of references.
+    pub refcounts_fixed: usize,
+}
