@@ -76,7 +76,7 @@ impl Default for Config {
 pub const MAX_SIZE: usize = 1 << 20;
 
 /// Largest `--batch`.
-pub const MAX_BATCH: usize = 4096;
+pub const MAX_BATCH: usize = 1 << 20;
 
 impl Config {
     /// Checks the shape; the message says what is wrong.
