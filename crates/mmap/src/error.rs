@@ -92,6 +92,11 @@ pub enum Error {
     RootSlotsFull,
     /// A [`RegionOptions`](crate::RegionOptions) value is out of range.
     InvalidOptions(&'static str),
+    /// The region was opened with
+    /// [`RegionOptions::open_torn`](crate::RegionOptions::open_torn) and its allocator's
+    /// bookkeeping is torn (a process died inside `alloc`, `free` or a growth): allocation
+    /// and freeing wait for [`Region::recover`](crate::Region::recover).
+    NeedsRecovery,
 }
 
 impl fmt::Display for Error {
@@ -151,6 +156,9 @@ impl fmt::Display for Error {
             }
             Error::RootSlotsFull => f.write_str("all root slots are in use"),
             Error::InvalidOptions(what) => write!(f, "invalid region options: {what}"),
+            Error::NeedsRecovery => f.write_str(
+                "the region's allocator was torn by a process that died: run recover() first",
+            ),
         }
     }
 }

@@ -159,10 +159,16 @@ pub(crate) fn search_index(size: u64) -> Option<usize> {
 pub(crate) struct HeaderInfo {
     pub(crate) page_size: u64,
     pub(crate) size: u64,
+    /// The first inconsistency found in the allocator's derived fields (last block, byte
+    /// and block counters, free-list heads and bitmap), if any: what a process killed
+    /// inside the allocator leaves, and what `Region::recover` rebuilds from the blocks.
+    pub(crate) torn: Option<&'static str>,
 }
 
 /// Validates a header read from an untrusted file of `file_len` bytes. Constant work:
 /// the immutable fields against the checksum, every mutable field against its range.
+/// The allocator's derived fields are reported in `torn` rather than refused here: the
+/// caller decides (see `RegionOptions::open_torn`).
 pub(crate) fn validate(h: &[u8], file_len: u64, os_page: u64) -> Result<HeaderInfo, Error> {
     if file_len == 0 {
         return Err(Error::Empty);
@@ -224,33 +230,7 @@ pub(crate) fn validate(h: &[u8], file_len: u64, os_page: u64) -> Result<HeaderIn
             needed: size,
         });
     }
-    let data = header_sz;
-    let in_block = |b: u64| b >= data && b % GRANULE == 0 && b <= size - MIN_BLOCK;
-    let last = rd_u64(h, F_LAST_BLOCK);
-    if !in_block(last) {
-        return Err(corrupt("last block offset out of range"));
-    }
-    let (in_use, free) = (rd_u64(h, F_IN_USE), rd_u64(h, F_FREE));
-    if in_use.checked_add(free) != Some(size - data) || in_use % GRANULE != 0 {
-        return Err(corrupt("block byte counts do not cover the region"));
-    }
-    let max_blocks = (size - data) / MIN_BLOCK;
-    let (allocs, free_blocks) = (rd_u64(h, F_ALLOCS), rd_u64(h, F_FREE_BLOCKS));
-    if allocs > max_blocks || free_blocks > max_blocks || (free_blocks == 0) != (free == 0) {
-        return Err(corrupt("block counts out of range"));
-    }
-    for bin in 0..BINS {
-        let head = rd_u64(h, F_BINS_HEADS + bin * 8);
-        let bit = rd_u64(h, F_BITMAP + (bin / 64) * 8) >> (bin % 64) & 1;
-        if head != 0 && !in_block(head) {
-            return Err(corrupt("free-list head out of range"));
-        }
-        if (head != 0) != (bit == 1) {
-            return Err(corrupt(
-                "free-list bitmap disagrees with the free-list heads",
-            ));
-        }
-    }
+    let torn = derived_fields_torn(h, header_sz, size);
     for slot in 0..ROOT_SLOTS {
         let at = F_ROOTS + slot * ROOT_SLOT_LEN;
         let name = &h[at..at + ROOT_NAME_LEN];
@@ -263,7 +243,40 @@ pub(crate) fn validate(h: &[u8], file_len: u64, os_page: u64) -> Result<HeaderIn
             return Err(corrupt("root slot offset out of range"));
         }
     }
-    Ok(HeaderInfo { page_size, size })
+    Ok(HeaderInfo {
+        page_size,
+        size,
+        torn,
+    })
+}
+
+/// The first inconsistency among the allocator's derived header fields of a region of
+/// `size` bytes whose data starts at `data`, if any.
+fn derived_fields_torn(h: &[u8], data: u64, size: u64) -> Option<&'static str> {
+    let in_block = |b: u64| b >= data && b % GRANULE == 0 && b <= size - MIN_BLOCK;
+    if !in_block(rd_u64(h, F_LAST_BLOCK)) {
+        return Some("last block offset out of range");
+    }
+    let (in_use, free) = (rd_u64(h, F_IN_USE), rd_u64(h, F_FREE));
+    if in_use.checked_add(free) != Some(size - data) || in_use % GRANULE != 0 {
+        return Some("block byte counts do not cover the region");
+    }
+    let max_blocks = (size - data) / MIN_BLOCK;
+    let (allocs, free_blocks) = (rd_u64(h, F_ALLOCS), rd_u64(h, F_FREE_BLOCKS));
+    if allocs > max_blocks || free_blocks > max_blocks || (free_blocks == 0) != (free == 0) {
+        return Some("block counts out of range");
+    }
+    for bin in 0..BINS {
+        let head = rd_u64(h, F_BINS_HEADS + bin * 8);
+        let bit = rd_u64(h, F_BITMAP + (bin / 64) * 8) >> (bin % 64) & 1;
+        if head != 0 && !in_block(head) {
+            return Some("free-list head out of range");
+        }
+        if (head != 0) != (bit == 1) {
+            return Some("free-list bitmap disagrees with the free-list heads");
+        }
+    }
+    None
 }
 
 #[cfg(test)]

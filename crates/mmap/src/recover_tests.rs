@@ -26,6 +26,21 @@ enum Op {
 std::thread_local! {
     /// Recoveries that rolled a growth forward (or took a mapped growth in).
     static GROWN: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    /// Kills that left a closed file whose header a plain open refuses (torn counters,
+    /// lists or bitmap), reopened with `open_torn`.
+    static TORN_OPENS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Where the region lives, and who recovers it after the kill.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Anonymous memory: the killed `Region` itself recovers.
+    Anonymous,
+    /// A file that a second `Region` (another process) has open from the start; it
+    /// recovers, with its own older view of the file.
+    FileOther(&'a Path),
+    /// A file that nobody has open after the kill: it is reopened from its path.
+    FileClosed(&'a Path),
 }
 
 /// A live allocation: offset, length, pattern seed.
@@ -85,19 +100,19 @@ fn opts() -> RegionOptions {
         .release_threshold(2 * page)
 }
 
-/// Runs `steps` ops of scenario `seed`; op `kill_step` is killed after `n` writes.
-/// With `file`, the region is a file that a second `Region` (another process) has open
-/// from the start; after the kill the killed one is dropped and the other recovers
-/// (with its own, older view of the file: it must map what the dead one grew). Returns whether the kill happened (`false`: the op completed
-/// in fewer than `n` writes).
-fn run(seed: u64, steps: usize, kill_step: usize, n: u64, file: Option<&Path>) -> bool {
-    let (mut r, mut other) = match file {
-        Some(p) => {
+/// Runs `steps` ops of scenario `seed`; op `kill_step` is killed after `n` writes, and
+/// the region is recovered as `mode` says. Returns whether the kill happened (`false`:
+/// the op completed in fewer than `n` writes).
+fn run(seed: u64, steps: usize, kill_step: usize, n: u64, mode: Mode<'_>) -> bool {
+    let (mut r, mut other) = match mode {
+        Mode::FileOther(p) | Mode::FileClosed(p) => {
             let _ = std::fs::remove_file(p);
             let r = Region::create(p, &opts()).unwrap();
-            (r, Some(Region::open_with(p, &opts()).unwrap()))
+            let other =
+                matches!(mode, Mode::FileOther(_)).then(|| Region::open_with(p, &opts()).unwrap());
+            (r, other)
         }
-        None => (Region::anonymous_with(&opts()).unwrap(), None),
+        Mode::Anonymous => (Region::anonymous_with(&opts()).unwrap(), None),
     };
     let mut rng = Rng(seed | 1);
     let mut live: Live = Vec::new();
@@ -136,6 +151,9 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, file: Option<&Path>) -
         if let Some(o) = other.take() {
             r = o;
         }
+        if let Mode::FileClosed(p) = mode {
+            r = reopen_closed(r, p);
+        }
         let rep = r
             .recover()
             .unwrap_or_else(|e| panic!("step {step} {op:?} killed after {n} writes: {e}"));
@@ -169,11 +187,39 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, file: Option<&Path>) -
     killed
 }
 
-fn kill_everywhere(seed: u64, steps: usize, file: Option<&Path>) -> u64 {
+/// The killed process's `Region` is gone (dropped: its mapping closed) and the file is
+/// opened again from its path. A plain open either succeeds or, when the kill tore the
+/// header's derived fields, refuses the file with `Corrupt` and leaves it byte-identical;
+/// `open_torn` opens it, and then allocation and freeing wait for `recover`.
+fn reopen_closed(killed: Region, p: &Path) -> Region {
+    drop(killed);
+    let before = std::fs::read(p).unwrap();
+    match Region::open_with(p, &opts()) {
+        Ok(_) => {}
+        Err(Error::Corrupt { offset: 0, .. }) => {
+            assert_eq!(
+                std::fs::read(p).unwrap(),
+                before,
+                "a refused open wrote the file"
+            );
+            TORN_OPENS.with(|t| t.set(t.get() + 1));
+        }
+        Err(e) => panic!("reopening a killed region's file: {e}"),
+    }
+    let r = Region::open_with(p, &opts().open_torn(true)).unwrap();
+    if r.needs_recovery() {
+        assert!(matches!(r.alloc(8, 8), Err(Error::NeedsRecovery)));
+        let some = Offset::new(r.data_start + BLOCK_HEADER).unwrap();
+        assert!(matches!(r.free(some), Err(Error::NeedsRecovery)));
+    }
+    r
+}
+
+fn kill_everywhere(seed: u64, steps: usize, mode: Mode<'_>) -> u64 {
     let mut kills = 0;
     for kill_step in 0..steps {
         let mut n = 0;
-        while run(seed, steps, kill_step, n, file) {
+        while run(seed, steps, kill_step, n, mode) {
             n += 1;
             kills += 1;
         }
@@ -186,7 +232,7 @@ fn recover_after_a_kill_at_every_write_anonymous() {
     let (seeds, steps) = if cfg!(miri) { (1, 6) } else { (4, 60) };
     let mut kills = 0;
     for seed in 0..seeds {
-        kills += kill_everywhere(0x5EED + seed, steps, None);
+        kills += kill_everywhere(0x5EED + seed, steps, Mode::Anonymous);
     }
     assert!(kills > steps as u64, "only {kills} kills simulated");
 }
@@ -194,21 +240,62 @@ fn recover_after_a_kill_at_every_write_anonymous() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn recover_after_a_kill_at_every_write_file_other_process() {
-    let dir = std::env::temp_dir().join(format!(
-        "offheap-recover-{}-{:x}",
-        std::process::id(),
-        creation_stamp()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("other");
     let path = dir.join("r.region");
     let mut kills = 0;
     for seed in 0..2 {
-        kills += kill_everywhere(0xF11E + seed, 40, Some(&path));
+        kills += kill_everywhere(0xF11E + seed, 40, Mode::FileOther(&path));
     }
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(kills > 40, "only {kills} kills simulated");
     let grown = GROWN.with(|g| g.get());
     assert!(grown > 0, "no interrupted growth was rolled forward");
+}
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "offheap-recover-{name}-{}-{:x}",
+        std::process::id(),
+        creation_stamp()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The file case with nobody left: every kill's file is closed and reopened from its path
+/// (`open_torn` when its header is torn), then recovered.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn recover_after_a_kill_at_every_write_file_closed() {
+    let dir = scratch_dir("closed");
+    let path = dir.join("r.region");
+    let mut kills = 0;
+    for seed in 0..2 {
+        kills += kill_everywhere(0xC105 + seed, 40, Mode::FileClosed(&path));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(kills > 40, "only {kills} kills simulated");
+    let torn = TORN_OPENS.with(|t| t.get());
+    assert!(torn > 0, "no kill left a header that a plain open refuses");
+}
+
+/// A sound file opened with `open_torn` needs no recovery and works at once.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn open_torn_on_a_sound_file_changes_nothing() {
+    let dir = scratch_dir("sound");
+    let path = dir.join("r.region");
+    let r = Region::create(&path, &opts()).unwrap();
+    let a = r.alloc(100, 8).unwrap();
+    drop(r);
+    let r = Region::open_with(&path, &opts().open_torn(true)).unwrap();
+    assert!(!r.needs_recovery());
+    let b = r.alloc(100, 8).unwrap();
+    r.free(a).unwrap();
+    r.free(b).unwrap();
+    r.check().unwrap();
+    drop(r);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -97,6 +97,7 @@ pub struct RegionOptions {
     release_threshold: u64,
     /// `None`: the default (on for anonymous regions, off for files).
     huge_pages: Option<bool>,
+    open_torn: bool,
 }
 
 /// Huge-page size and alignment of the reservation's base (x86_64's and aarch64's PMD size
@@ -113,6 +114,7 @@ impl Default for RegionOptions {
             growth_step: 1 << 20,
             release_threshold: 1 << 20,
             huge_pages: None,
+            open_torn: false,
         }
     }
 }
@@ -167,6 +169,39 @@ impl RegionOptions {
     /// no huge page free) the region works as without, and that is never an error.
     pub fn huge_pages(mut self, on: bool) -> Self {
         self.huge_pages = Some(on);
+        self
+    }
+
+    /// Whether [`Region::open_with`] accepts a file whose allocator bookkeeping is torn:
+    /// the header's derived fields (the last block, the byte and block counters, the
+    /// free-list heads and their bitmap) disagree, as a process killed inside `alloc`,
+    /// `free` or a growth leaves them, while everything else validates. Off (the
+    /// default), such a file is refused with [`Error::Corrupt`] and left byte-identical.
+    /// On, it opens, [`Region::needs_recovery`] is true, and `alloc` and `free` fail with
+    /// [`Error::NeedsRecovery`] until [`Region::recover`] has rebuilt the bookkeeping from
+    /// the block headers. Mapping and reading (`ptr`, roots) work meanwhile.
+    ///
+    /// For files shared by several processes the caller must run `recover` under the
+    /// lock that its processes take around `alloc` and `free` (offheap's `SharedMap`
+    /// does): a live process in the middle of an allocation also leaves the fields
+    /// disagreeing for an instant, and only the lock tells the two apart.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), offheap_mmap::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("r.bin");
+    /// use offheap_mmap::{Region, RegionOptions};
+    /// # drop(Region::create(&path, &RegionOptions::new())?);
+    /// let region = Region::open_with(&path, &RegionOptions::new().open_torn(true))?;
+    /// if region.needs_recovery() {
+    ///     region.recover()?; // nobody else uses the file here
+    /// }
+    /// let off = region.alloc(64, 8)?;
+    /// # region.free(off)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn open_torn(mut self, on: bool) -> Self {
+        self.open_torn = on;
         self
     }
 
@@ -304,6 +339,9 @@ pub struct Region {
     release_threshold: u64,
     /// Whether the region asked for transparent huge pages.
     huge_pages: bool,
+    /// Opened with torn allocator bookkeeping, not yet recovered (see
+    /// [`RegionOptions::open_torn`]).
+    torn: Cell<bool>,
     backing: Backing,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -418,6 +456,7 @@ impl Region {
             growth_step: opts.growth_step.max(page),
             release_threshold: opts.release_threshold.max(2 * page),
             huge_pages,
+            torn: Cell::new(false),
             backing,
             _not_sync: PhantomData,
         }
@@ -477,16 +516,28 @@ impl Region {
         let n = len.min(HEADER_LEN) as usize;
         file.read_exact_at(&mut buf[..n], 0)?;
         let info = validate(&buf[..n], len, os::page_size())?;
+        if let (Some(what), false) = (info.torn, opts.open_torn) {
+            return Err(Error::Corrupt { offset: 0, what });
+        }
         let max = opts.max_size.max(info.size) & !(info.page_size - 1);
         let max = max.max(info.size);
-        Self::map_file(
+        let region = Self::map_file(
             file,
             path.to_path_buf(),
             info.size,
             info.page_size,
             max,
             opts,
-        )
+        )?;
+        region.torn.set(info.torn.is_some());
+        Ok(region)
+    }
+
+    /// Whether the region was opened with torn allocator bookkeeping that
+    /// [`recover`](Self::recover) has not rebuilt yet (only possible with
+    /// [`RegionOptions::open_torn`]); `alloc` and `free` refuse to run meanwhile.
+    pub fn needs_recovery(&self) -> bool {
+        self.torn.get()
     }
 
     /// Opens `path` if it exists, otherwise creates it with `opts`.
@@ -915,6 +966,9 @@ impl Region {
     /// and returns their offset. The bytes are not zeroed. O(1); grows the region by a
     /// bounded step when no free block fits.
     pub fn alloc(&self, size: u64, align: u64) -> Result<Offset, Error> {
+        if self.torn.get() {
+            return Err(Error::NeedsRecovery);
+        }
         if !align.is_power_of_two() || align > self.page {
             return Err(Error::InvalidAlignment { align });
         }
@@ -1023,6 +1077,9 @@ impl Region {
     /// where the O(1) boundary-tag checks can tell; [`check`](Self::check) is thorough.
     /// Coalesces with free neighbours (O(1)) and gives large free runs back to the OS.
     pub fn free(&self, off: Offset) -> Result<(), Error> {
+        if self.torn.get() {
+            return Err(Error::NeedsRecovery);
+        }
         let o = off.get();
         let end = self.sync_view()?;
         let invalid = |reason| Error::InvalidFree { offset: o, reason };
@@ -1371,8 +1428,17 @@ impl Region {
     ///
     /// Headers that do not tile the region are real corruption, not an interrupted
     /// operation: [`Error::Corrupt`]. Idempotent; O(blocks). Must not run while another
-    /// thread or process uses the allocator.
+    /// thread or process uses the allocator. On success, [`needs_recovery`] is false.
+    ///
+    /// [`needs_recovery`]: Self::needs_recovery
     pub fn recover(&self) -> Result<RecoverReport, Error> {
+        let report = self.rebuild_bookkeeping()?;
+        self.torn.set(false);
+        Ok(report)
+    }
+
+    /// [`recover`](Self::recover)'s work.
+    fn rebuild_bookkeeping(&self) -> Result<RecoverReport, Error> {
         let published = self.size_word().load(core::sync::atomic::Ordering::Acquire);
         let view = self.mapped.get();
         if published >= view {

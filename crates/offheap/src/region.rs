@@ -96,10 +96,12 @@ impl SharedRegion {
             }
         }
         let _u = Unlock(words);
-        if how == lock::Acquired::Recovered {
-            // A process may have died inside the block allocator: rebuild its derived
-            // state from the block headers (a no-op when `check` passes). Headers that do
-            // not tile the region are real corruption, and an error.
+        if how == lock::Acquired::Recovered || r.needs_recovery() {
+            // A process may have died inside the block allocator (we took its lock over,
+            // or the file was opened with torn bookkeeping while no process held the
+            // lock): rebuild the derived state from the block headers (a no-op when
+            // `check` passes). Headers that do not tile the region are real corruption,
+            // and an error.
             r.recover()
                 .map_err(|_| Error::Corrupt("region allocator torn by a dead process"))?;
         }

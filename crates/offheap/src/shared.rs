@@ -472,8 +472,16 @@ impl SharedMap {
 
     /// Opens the map file at `path` (possibly in use by other processes): O(shards).
     /// A file of another format version is refused with `Error::Corrupt`.
+    ///
+    /// A file whose region allocator was torn by a process killed inside it, with no
+    /// process left to repair it, opens too: the first use of the allocator takes the
+    /// map's allocator lock and runs `Region::recover` (see
+    /// `offheap_mmap::RegionOptions::open_torn`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::open_in(Region::open(path)?)
+        Self::open_in(Region::open_with(
+            path,
+            &RegionOptions::new().open_torn(true),
+        )?)
     }
 
     /// Opens the map at `path`, or creates it (with default options) if the file does not
