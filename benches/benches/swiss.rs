@@ -9,8 +9,8 @@
 //! * `get_many/N` (ours only; compare with `lookup_hit/N`): batched lookup of the N present
 //!   keys, 1024 at a time.
 //!
-//! Ours runs twice per row: `offheap` in a region with huge pages (the default) and
-//! `offheap_4k` in one with `RegionOptions::huge_pages(false)`.
+//! Ours runs twice per row: `offheap` in a region with `RegionOptions::huge_pages(true)`
+//! and `offheap_4k` in one with 4 KiB pages (the default of `SwissTable::new`).
 //!
 //! Throughput is per key, so criterion reports ns per operation; ratio = offheap / hashbrown.
 //! Run: `cargo bench -p offheap-benches --features swiss --bench swiss`
@@ -40,8 +40,8 @@ type Theirs = HashMap<u64, u64, Xxh3BuildHasher>;
 /// One region for all tables of the run (as an application keeps its region), so a table
 /// built in an iteration reuses the blocks the previous one freed, as hashbrown reuses what
 /// malloc kept. (A fresh region per table would add its first page faults to every insert
-/// row.) Options are those of `SwissTable::new` (huge pages on), or with
-/// `huge_pages(false)` for the `offheap_4k` rows.
+/// row.) Options are those of `SwissTable::new` (4 KiB pages: the `offheap_4k` rows), or
+/// with `huge_pages(true)` for the `offheap` rows.
 fn region(huge: bool) -> &'static Region {
     // Region is Send but not Sync; the benchmark is single-threaded, so lend it from a
     // thread-local leak instead of a shared static.

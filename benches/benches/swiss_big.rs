@@ -7,8 +7,8 @@
 //! the worst insert in each of 1000 consecutive slices of the run, written as CSV, and an SVG
 //! plot of both traces.
 //!
-//! Ours runs twice: with the region's default huge pages (`offheap`) and without them
-//! (`offheap_4k`, `RegionOptions::huge_pages(false)`; `--no-4k` skips it).
+//! Ours runs twice: with huge pages (`offheap`, `RegionOptions::huge_pages(true)`) and
+//! without them (`offheap_4k`, the default of `SwissTable::new`; `--no-4k` skips it).
 //!
 //! Run (about 4-6 minutes and 2 GiB of memory at 50M):
 //! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--no-4k] [--svg PATH] [--csv PATH]`
@@ -88,9 +88,12 @@ impl Map for SwissTable<u64, u64> {
         {
             opts = opts.release_threshold(t);
         }
-        // Set by the parent for the `offheap_4k` child: the region without huge pages.
-        if std::env::var("SWISS_BIG_HUGE").as_deref() == Ok("0") {
-            opts = opts.huge_pages(false);
+        // Set by the parent: huge pages for the `offheap` child, none (the default of
+        // `SwissTable::new`) for the `offheap_4k` child.
+        match std::env::var("SWISS_BIG_HUGE").as_deref() {
+            Ok("0") => opts = opts.huge_pages(false),
+            Ok("1") => opts = opts.huge_pages(true),
+            _ => {}
         }
         let mem = offheap_mmap::Region::anonymous_with(&opts).unwrap();
         SwissTable::with_options_in(TableOptions::new().seed(SEED), mem).unwrap()
@@ -395,7 +398,7 @@ fn main() {
     let small = (!no_4k).then(|| spawn("offheap_4k", n));
     let theirs = spawn("hashbrown", n);
     println!("u64 -> u64, xxh3 for both, {n} keys (one process each)");
-    println!("offheap: huge pages (the default); offheap_4k: RegionOptions::huge_pages(false)");
+    println!("offheap: RegionOptions::huge_pages(true); offheap_4k: 4 KiB pages (the default)");
     println!(
         "{:<20} {:>12} {:>12} {:>12} {:>8} {:>8}",
         "row", "offheap", "offheap_4k", "hashbrown", "ratio", "ratio_4k"
