@@ -337,8 +337,13 @@ fn svg(n: u64, ours: &[(u64, u64)], small: &[(u64, u64)], theirs: &[(u64, u64)])
     );
     for (pts, color, name, ly) in [
         (theirs, "#d62728", "hashbrown", 0.0),
-        (small, "#2ca02c", "offheap-swiss, 4 KiB pages", 32.0),
-        (ours, "#1f77b4", "offheap-swiss, huge pages (default)", 16.0),
+        (
+            small,
+            "#2ca02c",
+            "offheap-swiss, 4 KiB pages (default)",
+            32.0,
+        ),
+        (ours, "#1f77b4", "offheap-swiss, huge pages", 16.0),
     ] {
         let p: Vec<String> = pts
             .iter()

@@ -39,6 +39,8 @@ fn e<E: std::fmt::Display>(err: E) -> String {
 type Row = (f64, f64, f64);
 
 /// One row of swiss_big's CSV: inserted, then worst CPU ns per slice (ours, hashbrown).
+/// Ours is the run with `SwissTable::new`'s default 4 KiB pages (`offheap_4k_*`) when
+/// the CSV has it, else the one run it has (`offheap_*`, older CSVs).
 fn latency_rows(csv: &str) -> Result<Vec<Row>, String> {
     let mut lines = csv.lines();
     let head = lines.next().ok_or("empty CSV")?;
@@ -50,7 +52,7 @@ fn latency_rows(csv: &str) -> Result<Vec<Row>, String> {
     };
     let (i, o, h) = (
         col("inserted")?,
-        col("offheap_worst_cpu_ns")?,
+        col("offheap_4k_worst_cpu_ns").or_else(|_| col("offheap_worst_cpu_ns"))?,
         col("hashbrown_worst_cpu_ns")?,
     );
     lines
@@ -256,12 +258,27 @@ pub fn throughput(json: &Path, out: &Path) -> Result<(), String> {
 }
 
 /// The `peak_b_per_entry` row of swiss_big's printed table: (offheap-swiss, hashbrown).
+/// The columns are found by the header row (`row offheap [offheap_4k] hashbrown ...`);
+/// ours is the default's run (`offheap_4k`, 4 KiB pages) when there is one.
 pub fn swiss_big_peak(text: &str) -> Result<(f64, f64), String> {
+    let mut cols: Vec<&str> = vec!["row", "offheap", "hashbrown"];
     for l in text.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.first() == Some(&"peak_b_per_entry") && f.len() >= 3 {
-            let n = |s: &str| s.parse::<f64>().map_err(|_| format!("not a number: {s}"));
-            return Ok((n(f[1])?, n(f[2])?));
+        if f.first() == Some(&"row") {
+            cols = f.clone();
+        }
+        if f.first() == Some(&"peak_b_per_entry") {
+            let at = |name: &str| cols.iter().position(|c| *c == name);
+            let ours = at("offheap_4k").or_else(|| at("offheap"));
+            let (Some(o), Some(h)) = (ours, at("hashbrown")) else {
+                return Err("swiss_big's table has no offheap or hashbrown column".into());
+            };
+            let n = |j: usize| {
+                f.get(j)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .ok_or(format!("peak_b_per_entry: column {j} is not a number"))
+            };
+            return Ok((n(o)?, n(h)?));
         }
     }
     Err("no peak_b_per_entry row (the printed output of swiss_big)".into())
@@ -317,8 +334,13 @@ mod tests {
         let r = latency_rows(csv).unwrap();
         assert_eq!(r, vec![(10.0, 100.0, 5000.0), (20.0, 110.0, 90.0)]);
         assert!(latency_rows("a,b\n1,2\n").is_err());
+        // With both runs of ours, the default's (4 KiB pages) is the one plotted.
+        let both = "inserted,offheap_worst_cpu_ns,offheap_worst_wall_ns,hashbrown_worst_cpu_ns,hashbrown_worst_wall_ns,offheap_4k_worst_cpu_ns,offheap_4k_worst_wall_ns\n10,100,120,5000,6000,7,8\n";
+        assert_eq!(latency_rows(both).unwrap(), vec![(10.0, 7.0, 5000.0)]);
         let out = "row offheap hashbrown ratio\npeak_b_per_entry 26.9 36.0 0.75\n";
         assert_eq!(swiss_big_peak(out).unwrap(), (26.9, 36.0));
+        let three = "row offheap offheap_4k hashbrown ratio ratio_4k\npeak_b_per_entry 23.1 22.9 34.2 0.68 0.67\n";
+        assert_eq!(swiss_big_peak(three).unwrap(), (22.9, 34.2));
         assert!(swiss_big_peak("nothing").is_err());
         let j = "{\"type\":\"tick\"}\n{\"type\":\"result\",\"keys\":3}\n";
         assert_eq!(bench_result(j).unwrap()["keys"], 3);
