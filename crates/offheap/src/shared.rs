@@ -766,22 +766,8 @@ impl SharedMap {
     /// very read lock forever).
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, Error> {
         let h = self.hash(key);
-        self.get_at(self.key_word(key, h), self.shard_of(h), key, f)
-    }
-
-    /// [`get_with`](Self::get_with) for a key whose key word and shard are known.
-    #[inline]
-    fn get_at<R>(
-        &self,
-        kw: u64,
-        i: usize,
-        key: &[u8],
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> Result<Option<R>, Error> {
-        self.read(i, |c| match c.find(kw, key)? {
-            Found::At(_, vw, rec) => c.with_word(rec.unwrap_or(vw), f).map(Some),
-            Found::Vacant(_) => Ok(None),
-        })
+        let kw = self.key_word(key, h);
+        self.read(self.shard_of(h), |c| c.lookup(kw, key, f))
     }
 
     /// A copy of the value of `key`.
@@ -820,27 +806,15 @@ impl SharedMap {
         value: &[u8],
         want: bool,
     ) -> Result<(bool, Option<Vec<u8>>), Error> {
-        let h = self.hash(key);
-        self.upsert_at(self.key_word(key, h), self.shard_of(h), key, value, want)
-    }
-
-    /// [`upsert`](Self::upsert) for a key whose key word and shard are known.
-    #[inline]
-    fn upsert_at(
-        &self,
-        kw: u64,
-        i: usize,
-        key: &[u8],
-        value: &[u8],
-        want: bool,
-    ) -> Result<(bool, Option<Vec<u8>>), Error> {
         if key.len() > crate::MAX_LEN {
             return Err(Error::TooLong(key.len()));
         }
         if value.len() > crate::MAX_LEN {
             return Err(Error::TooLong(value.len()));
         }
-        self.write(i, |c| c.upsert(kw, key, value, want))
+        let h = self.hash(key);
+        let kw = self.key_word(key, h);
+        self.write(self.shard_of(h), |c| c.upsert(kw, key, value, want))
     }
 
     fn erase(&self, key: &[u8], want: bool) -> Result<(bool, Option<Vec<u8>>), Error> {
@@ -883,11 +857,8 @@ impl SharedMap {
             self.read(s, |c| {
                 for &(kw, k) in run {
                     let k = k as usize;
-                    match c.find(kw, keys[k].as_ref())? {
-                        Found::At(_, vw, rec) => {
-                            c.with_word(rec.unwrap_or(vw), |v| f(k, Some(v)))?
-                        }
-                        Found::Vacant(_) => f(k, None),
+                    if c.lookup(kw, keys[k].as_ref(), |v| f(k, Some(v)))?.is_none() {
+                        f(k, None);
                     }
                 }
                 Ok(())
@@ -1232,6 +1203,19 @@ impl Ctx<'_> {
             true
         })?;
         Ok(eq && total == REC_HDR + key.len() && pos == key.len())
+    }
+
+    /// Calls `f` with the value of `key` (key word `kw`) if it is present.
+    fn lookup<R>(
+        &self,
+        kw: u64,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, Error> {
+        match self.find(kw, key)? {
+            Found::At(_, vw, rec) => self.with_word(rec.unwrap_or(vw), f).map(Some),
+            Found::Vacant(_) => Ok(None),
+        }
     }
 
     fn find(&self, kw: u64, key: &[u8]) -> Result<Found, Error> {
