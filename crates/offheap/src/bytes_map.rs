@@ -175,6 +175,16 @@ pub(crate) fn arena_config(
     Ok(config)
 }
 
+/// `Error::TooLong` for a key or value longer than [`MAX_LEN`] (the key is looked at first).
+pub(crate) fn check_lens(key: &[u8], value: &[u8]) -> Result<(), Error> {
+    for n in [key.len(), value.len()] {
+        if n > MAX_LEN {
+            return Err(Error::TooLong(n));
+        }
+    }
+    Ok(())
+}
+
 /// A key (or value) of at most 7 bytes as a word: its bytes, zero-padded, with the length in
 /// the top byte.
 #[inline]
@@ -734,12 +744,7 @@ impl BytesMap {
         value: &[u8],
         want: bool,
     ) -> Result<(bool, Option<Vec<u8>>), Error> {
-        if key.len() > MAX_LEN {
-            return Err(Error::TooLong(key.len()));
-        }
-        if value.len() > MAX_LEN {
-            return Err(Error::TooLong(value.len()));
-        }
+        check_lens(key, value)?;
         let kw = self.key_word(key);
         if kw & LONG_KEY == 0 {
             if want || value.len() > INLINE_MAX {

@@ -12,7 +12,7 @@ use offheap_mmap::{Offset, Region, RegionOptions};
 use offheap_slab::{Arena, Config, Handle, ReleasePolicy};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::bytes_map::pack7;
+use crate::bytes_map::{check_lens, pack7};
 use crate::lock::{self, Acquired, LockWords, READER_SLOTS};
 use crate::region::{ShardSource, SharedRegion};
 use crate::Error;
@@ -806,12 +806,7 @@ impl SharedMap {
         value: &[u8],
         want: bool,
     ) -> Result<(bool, Option<Vec<u8>>), Error> {
-        if key.len() > crate::MAX_LEN {
-            return Err(Error::TooLong(key.len()));
-        }
-        if value.len() > crate::MAX_LEN {
-            return Err(Error::TooLong(value.len()));
-        }
+        check_lens(key, value)?;
         let h = self.hash(key);
         let kw = self.key_word(key, h);
         self.write(self.shard_of(h), |c| c.upsert(kw, key, value, want))
@@ -833,7 +828,7 @@ impl SharedMap {
     /// Each lookup is atomic on its own; the batch as a whole is not a snapshot, and the
     /// calls come **in shard order, not in the order of `keys`**. What the batch adds is
     /// speed: the keys are grouped by shard, each shard's lock is taken once for all of its
-    /// keys, and the home slots of the next shard's keys are prefetched while this shard's
+    /// keys, and the home slots of the next shards' keys are prefetched while this shard's
     /// are looked up, so that cache misses overlap instead of following one another and a
     /// lock's cost is shared by its keys. Batches of a few times the shard count (thousands
     /// of keys with the default 256 shards) give most of the gain.
@@ -887,12 +882,8 @@ impl SharedMap {
         &self,
         pairs: &[(K, V)],
     ) -> Result<usize, Error> {
-        if let Some(n) = pairs
-            .iter()
-            .map(|(k, v)| k.as_ref().len().max(v.as_ref().len()))
-            .find(|&n| n > crate::MAX_LEN)
-        {
-            return Err(Error::TooLong(n));
+        for (k, v) in pairs {
+            check_lens(k.as_ref(), v.as_ref())?;
         }
         let plan = self.plan(pairs.iter().map(|(k, _)| k.as_ref()), true)?;
         let mut replaced = 0;
