@@ -240,16 +240,21 @@ fn recover_after_a_kill_at_every_write_anonymous() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn recover_after_a_kill_at_every_write_file_other_process() {
-    let dir = scratch_dir("other");
-    let path = dir.join("r.region");
-    let mut kills = 0;
-    for seed in 0..2 {
-        kills += kill_everywhere(0xF11E + seed, 40, Mode::FileOther(&path));
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(kills > 40, "only {kills} kills simulated");
+    kill_everywhere_in_a_file("other", 0xF11E, |p| Mode::FileOther(p));
     let grown = GROWN.with(|g| g.get());
     assert!(grown > 0, "no interrupted growth was rolled forward");
+}
+
+/// Two scenarios (seeds `seed` and `seed + 1`) of 40 steps, killed at every write of every
+/// step, on a file in a scratch directory of its own, recovered as `mode` says.
+fn kill_everywhere_in_a_file(name: &str, seed: u64, mode: fn(&Path) -> Mode<'_>) {
+    let dir = scratch_dir(name);
+    let path = dir.join("r.region");
+    let kills: u64 = (0..2)
+        .map(|s| kill_everywhere(seed + s, 40, mode(&path)))
+        .sum();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(kills > 40, "only {kills} kills simulated");
 }
 
 fn scratch_dir(name: &str) -> std::path::PathBuf {
@@ -267,14 +272,7 @@ fn scratch_dir(name: &str) -> std::path::PathBuf {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn recover_after_a_kill_at_every_write_file_closed() {
-    let dir = scratch_dir("closed");
-    let path = dir.join("r.region");
-    let mut kills = 0;
-    for seed in 0..2 {
-        kills += kill_everywhere(0xC105 + seed, 40, Mode::FileClosed(&path));
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(kills > 40, "only {kills} kills simulated");
+    kill_everywhere_in_a_file("closed", 0xC105, |p| Mode::FileClosed(p));
     let torn = TORN_OPENS.with(|t| t.get());
     assert!(torn > 0, "no kill left a header that a plain open refuses");
 }
