@@ -8,10 +8,32 @@
 //! ```
 //!
 //! Only `measured_*` (the timed phase) is counted; divide the instruction count by `n`.
+//!
+//! `upd` adds 1 to the value of each present key through `get_mut`. An optional fourth
+//! argument repeats the measured phase (for `insert`, the repeats update existing keys) and
+//! prints the best repeat's CPU time. For `ours`, the environment variable `HUGE` gives the
+//! table a region with huge pages, and `RESERVE` (both tables) reserves room for all `n`
+//! keys before the measured phase, so that `insert` measures inserts without growth.
+//! `SEGMENT_SLOTS` sets ours' segment size (default 4096).
+//!
+//! `ops_profile ratio <n> [--huge]` is a same-process A/B of ours against hashbrown, for
+//! iterating on the hot paths without a full criterion run. Its rows, in ns per key (then
+//! ours / hashbrown), are:
+//! - insert `n` keys into an empty table (ours in one region reused by every table, as the
+//!   criterion bench does);
+//! - look up the `n` present keys;
+//! - look up `n` absent keys;
+//! - remove all `n` keys and insert them again (ours gives memory back as it empties and grows
+//!   again; hashbrown keeps its capacity).
+//!
+//! Each row is the best of 7 timings of about 20M operations, in two rounds, so that a
+//! disturbed round shows. `--huge` puts ours in a region with huge pages.
 
 use hashbrown::HashMap;
+use offheap_mmap::Region;
 use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
 use std::hint::black_box;
+use std::time::Instant;
 
 const SEED: u64 = 0x5EED;
 
@@ -26,11 +48,18 @@ trait Map {
     fn ins(&mut self, k: u64);
     fn get(&self, k: u64) -> u64;
     fn rm(&mut self, k: u64) -> u64;
+    fn upd(&mut self, k: u64);
     /// Batched lookup (hashbrown: plain lookups).
     fn many(&self, keys: &[u64]) -> u64;
 }
 
 impl Map for SwissTable<u64, u64> {
+    #[inline(always)]
+    fn upd(&mut self, k: u64) {
+        if let Some(v) = self.get_mut(&k) {
+            *v += 1;
+        }
+    }
     #[inline(always)]
     fn ins(&mut self, k: u64) {
         self.insert(k, k);
@@ -54,6 +83,12 @@ impl Map for SwissTable<u64, u64> {
 }
 
 impl Map for HashMap<u64, u64, Xxh3BuildHasher> {
+    #[inline(always)]
+    fn upd(&mut self, k: u64) {
+        if let Some(v) = self.get_mut(&k) {
+            *v += 1;
+        }
+    }
     #[inline(always)]
     fn ins(&mut self, k: u64) {
         self.insert(k, k);
@@ -84,7 +119,8 @@ fn measured<T: Map>(t: &mut T, op: &str, keys: &[u64]) -> u64 {
             .for_each(|&k| s = s.wrapping_add(t.get(k ^ (1 << 40)))),
         "remove" => keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k))),
         "many" => s = t.many(keys),
-        _ => panic!("op: insert|hit|miss|remove"),
+        "upd" => keys.iter().for_each(|&k| t.upd(k)),
+        _ => panic!("op: insert|hit|miss|remove|many|upd"),
     }
     s
 }
@@ -121,8 +157,124 @@ fn report(t0: std::time::Instant, n: u64, reps: usize) {
     println!("{ns:.2} ns/op");
 }
 
+/// Best of 7 timings of `reps` calls of `f`, in ns per key (`n` keys per call).
+fn time(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
+    (0..7)
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t0.elapsed().as_nanos() as f64 / (reps * n) as f64
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// The `ratio` mode: a same-process A/B of every row, ours / hashbrown (see the module doc).
+fn ratio(n: usize, huge: bool) {
+    let reps = (20_000_000 / n).max(1);
+    // Rows that rebuild their table each call run fewer calls (they are slower per key).
+    let slow_reps = reps.min(2000);
+    let keys: Vec<u64> = (0..n as u64).map(key).collect();
+    let absent: Vec<u64> = (0..n as u64).map(|i| key(i + (1 << 40))).collect();
+
+    let region = Region::anonymous_with(&offheap_swiss::default_region_options().huge_pages(huge))
+        .expect("anonymous region");
+    let ours = || -> SwissTable<u64, u64, &Region> {
+        SwissTable::with_options_in(TableOptions::new().seed(SEED), &region).expect("table")
+    };
+    let theirs = || -> HashMap<u64, u64, Xxh3BuildHasher> {
+        HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED))
+    };
+    let mut a = ours();
+    let mut b = theirs();
+    for &k in &keys {
+        a.insert(k, k);
+        b.insert(k, k);
+    }
+
+    println!("n={n} ours/hashbrown, ns per key (ratio); ours with huge pages: {huge}");
+    for round in 0..2 {
+        let rows = [
+            (
+                "insert",
+                time(slow_reps, n, || {
+                    let mut t = ours();
+                    for &k in &keys {
+                        t.insert(k, k);
+                    }
+                    black_box(&t);
+                }),
+                time(slow_reps, n, || {
+                    let mut t = theirs();
+                    for &k in &keys {
+                        t.insert(k, k);
+                    }
+                    black_box(&t);
+                }),
+            ),
+            (
+                "hit",
+                time(reps, n, || {
+                    black_box(
+                        keys.iter()
+                            .filter_map(|k| a.get(k))
+                            .fold(0u64, |s, v| s ^ v),
+                    );
+                }),
+                time(reps, n, || {
+                    black_box(
+                        keys.iter()
+                            .filter_map(|k| b.get(k))
+                            .fold(0u64, |s, v| s ^ v),
+                    );
+                }),
+            ),
+            (
+                "miss",
+                time(reps, n, || {
+                    black_box(absent.iter().filter(|&k| a.contains_key(k)).count());
+                }),
+                time(reps, n, || {
+                    black_box(absent.iter().filter(|&k| b.contains_key(k)).count());
+                }),
+            ),
+            (
+                "remove+insert",
+                time(slow_reps, n, || {
+                    for k in &keys {
+                        a.remove(k);
+                    }
+                    for &k in &keys {
+                        a.insert(k, k);
+                    }
+                }),
+                time(slow_reps, n, || {
+                    for k in &keys {
+                        b.remove(k);
+                    }
+                    for &k in &keys {
+                        b.insert(k, k);
+                    }
+                }),
+            ),
+        ];
+        let line: Vec<String> = rows
+            .iter()
+            .map(|(name, o, t)| format!("{name} {o:.2}/{t:.2} ({:.3})", o / t))
+            .collect();
+        println!("round {round}: {}", line.join("  "));
+    }
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
+    if a.get(1).map(String::as_str) == Some("ratio") {
+        let n = a
+            .get(2)
+            .map_or(1000, |s| s.parse().expect("n: a number of keys"));
+        return ratio(n, a.iter().any(|s| s == "--huge"));
+    }
     let (which, op) = (a[1].as_str(), a[2].as_str());
     let n: u64 = a[3].parse().expect("n");
     // Optional: repeat the measured phase (hit/miss only), for `perf stat`.
@@ -166,9 +318,12 @@ fn main() {
         }
         "ours" => {
             let mut t = SwissTable::<u64, u64>::with_options_in(
-                TableOptions::new().seed(SEED),
+                TableOptions::new().seed(SEED).segment_slots(
+                    std::env::var("SEGMENT_SLOTS").map_or(4096, |v| v.parse().expect("slots")),
+                ),
                 offheap_mmap::Region::anonymous_with(
                     &offheap_swiss::default_region_options()
+                        .huge_pages(std::env::var_os("HUGE").is_some())
                         .max_size(16 << 30)
                         .release_threshold(
                             std::env::var("RT").map_or(1 << 20, |v| v.parse().unwrap()),
@@ -178,6 +333,9 @@ fn main() {
             )
             .unwrap();
             setup(&mut t, op, &keys);
+            if std::env::var_os("RESERVE").is_some() {
+                t.reserve(keys.len());
+            }
             let t0 = std::time::Instant::now();
             let mut best = f64::MAX;
             for _ in 0..reps {
@@ -201,6 +359,9 @@ fn main() {
         "hb" => {
             let mut t = HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED));
             setup(&mut t, op, &keys);
+            if std::env::var_os("RESERVE").is_some() {
+                t.reserve(keys.len());
+            }
             let t0 = std::time::Instant::now();
             let mut best = f64::MAX;
             for _ in 0..reps {
