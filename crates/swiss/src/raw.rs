@@ -1259,7 +1259,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let groups = seg.groups();
         // SAFETY: header valid.
         let len = unsafe { (*seg.hdr()).len } as usize;
-        let shrink = groups > 1 && len <= shrink_at(groups);
+        // A lone segment (depth 0) keeps its size, as std's and hashbrown's tables keep
+        // theirs: shrinking it returns at most one segment's memory, and a table that is
+        // emptied and refilled would pay for every rebuild twice (`shrink_to_fit` gives it
+        // back on request).
+        let shrink = groups > 1 && seg.depth() > 0 && len <= shrink_at(groups);
         if !shrink {
             return Ok(());
         }

@@ -143,6 +143,51 @@ fn with_capacity_presplits_without_moving_later() {
 }
 
 #[test]
+fn a_lone_segment_keeps_its_size_when_emptied_until_shrink_to_fit() {
+    let heap = Heap::new();
+    let mut t: SwissTable<u64, u64, &Heap> =
+        SwissTable::with_options_in(TableOptions::new().seed(5), &heap).unwrap();
+    let n = if cfg!(miri) { 200 } else { 1000 };
+    for i in 0..n {
+        t.insert(i, i);
+    }
+    let full = t.stats();
+    assert_eq!((full.segments, full.global_depth), (1, 0), "{full:?}");
+    let bytes = heap.allocated_bytes();
+    let mut prev = 0;
+    for round in 1..4 {
+        // Emptying it key by key neither rebuilds nor frees it, and refilling it does not
+        // grow it: the same block holds the same slots throughout.
+        for i in 0..n {
+            assert_eq!(t.remove(&i), Some(i + prev), "round {round}");
+        }
+        let st = t.stats();
+        assert_eq!(
+            (st.len, st.slots, st.segments),
+            (0, full.slots, 1),
+            "{st:?}"
+        );
+        assert_eq!(heap.allocated_bytes(), bytes, "round {round}");
+        for i in 0..n {
+            assert_eq!(t.insert(i, i + round), None);
+        }
+        assert_eq!(t.stats().slots, full.slots, "round {round}");
+        prev = round;
+    }
+    for i in 0..n {
+        t.remove(&i);
+    }
+    t.shrink_to_fit();
+    let st = t.stats();
+    assert_eq!(st.slots, 16, "one group: {st:?}");
+    assert!(
+        heap.allocated_bytes() < bytes / 8,
+        "{}",
+        heap.allocated_bytes()
+    );
+}
+
+#[test]
 fn shrink_to_fit_gives_memory_back() {
     let heap = Heap::new();
     let mut t = small(&heap);
