@@ -9,7 +9,8 @@
 //!
 //! Only `measured_*` (the timed phase) is counted; divide the instruction count by `n`.
 //!
-//! `upd` adds 1 to the value of each present key through `get_mut`. An optional fourth
+//! `upd` adds 1 to the value of each present key through `get_mut`; `refill` removes every
+//! key and then inserts them all again. An optional fourth
 //! argument repeats the measured phase (for `insert`, the repeats update existing keys) and
 //! prints the best repeat's CPU time. For `ours`, the environment variable `HUGE` gives the
 //! table a region with huge pages, and `RESERVE` (both tables) reserves room for all `n`
@@ -120,7 +121,11 @@ fn measured<T: Map>(t: &mut T, op: &str, keys: &[u64]) -> u64 {
         "remove" => keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k))),
         "many" => s = t.many(keys),
         "upd" => keys.iter().for_each(|&k| t.upd(k)),
-        _ => panic!("op: insert|hit|miss|remove|many|upd"),
+        "refill" => {
+            keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k)));
+            keys.iter().for_each(|&k| t.ins(k));
+        }
+        _ => panic!("op: insert|hit|miss|remove|many|upd|refill"),
     }
     s
 }
