@@ -343,6 +343,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// Removes `key`, returning its value.
+    ///
+    /// A table of more than one segment gives memory back as it empties: a sparse segment
+    /// merges with its buddy (moving at most one segment). A table of one segment keeps its
+    /// size, as std's does; [`shrink_to_fit`](Self::shrink_to_fit) gives it back.
     #[inline]
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.remove_entry(key).map(|(_, v)| v)
