@@ -32,7 +32,7 @@
 
 use hashbrown::HashMap;
 use offheap_mmap::Region;
-use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+use offheap_swiss::{SwissTable, TableMemory, TableOptions, Xxh3BuildHasher};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -54,7 +54,7 @@ trait Map {
     fn many(&self, keys: &[u64]) -> u64;
 }
 
-impl Map for SwissTable<u64, u64> {
+impl<M: TableMemory> Map for SwissTable<u64, u64, M> {
     #[inline(always)]
     fn upd(&mut self, k: u64) {
         if let Some(v) = self.get_mut(&k) {
@@ -109,6 +109,14 @@ impl Map for HashMap<u64, u64, Xxh3BuildHasher> {
     }
 }
 
+/// Removes every key, then inserts them all again; returns the removed values' sum.
+#[inline(always)]
+fn refill<T: Map>(t: &mut T, keys: &[u64]) -> u64 {
+    let s = keys.iter().fold(0u64, |s, &k| s.wrapping_add(t.rm(k)));
+    keys.iter().for_each(|&k| t.ins(k));
+    s
+}
+
 #[inline(always)]
 fn measured<T: Map>(t: &mut T, op: &str, keys: &[u64]) -> u64 {
     let mut s = 0u64;
@@ -121,10 +129,7 @@ fn measured<T: Map>(t: &mut T, op: &str, keys: &[u64]) -> u64 {
         "remove" => keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k))),
         "many" => s = t.many(keys),
         "upd" => keys.iter().for_each(|&k| t.upd(k)),
-        "refill" => {
-            keys.iter().for_each(|&k| s = s.wrapping_add(t.rm(k)));
-            keys.iter().for_each(|&k| t.ins(k));
-        }
+        "refill" => s = refill(t, keys),
         _ => panic!("op: insert|hit|miss|remove|many|upd|refill"),
     }
     s
@@ -178,8 +183,6 @@ fn time(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
 /// The `ratio` mode: a same-process A/B of every row, ours / hashbrown (see the module doc).
 fn ratio(n: usize, huge: bool) {
     let reps = (20_000_000 / n).max(1);
-    // Rows that rebuild their table each call run fewer calls (they are slower per key).
-    let slow_reps = reps.min(2000);
     let keys: Vec<u64> = (0..n as u64).map(key).collect();
     let absent: Vec<u64> = (0..n as u64).map(|i| key(i + (1 << 40))).collect();
 
@@ -200,75 +203,46 @@ fn ratio(n: usize, huge: bool) {
 
     println!("n={n} ours/hashbrown, ns per key (ratio); ours with huge pages: {huge}");
     for round in 0..2 {
-        let rows = [
-            (
-                "insert",
-                time(slow_reps, n, || {
-                    let mut t = ours();
-                    for &k in &keys {
-                        t.insert(k, k);
-                    }
-                    black_box(&t);
-                }),
-                time(slow_reps, n, || {
-                    let mut t = theirs();
-                    for &k in &keys {
-                        t.insert(k, k);
-                    }
-                    black_box(&t);
-                }),
-            ),
-            (
-                "hit",
-                time(reps, n, || {
-                    black_box(
-                        keys.iter()
-                            .filter_map(|k| a.get(k))
-                            .fold(0u64, |s, v| s ^ v),
-                    );
-                }),
-                time(reps, n, || {
-                    black_box(
-                        keys.iter()
-                            .filter_map(|k| b.get(k))
-                            .fold(0u64, |s, v| s ^ v),
-                    );
-                }),
-            ),
-            (
-                "miss",
-                time(reps, n, || {
-                    black_box(absent.iter().filter(|&k| a.contains_key(k)).count());
-                }),
-                time(reps, n, || {
-                    black_box(absent.iter().filter(|&k| b.contains_key(k)).count());
-                }),
-            ),
-            (
-                "remove+insert",
-                time(slow_reps, n, || {
-                    for k in &keys {
-                        a.remove(k);
-                    }
-                    for &k in &keys {
-                        a.insert(k, k);
-                    }
-                }),
-                time(slow_reps, n, || {
-                    for k in &keys {
-                        b.remove(k);
-                    }
-                    for &k in &keys {
-                        b.insert(k, k);
-                    }
-                }),
-            ),
-        ];
-        let line: Vec<String> = rows
+        let line: Vec<String> = ["insert", "hit", "miss", "remove+insert"]
             .iter()
-            .map(|(name, o, t)| format!("{name} {o:.2}/{t:.2} ({:.3})", o / t))
+            .map(|row| {
+                let o = ratio_row(row, &mut a, &ours, &keys, &absent, reps);
+                let t = ratio_row(row, &mut b, &theirs, &keys, &absent, reps);
+                format!("{row} {o:.2}/{t:.2} ({:.3})", o / t)
+            })
             .collect();
         println!("round {round}: {}", line.join("  "));
+    }
+}
+
+/// One row of the `ratio` mode for one table, in ns per key: `full` holds `keys`, `make`
+/// builds an empty table.
+fn ratio_row<T: Map>(
+    row: &str,
+    full: &mut T,
+    make: &dyn Fn() -> T,
+    keys: &[u64],
+    absent: &[u64],
+    reps: usize,
+) -> f64 {
+    let n = keys.len();
+    // Rows that rebuild their table each call run fewer calls (they are slower per key).
+    let slow_reps = reps.min(2000);
+    match row {
+        "insert" => time(slow_reps, n, || {
+            let mut t = make();
+            keys.iter().for_each(|&k| t.ins(k));
+            black_box(&t);
+        }),
+        "hit" => time(reps, n, || {
+            black_box(keys.iter().fold(0u64, |s, &k| s ^ full.get(k)));
+        }),
+        "miss" => time(reps, n, || {
+            black_box(absent.iter().fold(0u64, |s, &k| s ^ full.get(k)));
+        }),
+        _ => time(slow_reps, n, || {
+            black_box(refill(full, keys));
+        }),
     }
 }
 
