@@ -833,35 +833,64 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         h: u64,
         key: K,
     ) -> Result<(*mut Slot<K, V>, bool), Error> {
+        match self.find_or_insert_in_place(h, key) {
+            Some(r) => Ok(r),
+            None => self.find_or_insert_growing(h, key),
+        }
+    }
+
+    /// [`find_or_insert`](Self::find_or_insert) when
+    /// [`find_or_insert_in_place`](Self::find_or_insert_in_place) found no room: grows the
+    /// key's segment (one segment moved at most each time) until the key fits. Out of line: it
+    /// is the rare path, and its `Error` would otherwise give every insert a stack frame.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn find_or_insert_growing(
+        &mut self,
+        h: u64,
+        key: K,
+    ) -> Result<(*mut Slot<K, V>, bool), Error> {
         loop {
-            let seg = self.seg_at(h);
-            match probe(&seg, h, &key) {
-                // SAFETY: i < capacity.
-                Probe::Found(i) => return Ok((unsafe { seg.slot(i) }, true)),
-                Probe::Absent(Some(i)) => {
-                    // SAFETY: i < capacity; header and control bytes belong to `seg`, which
-                    // this table owns exclusively (`&mut self`).
-                    unsafe {
-                        let hdr = seg.hdr();
-                        let c = seg.ctrl_at(i);
-                        if *c == DELETED {
-                            (*hdr).deleted = (*hdr).deleted.saturating_sub(1);
-                        } else if (*hdr).growth_left == 0 {
-                            self.make_room(self.dir_index(h))?;
-                            continue;
-                        } else {
-                            (*hdr).growth_left -= 1;
-                        }
-                        *c = tag(h);
-                        (*hdr).len = (*hdr).len.wrapping_add(1);
-                        let s = seg.slot(i);
-                        core::ptr::addr_of_mut!((*s).key).write(key);
-                        self.add_len(1);
-                        return Ok((s, false));
-                    }
-                }
-                Probe::Absent(None) => self.make_room(self.dir_index(h))?,
+            self.make_room(self.dir_index(h))?;
+            if let Some(r) = self.find_or_insert_in_place(h, key) {
+                return Ok(r);
             }
+        }
+    }
+
+    /// [`find_or_insert`](Self::find_or_insert) without growing: `None` if the key is absent
+    /// and its segment has no room for it (then nothing was changed).
+    #[inline(always)]
+    pub(crate) fn find_or_insert_in_place(
+        &mut self,
+        h: u64,
+        key: K,
+    ) -> Option<(*mut Slot<K, V>, bool)> {
+        let seg = self.seg_at(h);
+        let i = match probe(&seg, h, &key) {
+            // SAFETY: i < capacity.
+            Probe::Found(i) => return Some((unsafe { seg.slot(i) }, true)),
+            Probe::Absent(Some(i)) => i,
+            Probe::Absent(None) => return None,
+        };
+        // SAFETY: i < capacity; header and control bytes belong to `seg`, which this table
+        // owns exclusively (`&mut self`).
+        unsafe {
+            let hdr = seg.hdr();
+            let c = seg.ctrl_at(i);
+            if *c == DELETED {
+                (*hdr).deleted = (*hdr).deleted.saturating_sub(1);
+            } else if (*hdr).growth_left == 0 {
+                return None;
+            } else {
+                (*hdr).growth_left -= 1;
+            }
+            *c = tag(h);
+            (*hdr).len = (*hdr).len.wrapping_add(1);
+            let s = seg.slot(i);
+            core::ptr::addr_of_mut!((*s).key).write(key);
+            self.add_len(1);
+            Some((s, false))
         }
     }
 

@@ -305,7 +305,19 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         // Not through `try_insert`: an `Option<V>` comes back in registers, a
         // `Result<Option<V>, Error>` through memory.
         let h = self.raw.hash(&key);
-        let (s, existed) = match self.raw.find_or_insert(h, key) {
+        match self.raw.find_or_insert_in_place(h, key) {
+            // SAFETY: as in `try_insert`.
+            Some((s, existed)) => unsafe { Self::put(s, existed, value) },
+            None => self.insert_growing(h, key, value),
+        }
+    }
+
+    /// `insert`'s path when the key's segment must grow first: out of line, so that the
+    /// common path carries no `Result` and no stack frame for it.
+    #[cold]
+    #[inline(never)]
+    fn insert_growing(&mut self, h: u64, key: K, value: V) -> Option<V> {
+        let (s, existed) = match self.raw.find_or_insert_growing(h, key) {
             Ok(x) => x,
             Err(e) => grow_failed(e),
         };
