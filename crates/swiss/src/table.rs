@@ -650,9 +650,12 @@ fn prefetch(p: *const u8) {
 impl<K, V, M: TableMemory, H> Drop for SwissTable<K, V, M, H> {
     fn drop(&mut self) {
         // A table without a root name is unreachable once dropped: give its blocks back.
-        // A named (persistent) table stays in its memory for `open_in`.
+        // A named (persistent) table stays in its memory for `open_in`, its header's length
+        // brought up to date (for tools that read it; `open_in` sums the segments').
         if self.raw.root.is_none() {
             self.raw.free_all();
+        } else {
+            self.raw.store_len();
         }
     }
 }
