@@ -450,11 +450,25 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         1 << (self.global_depth() - depth)
     }
 
+    /// The length, read as 0 where it went below zero. That happens only in a corrupt file,
+    /// whose segments may hold more full slots than their stored lengths (which `open` sums)
+    /// count; read as is, the wrapped length made `len()` and every iterator's exact size
+    /// close to 2^64 (`iter().collect()` panicked). Checked here, not in `add_len`, which
+    /// every removal runs.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        if self.len > isize::MAX as usize {
+            0
+        } else {
+            self.len
+        }
+    }
+
     /// Writes the length into the stored header (which `open` does not rely on).
     pub(crate) fn store_len(&mut self) {
         // SAFETY: the header block stays valid while the table lives; `&mut self` excludes
         // other access.
-        unsafe { (*self.hdr.as_ptr()).len = self.len as u64 };
+        unsafe { (*self.hdr.as_ptr()).len = self.len() as u64 };
     }
 
     /// Frees every block of the table.
@@ -805,11 +819,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
     }
 
-    #[inline(always)]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
+    /// Adds `d` to the length (wrapping; see [`len`](Self::len)).
     #[inline(always)]
     pub(crate) fn add_len(&mut self, d: i64) {
         self.len = self.len.wrapping_add(d as usize);
@@ -976,7 +986,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 (*hdr).deleted += 1;
             }
             // Wrapping: a corrupt file's length may be short of its full slots; a wrong
-            // length only mistimes a merge or shrink (which count the control bytes).
+            // length only mistimes a merge or shrink (which count the control bytes;
+            // `shrink_to_fit` reads a length above the capacity as unknown).
             let len = (*hdr).len.wrapping_sub(1);
             (*hdr).len = len;
             len
@@ -1433,7 +1444,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let d = seg.depth();
             // SAFETY: header valid.
             let (len, deleted) = unsafe { ((*seg.hdr()).len as usize, (*seg.hdr()).deleted) };
-            let g = groups_for(len, 1, 1);
+            // A length above the capacity (one wrapped below zero in a corrupt file) would
+            // rebuild the segment at the largest size: `rebuild` counts the entries instead.
+            let g = if len > seg.capacity() {
+                1
+            } else {
+                groups_for(len, 1, 1)
+            };
             if g < seg.groups() || deleted > 0 {
                 self.rebuild(i, g)?;
             }

@@ -225,3 +225,69 @@ fn corrupt_tables_give_typed_errors() {
         );
     }
 }
+
+/// The segments of the table whose header is at `hdr`, as the offsets of their headers (each
+/// followed by its control bytes) and their slot counts, read from the stored directory.
+#[cfg(not(miri))]
+fn segment_headers(region: &Region, hdr: u64) -> Vec<(u64, u64)> {
+    let word = |at: u64| {
+        let mut w = 0;
+        poke(region, hdr, at, |x| {
+            w = x;
+            x
+        });
+        w
+    };
+    let (depth, dir) = (word(64) & 0xFFFF_FFFF, word(72));
+    let mut segs = Vec::new();
+    for j in 0..1u64 << depth {
+        let mut w = 0;
+        poke(region, dir, j * 8, |x| {
+            w = x;
+            x
+        });
+        let slots = 16u64 << (w >> 56);
+        let seg = (w & ((1 << 56) - 1)) + slots * 16;
+        if !segs.contains(&(seg, slots)) {
+            segs.push((seg, slots));
+        }
+    }
+    segs
+}
+
+/// A corrupt file whose segments store lengths short of their full slots opens with the
+/// short length (`open` never reads the entries). Removing its entries must not take the
+/// length below zero: wrapped, `len()` was near 2^64 and the iterators' exact size with it
+/// (`iter().collect()` panicked with "capacity overflow"), and a segment's wrapped length
+/// made `shrink_to_fit` rebuild it at the largest segment size (2^20 slots).
+#[cfg(not(miri))]
+#[test]
+fn undercounted_segment_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t: SwissTable<u64, u64, Region> =
+            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(32))
+                .unwrap();
+        for i in 0..200u64 {
+            t.insert(i, i);
+        }
+    }
+    let region = Region::open(&path).unwrap();
+    let hdr = region.root("kv").unwrap().get();
+    for (seg, _) in segment_headers(&region, hdr) {
+        poke(&region, seg, 16, |_| 0); // len
+        poke(&region, seg, 24, |_| 1); // deleted (so that shrink_to_fit rebuilds)
+    }
+    let mut t = SwissTable::<u64, u64, &Region>::open_in(&region, "kv").unwrap();
+    assert_eq!(t.len(), 0);
+    for i in 0..50u64 {
+        assert_eq!(t.remove(&i), Some(i));
+    }
+    assert!(t.len() <= 150, "length {}", t.len());
+    assert_eq!(t.iter().collect::<Vec<_>>().len(), 150);
+    t.shrink_to_fit();
+    assert!(t.stats().slots <= 1024, "{:?}", t.stats());
+    assert!((50..200u64).all(|i| t.get(&i) == Some(&i)));
+}
