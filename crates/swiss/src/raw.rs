@@ -1065,8 +1065,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let k = pick(h) & 1;
                 let dst = to[k];
                 let Some(j) = find_free(dst, h) else {
-                    // Callers make room in `to` for every entry; unreachable unless the memory
-                    // was changed behind the table's back, in which case the entry is dropped.
+                    // Callers make room in `to` for every entry, counted from the control
+                    // bytes (never from a segment's counters, which a corrupt file may get
+                    // wrong): unreachable unless the memory was changed behind the table's
+                    // back, in which case the entry is dropped.
                     debug_assert!(false, "no room while moving entries");
                     continue;
                 };
@@ -1124,10 +1126,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         Ok(())
     }
 
-    /// Splits the segment at `idx` into two of depth + 1 with `groups` groups each, doubling
-    /// the directory first if needed. Returns the index the range of `idx` now starts at.
+    /// Splits the segment at `idx` into two of depth + 1 with `groups` groups each (at least
+    /// as many as the segment has), doubling the directory first if needed. Returns the index
+    /// the range of `idx` now starts at.
     pub(crate) fn split(&mut self, mut idx: usize, groups: usize) -> Result<usize, Error> {
         let old = self.dir[idx];
+        // Either half may get every entry. Callers ask for no fewer groups than the segment
+        // has, except `reserve_total` in a corrupt file whose segments exceed its header's
+        // segment size.
+        let groups = groups.max(old.groups());
         if old.depth() == self.global_depth() {
             self.double_dir()?;
             idx *= 2;
@@ -1244,11 +1251,29 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let (dst, src) = if a_len >= b_len { (a, b) } else { (b, a) };
         // SAFETY: as above.
         let room = unsafe { (*dst.hdr()).growth_left } as usize;
+        let need = Self::count_full(&src);
+        // In place only if the control bytes have the room the counter promises: in a
+        // corrupt file they may not (the moves would find no free slot for some entries).
+        let in_place = room >= need && dst.capacity() - Self::count_full(&dst) >= need;
+        let groups = if in_place {
+            0
+        } else {
+            let n = need + Self::count_full(&dst);
+            let g = groups_for(n, 1, 2)
+                .min(self.max_groups)
+                .max(groups_for(n, 1, 1));
+            if n > g * GROUP_WIDTH {
+                // More full slots than the largest segment has: only a corrupt file's
+                // lengths let such buddies try to merge. They stay apart.
+                return Ok(false);
+            }
+            g
+        };
         let depth = a.depth() - 1;
         if a.depth() == self.global_depth() {
             self.at_global -= 2;
         }
-        if room >= Self::count_full(&src) {
+        if in_place {
             // In place: the fuller segment takes the other's entries. Its own entries stay
             // where they are (a probe's start does not depend on the depth), so this moves
             // only the smaller half and allocates nothing.
@@ -1259,10 +1284,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: `src` is no longer referenced by the directory.
             unsafe { self.mem.free(src.handle()) };
         } else {
-            let n = Self::count_full(&a) + Self::count_full(&b);
-            let groups = groups_for(n, 1, 2)
-                .min(self.max_groups)
-                .max(groups_for(n, 1, 1));
             let m = match Self::new_segment(&self.mem, groups, depth) {
                 Ok(m) => m,
                 Err(e) => {
