@@ -451,11 +451,25 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         1 << (self.global_depth() - depth)
     }
 
+    /// The length, read as 0 where it went below zero. That happens only in a corrupt file,
+    /// whose segments may hold more full slots than their stored lengths (which `open` sums)
+    /// count; read as is, the wrapped length made `len()` and every iterator's exact size
+    /// close to 2^64 (`iter().collect()` panicked). Checked here, not in `add_len`, which
+    /// every removal runs.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> usize {
+        if self.len > isize::MAX as usize {
+            0
+        } else {
+            self.len
+        }
+    }
+
     /// Writes the length into the stored header (which `open` does not rely on).
     pub(crate) fn store_len(&mut self) {
         // SAFETY: the header block stays valid while the table lives; `&mut self` excludes
         // other access.
-        unsafe { (*self.hdr.as_ptr()).len = self.len as u64 };
+        unsafe { (*self.hdr.as_ptr()).len = self.len() as u64 };
     }
 
     /// Frees every block of the table.
@@ -806,11 +820,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
     }
 
-    #[inline(always)]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
+    /// Adds `d` to the length (wrapping; see [`len`](Self::len)).
     #[inline(always)]
     pub(crate) fn add_len(&mut self, d: i64) {
         self.len = self.len.wrapping_add(d as usize);
@@ -977,7 +987,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 (*hdr).deleted += 1;
             }
             // Wrapping: a corrupt file's length may be short of its full slots; a wrong
-            // length only mistimes a merge or shrink (which count the control bytes).
+            // length only mistimes a merge or shrink (which count the control bytes;
+            // `shrink_to_fit` reads a length above the capacity as unknown).
             let len = (*hdr).len.wrapping_sub(1);
             (*hdr).len = len;
             len
@@ -1055,8 +1066,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let k = pick(h) & 1;
                 let dst = to[k];
                 let Some(j) = find_free(dst, h) else {
-                    // Callers make room in `to` for every entry; unreachable unless the memory
-                    // was changed behind the table's back, in which case the entry is dropped.
+                    // Callers make room in `to` for every entry, counted from the control
+                    // bytes (never from a segment's counters, which a corrupt file may get
+                    // wrong): unreachable unless the memory was changed behind the table's
+                    // back, in which case the entry is dropped.
                     debug_assert!(false, "no room while moving entries");
                     continue;
                 };
@@ -1114,10 +1127,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         Ok(())
     }
 
-    /// Splits the segment at `idx` into two of depth + 1 with `groups` groups each, doubling
-    /// the directory first if needed. Returns the index the range of `idx` now starts at.
+    /// Splits the segment at `idx` into two of depth + 1 with `groups` groups each (at least
+    /// as many as the segment has), doubling the directory first if needed. Returns the index
+    /// the range of `idx` now starts at.
     pub(crate) fn split(&mut self, mut idx: usize, groups: usize) -> Result<usize, Error> {
         let old = self.dir[idx];
+        // Either half may get every entry. Callers ask for no fewer groups than the segment
+        // has, except `reserve_total` in a corrupt file whose segments exceed its header's
+        // segment size.
+        let groups = groups.max(old.groups());
         if old.depth() == self.global_depth() {
             self.double_dir()?;
             idx *= 2;
@@ -1234,11 +1252,29 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let (dst, src) = if a_len >= b_len { (a, b) } else { (b, a) };
         // SAFETY: as above.
         let room = unsafe { (*dst.hdr()).growth_left } as usize;
+        let need = Self::count_full(&src);
+        // In place only if the control bytes have the room the counter promises: in a
+        // corrupt file they may not (the moves would find no free slot for some entries).
+        let in_place = room >= need && dst.capacity() - Self::count_full(&dst) >= need;
+        let groups = if in_place {
+            0
+        } else {
+            let n = need + Self::count_full(&dst);
+            let g = groups_for(n, 1, 2)
+                .min(self.max_groups)
+                .max(groups_for(n, 1, 1));
+            if n > g * GROUP_WIDTH {
+                // More full slots than the largest segment has: only a corrupt file's
+                // lengths let such buddies try to merge. They stay apart.
+                return Ok(false);
+            }
+            g
+        };
         let depth = a.depth() - 1;
         if a.depth() == self.global_depth() {
             self.at_global -= 2;
         }
-        if room >= Self::count_full(&src) {
+        if in_place {
             // In place: the fuller segment takes the other's entries. Its own entries stay
             // where they are (a probe's start does not depend on the depth), so this moves
             // only the smaller half and allocates nothing.
@@ -1249,10 +1285,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: `src` is no longer referenced by the directory.
             unsafe { self.mem.free(src.handle()) };
         } else {
-            let n = Self::count_full(&a) + Self::count_full(&b);
-            let groups = groups_for(n, 1, 2)
-                .min(self.max_groups)
-                .max(groups_for(n, 1, 1));
             let m = match Self::new_segment(&self.mem, groups, depth) {
                 Ok(m) => m,
                 Err(e) => {
@@ -1434,7 +1466,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let d = seg.depth();
             // SAFETY: header valid.
             let (len, deleted) = unsafe { ((*seg.hdr()).len as usize, (*seg.hdr()).deleted) };
-            let g = groups_for(len, 1, 1);
+            // A length above the capacity (one wrapped below zero in a corrupt file) would
+            // rebuild the segment at the largest size: `rebuild` counts the entries instead.
+            let g = if len > seg.capacity() {
+                1
+            } else {
+                groups_for(len, 1, 1)
+            };
             if g < seg.groups() || deleted > 0 {
                 self.rebuild(i, g)?;
             }

@@ -225,3 +225,151 @@ fn corrupt_tables_give_typed_errors() {
         );
     }
 }
+
+/// The segments of the table whose header is at `hdr`, as the offsets of their headers (each
+/// followed by its control bytes) and their slot counts, read from the stored directory.
+#[cfg(not(miri))]
+fn segment_headers(region: &Region, hdr: u64) -> Vec<(u64, u64)> {
+    let word = |at: u64| {
+        let mut w = 0;
+        poke(region, hdr, at, |x| {
+            w = x;
+            x
+        });
+        w
+    };
+    let (depth, dir) = (word(64) & 0xFFFF_FFFF, word(72));
+    let mut segs = Vec::new();
+    for j in 0..1u64 << depth {
+        let mut w = 0;
+        poke(region, dir, j * 8, |x| {
+            w = x;
+            x
+        });
+        let slots = 16u64 << (w >> 56);
+        let seg = (w & ((1 << 56) - 1)) + slots * 16;
+        if !segs.contains(&(seg, slots)) {
+            segs.push((seg, slots));
+        }
+    }
+    segs
+}
+
+/// A corrupt file whose segments store lengths short of their full slots opens with the
+/// short length (`open` never reads the entries). Removing its entries must not take the
+/// length below zero: wrapped, `len()` was near 2^64 and the iterators' exact size with it
+/// (`iter().collect()` panicked with "capacity overflow"), and a segment's wrapped length
+/// made `shrink_to_fit` rebuild it at the largest segment size (2^20 slots).
+#[cfg(not(miri))]
+#[test]
+fn undercounted_segment_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t: SwissTable<u64, u64, Region> =
+            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(32))
+                .unwrap();
+        for i in 0..200u64 {
+            t.insert(i, i);
+        }
+    }
+    let region = Region::open(&path).unwrap();
+    let hdr = region.root("kv").unwrap().get();
+    for (seg, _) in segment_headers(&region, hdr) {
+        poke(&region, seg, 16, |_| 0); // len
+        poke(&region, seg, 24, |_| 1); // deleted (so that shrink_to_fit rebuilds)
+    }
+    let mut t = SwissTable::<u64, u64, &Region>::open_in(&region, "kv").unwrap();
+    assert_eq!(t.len(), 0);
+    for i in 0..50u64 {
+        assert_eq!(t.remove(&i), Some(i));
+    }
+    assert!(t.len() <= 150, "length {}", t.len());
+    assert_eq!(t.iter().collect::<Vec<_>>().len(), 150);
+    t.shrink_to_fit();
+    assert!(t.stats().slots <= 1024, "{:?}", t.stats());
+    assert!((50..200u64).all(|i| t.get(&i) == Some(&i)));
+}
+
+/// A corrupt file whose segment header promises room (`growth_left`) that its control bytes
+/// do not have: a merge must not move the buddy's entries into it in place (there was no
+/// free slot for them: a debug assertion failed, and release builds dropped the entries).
+#[cfg(not(miri))]
+#[test]
+fn merge_checks_the_control_bytes_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t: SwissTable<u64, u64, Region> =
+            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(32))
+                .unwrap();
+        // 29 entries: one full 32-slot segment split into two buddies at depth 1.
+        for i in 0..29u64 {
+            t.insert(i, i);
+        }
+        assert_eq!((t.stats().segments, t.stats().global_depth), (2, 1));
+    }
+    let region = Region::open(&path).unwrap();
+    let hdr = region.root("kv").unwrap().get();
+    let segs = segment_headers(&region, hdr);
+    let ((a, _), (b, b_slots)) = (segs[0], segs[1]);
+    // The first segment claims one entry, the second two entries, no tombstone and room for
+    // 28 more, while every one of its control bytes says full (tag 0).
+    poke(&region, a, 16, |_| 1);
+    poke(&region, b, 16, |_| 2);
+    poke(&region, b, 24, |_| 0);
+    poke(&region, b, 32, |_| 28);
+    for at in (0..b_slots).step_by(8) {
+        poke(&region, b, 64 + at, |_| 0);
+    }
+    let mut t = SwissTable::<u64, u64, &Region>::open_in(&region, "kv").unwrap();
+    let found: Vec<u64> = (0..29u64).filter(|i| t.get(i) == Some(i)).collect();
+    assert!(found.len() >= 10, "{found:?}");
+    // Merges the buddies (they claim 3 entries together): not in place.
+    t.shrink_to_fit();
+    assert_eq!(t.stats().segments, 1);
+    for i in &found {
+        assert_eq!(t.get(i), Some(i));
+    }
+}
+
+/// A corrupt file whose header's segment size (checksummed, so resealed here) is below its
+/// segments' size: `reserve` splits a segment into halves of the header's size, which must
+/// still hold all of its entries (they did not: a debug assertion failed, and release builds
+/// dropped the entries).
+#[cfg(not(miri))]
+#[test]
+fn split_halves_hold_the_whole_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t: SwissTable<u64, u64, Region> =
+            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(128))
+                .unwrap();
+        // 113 entries: two 128-slot buddies of about 56 each.
+        for i in 0..113u64 {
+            t.insert(i, i);
+        }
+        assert_eq!(t.stats().segments, 2);
+    }
+    let region = Region::open(&path).unwrap();
+    let hdr = region.root("kv").unwrap().get();
+    // Header: version (u32 at 8), max_groups (u32 at 12); the checksum (at 48) covers the
+    // first 48 bytes.
+    poke(&region, hdr, 8, |x| (x & 0xFFFF_FFFF) | 1 << 32);
+    let sum = {
+        let p = region.ptr_raw(hdr, 48).unwrap();
+        // SAFETY: 48 bytes in bounds.
+        xxhash_rust::xxh3::xxh3_64(unsafe { std::slice::from_raw_parts(p.as_ptr(), 48) })
+    };
+    poke(&region, hdr, 48, |_| sum);
+    let mut t = SwissTable::<u64, u64, &Region>::open_in(&region, "kv").unwrap();
+    assert!((0..113u64).all(|i| t.get(&i) == Some(&i)));
+    // Splits the 128-slot segments (the header says 16-slot ones).
+    let _ = t.try_reserve(1);
+    assert!(t.stats().segments > 2, "{:?}", t.stats());
+    assert!((0..113u64).all(|i| t.get(&i) == Some(&i)));
+}
