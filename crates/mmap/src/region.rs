@@ -944,6 +944,7 @@ impl Region {
                 return Err(corrupt(h, "allocated block in a free list"));
             }
             if size >= need {
+                self.check_extent(h, size)?;
                 self.unlink(h, size)?;
                 return Ok(Some((h, size)));
             }
@@ -956,8 +957,28 @@ impl Region {
         if !free || size < need || bin_index(size) != bin {
             return Err(corrupt(b, "block in the wrong free list"));
         }
+        self.check_extent(b, size)?;
         self.unlink(b, size)?;
         Ok(Some((b, size)))
+    }
+
+    /// The O(1) check that a free block about to be handed out is as large as its header
+    /// says: it ends inside the mapping, and the next block's boundary tag repeats its size
+    /// (as `free` checks for the block it frees). A corrupt file's inflated size would
+    /// otherwise carve an allocation over the live blocks that follow.
+    fn check_extent(&self, b: u64, size: u64) -> Result<(), Error> {
+        let end = self.mapped.get();
+        let n = match b.checked_add(size) {
+            Some(n) if n <= end => n,
+            _ => return Err(corrupt(b, "free block extends past the region")),
+        };
+        if n < end && self.rd(n)? != size {
+            return Err(corrupt(
+                b,
+                "free block's size disagrees with the next block's boundary tag",
+            ));
+        }
+        Ok(())
     }
 
     // ----------------------------------------------------------------- allocator
@@ -1128,6 +1149,7 @@ impl Region {
         if n < end {
             let (ns, nfree) = self.block(n)?;
             if nfree {
+                self.check_extent(n, ns)?;
                 hull = union(hull, self.hull(n, ns)?);
                 self.unlink(n, ns)?;
                 len += ns;

@@ -144,3 +144,66 @@ fn ptr_checks_bounds() {
     assert!(!r.contains(len, 1));
     assert!(!r.contains(0, 1));
 }
+
+/// Fills `len` bytes of the allocation at `off` with `byte`.
+fn fill(r: &Region, off: Offset, len: u64, byte: u8) {
+    let p = r.ptr(off, len).unwrap();
+    // SAFETY: `len` bytes of a live allocation; nothing else refers to them.
+    unsafe { p.as_ptr().write_bytes(byte, len as usize) };
+}
+
+/// Whether the `len` bytes at `off` all hold `byte`.
+fn holds(r: &Region, off: Offset, len: u64, byte: u8) -> bool {
+    let p = r.ptr(off, len).unwrap();
+    // SAFETY: `len` readable bytes of a live allocation.
+    unsafe { core::slice::from_raw_parts(p.as_ptr(), len as usize) }
+        .iter()
+        .all(|&x| x == byte)
+}
+
+/// Adds `by` to the stored size of the block whose payload is at `off` (as a corrupt file
+/// could). A block's size word (its low bits are flags) sits just before its payload.
+fn inflate(r: &Region, off: Offset, by: u64) {
+    let word = r.ptr_raw(off.get() - 8, 8).unwrap().as_ptr().cast::<u64>();
+    // SAFETY: 8 bytes inside the mapping (checked by ptr_raw); the test owns the region.
+    unsafe { word.write_unaligned(word.read_unaligned() + by) };
+}
+
+/// A free block whose stored size was inflated a little (within its free list's size
+/// class, so the list checks cannot tell) is neither handed out nor merged over the live
+/// block after it: that block's boundary tag disagrees, and `alloc` / `free` report the
+/// corruption instead of writing into the live block.
+#[test]
+fn an_inflated_free_block_is_not_handed_out_or_merged() {
+    // alloc: the inflated block would be carved, and its tail's tag written into `c`.
+    let r = Region::anonymous().unwrap();
+    let _a = r.alloc(64, 8).unwrap();
+    let b = r.alloc(70_000, 8).unwrap();
+    let c = r.alloc(4000, 8).unwrap();
+    let _d = r.alloc(64, 8).unwrap();
+    fill(&r, c, 4000, 0xC5);
+    r.free(b).unwrap();
+    inflate(&r, b, 16);
+    assert!(
+        matches!(r.alloc(60_000, 8), Err(Error::Corrupt { .. })),
+        "an allocation was carved out of the inflated block"
+    );
+    assert!(holds(&r, c, 4000, 0xC5), "the live block was overwritten");
+    assert!(r.check().is_err());
+
+    // free: freeing the block before it would merge with its inflated size.
+    let r = Region::anonymous().unwrap();
+    let _a = r.alloc(64, 8).unwrap();
+    let x = r.alloc(64, 8).unwrap();
+    let y = r.alloc(70_000, 8).unwrap();
+    let z = r.alloc(4000, 8).unwrap();
+    let _w = r.alloc(64, 8).unwrap();
+    fill(&r, z, 4000, 0x5C);
+    r.free(y).unwrap();
+    inflate(&r, y, 16);
+    assert!(
+        matches!(r.free(x), Err(Error::Corrupt { .. })),
+        "a free merged with the inflated block"
+    );
+    assert!(holds(&r, z, 4000, 0x5C), "the live block was overwritten");
+}
