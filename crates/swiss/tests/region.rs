@@ -141,20 +141,29 @@ fn poke(region: &Region, off: u64, at: u64, f: impl FnOnce(u64) -> u64) {
     }
 }
 
+/// A region file in `dir` holding the table "kv" (`slots`-slot segments) with `i -> i` for
+/// every `i` in `0..n`, dropped cleanly; returns its path and the table's stats.
+#[cfg(not(miri))]
+fn table_file(
+    dir: &tempfile::TempDir,
+    slots: usize,
+    n: u64,
+) -> (std::path::PathBuf, offheap_swiss::TableStats) {
+    let path = file(dir);
+    let region = Region::create(&path, &RegionOptions::new()).unwrap();
+    let mut t: SwissTable<u64, u64, Region> =
+        SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(slots)).unwrap();
+    for i in 0..n {
+        t.insert(i, i);
+    }
+    (path, t.stats())
+}
+
 #[cfg(not(miri))]
 #[test]
 fn corrupt_tables_give_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let path = file(&dir);
-    {
-        let region = Region::create(&path, &RegionOptions::new()).unwrap();
-        let mut t: SwissTable<u64, u64, Region> =
-            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(64))
-                .unwrap();
-        for i in 0..2000u64 {
-            t.insert(i, i);
-        }
-    }
+    let (path, _) = table_file(&dir, 64, 2000);
     let hdr = Region::open(&path).unwrap().root("kv").unwrap().get();
     // (byte offset in the header, mutation, what the error must be)
     type Check = fn(&Error) -> bool;
@@ -264,16 +273,7 @@ fn segment_headers(region: &Region, hdr: u64) -> Vec<(u64, u64)> {
 #[test]
 fn undercounted_segment_lengths() {
     let dir = tempfile::tempdir().unwrap();
-    let path = file(&dir);
-    {
-        let region = Region::create(&path, &RegionOptions::new()).unwrap();
-        let mut t: SwissTable<u64, u64, Region> =
-            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(32))
-                .unwrap();
-        for i in 0..200u64 {
-            t.insert(i, i);
-        }
-    }
+    let (path, _) = table_file(&dir, 32, 200);
     let region = Region::open(&path).unwrap();
     let hdr = region.root("kv").unwrap().get();
     for (seg, _) in segment_headers(&region, hdr) {
@@ -299,18 +299,9 @@ fn undercounted_segment_lengths() {
 #[test]
 fn merge_checks_the_control_bytes_for_room() {
     let dir = tempfile::tempdir().unwrap();
-    let path = file(&dir);
-    {
-        let region = Region::create(&path, &RegionOptions::new()).unwrap();
-        let mut t: SwissTable<u64, u64, Region> =
-            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(32))
-                .unwrap();
-        // 29 entries: one full 32-slot segment split into two buddies at depth 1.
-        for i in 0..29u64 {
-            t.insert(i, i);
-        }
-        assert_eq!((t.stats().segments, t.stats().global_depth), (2, 1));
-    }
+    // 29 entries: one full 32-slot segment split into two buddies at depth 1.
+    let (path, stats) = table_file(&dir, 32, 29);
+    assert_eq!((stats.segments, stats.global_depth), (2, 1));
     let region = Region::open(&path).unwrap();
     let hdr = region.root("kv").unwrap().get();
     let segs = segment_headers(&region, hdr);
@@ -343,18 +334,9 @@ fn merge_checks_the_control_bytes_for_room() {
 #[test]
 fn split_halves_hold_the_whole_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let path = file(&dir);
-    {
-        let region = Region::create(&path, &RegionOptions::new()).unwrap();
-        let mut t: SwissTable<u64, u64, Region> =
-            SwissTable::create_in_with(region, "kv", TableOptions::new().segment_slots(128))
-                .unwrap();
-        // 113 entries: two 128-slot buddies of about 56 each.
-        for i in 0..113u64 {
-            t.insert(i, i);
-        }
-        assert_eq!(t.stats().segments, 2);
-    }
+    // 113 entries: two 128-slot buddies of about 56 each.
+    let (path, stats) = table_file(&dir, 128, 113);
+    assert_eq!(stats.segments, 2);
     let region = Region::open(&path).unwrap();
     let hdr = region.root("kv").unwrap().get();
     // Header: version (u32 at 8), max_groups (u32 at 12); the checksum (at 48) covers the
