@@ -81,6 +81,14 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// An offset that should name a live allocation does not (see
+    /// [`Region::allocation_size`](crate::Region::allocation_size)).
+    NotAllocated {
+        /// The offset asked about.
+        offset: u64,
+        /// Why it is not a live allocation.
+        reason: &'static str,
+    },
     /// The alignment is not a power of two, or exceeds the page size.
     InvalidAlignment {
         /// The requested alignment.
@@ -146,6 +154,9 @@ impl fmt::Display for Error {
             ),
             Error::InvalidFree { offset, reason } => {
                 write!(f, "invalid free of offset {offset:#x}: {reason}")
+            }
+            Error::NotAllocated { offset, reason } => {
+                write!(f, "offset {offset:#x} is not a live allocation: {reason}")
             }
             Error::InvalidAlignment { align } => write!(
                 f,

@@ -1093,6 +1093,58 @@ impl Region {
         Offset::new(b + BLOCK_HEADER).ok_or(corrupt(b, "zero offset"))
     }
 
+    /// The usable size of the live allocation at `off`: at least the `size` it was
+    /// allocated with (rounded up to the 16-byte granule, plus any slack the allocator
+    /// left in the block). An offset that is not a live allocation (never allocated, freed,
+    /// or corrupt) gets [`Error::NotAllocated`] where the O(1) boundary-tag checks that
+    /// [`free`](Self::free) makes can tell; [`check`](Self::check) is thorough.
+    ///
+    /// This is how a structure that reads offsets from a file (an untrusted input) checks
+    /// that each one names a block it may use, before using it.
+    ///
+    /// ```
+    /// use offheap_mmap::{Error, Region};
+    ///
+    /// let r = Region::anonymous()?;
+    /// let a = r.alloc(100, 8)?;
+    /// assert!(r.allocation_size(a)? >= 100);
+    /// r.free(a)?;
+    /// assert!(matches!(r.allocation_size(a), Err(Error::NotAllocated { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn allocation_size(&self, off: Offset) -> Result<u64, Error> {
+        let o = off.get();
+        let end = self.sync_view()?;
+        let (_, v) = self
+            .live_block(o, end)?
+            .map_err(|reason| Error::NotAllocated { offset: o, reason })?;
+        Ok((v & !FLAG_MASK) - BLOCK_HEADER)
+    }
+
+    /// The O(1) checks that `o` is a live allocation: a granule-aligned offset in the block
+    /// area whose block header is in use, plausible, and repeated by the next block's
+    /// boundary tag. `Ok(Err(reason))` when it is not; `Ok(Ok((block, header word)))` when
+    /// it is. (`end`: the region's current size.)
+    fn live_block(&self, o: u64, end: u64) -> Result<Result<(u64, u64), &'static str>, Error> {
+        if o % GRANULE != 0 || o < self.data_start + BLOCK_HEADER || o >= end {
+            return Ok(Err("not an allocation offset"));
+        }
+        let b = o - BLOCK_HEADER;
+        let v = self.rd(b + 8)?;
+        if v & FREE != 0 {
+            return Ok(Err("block is free"));
+        }
+        let size = v & !FLAG_MASK;
+        if v & FLAG_MASK & !PREV_FREE != 0 || size < MIN_BLOCK || size > end - b {
+            return Ok(Err("no block header at this offset"));
+        }
+        let n = b + size;
+        if n < end && self.rd(n)? != size {
+            return Ok(Err("boundary tag of the next block disagrees"));
+        }
+        Ok(Ok((b, v)))
+    }
+
     /// Frees the allocation at `off`. A wrong offset (not a live allocation: freed
     /// already, never allocated, or corrupt) is refused with [`Error::InvalidFree`]
     /// where the O(1) boundary-tag checks can tell; [`check`](Self::check) is thorough.
@@ -1104,22 +1156,9 @@ impl Region {
         let o = off.get();
         let end = self.sync_view()?;
         let invalid = |reason| Error::InvalidFree { offset: o, reason };
-        if o % GRANULE != 0 || o < self.data_start + BLOCK_HEADER || o >= end {
-            return Err(invalid("not an allocation offset"));
-        }
-        let b = o - BLOCK_HEADER;
-        let v = self.rd(b.wrapping_add(8))?;
-        if v & FREE != 0 {
-            return Err(invalid("block is already free"));
-        }
+        let (b, v) = self.live_block(o, end)?.map_err(invalid)?;
         let size = v & !FLAG_MASK;
-        if v & FLAG_MASK & !PREV_FREE != 0 || size < MIN_BLOCK || size > end - b {
-            return Err(invalid("no block header at this offset"));
-        }
         let n = b + size;
-        if n < end && self.rd(n)? != size {
-            return Err(invalid("boundary tag of the next block disagrees"));
-        }
         let ps = if v & PREV_FREE != 0 { self.rd(b)? } else { 0 };
         let prev = if v & PREV_FREE == 0 {
             None
@@ -1167,6 +1206,13 @@ impl Region {
         // this single header write is the commit point of the free (and of the merge).
         // A kill before it leaks the block (still allocated), never frees it twice.
         self.set_block(start, len, true)?;
+        if start != b {
+            // The freed block's own header now lies inside the merged block, where nothing
+            // reads it but a stale offset: mark it free, so that `allocation_size` and
+            // `free` refuse such an offset instead of taking it for a live allocation
+            // (its next block's boundary tag may still agree with it).
+            self.set_block(b, size, true)?;
+        }
         self.insert(start, len)?;
         let e = start + len;
         if e < end {

@@ -47,6 +47,46 @@ fn double_free_and_wild_free_are_errors() {
     r.check().unwrap();
 }
 
+/// `allocation_size` vouches for live allocations only: a freed block is refused, also
+/// after it merged with free neighbours on both sides (its header then lies inside the
+/// merged block, and the next block's old boundary tag still repeats its size), and so are
+/// offsets that were never allocations.
+#[test]
+fn allocation_size_names_live_blocks_only() {
+    let r = Region::anonymous().unwrap();
+    let blocks: Vec<Offset> = (0..5).map(|_| r.alloc(200, 8).unwrap()).collect();
+    let big = r.alloc(5000, 4096).unwrap();
+    for &o in blocks.iter().chain([&big]) {
+        let size = r.allocation_size(o).unwrap();
+        assert!(size >= 200, "{size}");
+    }
+    assert!(r.allocation_size(big).unwrap() >= 5000);
+    // Free 1 and 3, then 2 between them: 2 merges with both neighbours.
+    for i in [1, 3, 2] {
+        r.free(blocks[i]).unwrap();
+    }
+    for i in [1, 2, 3] {
+        match r.allocation_size(blocks[i]) {
+            Err(Error::NotAllocated { offset, .. }) => assert_eq!(offset, blocks[i].get()),
+            other => panic!("freed block {i}: {other:?}"),
+        }
+        assert!(matches!(r.free(blocks[i]), Err(Error::InvalidFree { .. })));
+    }
+    for i in [0, 4] {
+        assert!(r.allocation_size(blocks[i]).unwrap() >= 200);
+    }
+    let inside = Offset::new(blocks[0].get() + 16).unwrap();
+    let beyond = Offset::new(r.mapped_len() + 64).unwrap();
+    let hdr = Offset::new(64).unwrap();
+    for o in [inside, beyond, hdr] {
+        assert!(matches!(
+            r.allocation_size(o),
+            Err(Error::NotAllocated { .. })
+        ));
+    }
+    r.check().unwrap();
+}
+
 #[test]
 fn alignment_is_honoured() {
     let r = Region::anonymous().unwrap();

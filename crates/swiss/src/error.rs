@@ -37,7 +37,8 @@ pub enum Error {
     },
     /// The stored header has a format version this build does not read.
     UnsupportedVersion(u32),
-    /// A stored offset (and length) lies outside the memory.
+    /// A stored handle does not name a block of the memory of at least `len` bytes: it lies
+    /// outside the memory, or (in a region) it is not a live allocation.
     OffsetOutOfBounds {
         /// The offset.
         offset: u64,
@@ -80,7 +81,10 @@ impl fmt::Display for Error {
             ),
             Error::UnsupportedVersion(v) => write!(f, "unsupported table format version {v}"),
             Error::OffsetOutOfBounds { offset, len } => {
-                write!(f, "stored offset {offset:#x} (+{len} bytes) is out of bounds")
+                write!(
+                    f,
+                    "stored handle {offset:#x} does not name a live block of {len} bytes"
+                )
             }
             Error::Corrupt(what) => write!(f, "corrupt table: {what}"),
             Error::InvalidOptions(what) => write!(f, "invalid option: {what}"),

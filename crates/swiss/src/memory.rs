@@ -241,7 +241,7 @@ pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
 }
 
 // SAFETY: a region's blocks come from its allocator (aligned, disjoint, never moving: the
-// base address is fixed for the region's life); `ptr_raw` bounds-checks every handle against
+// base address is fixed for the region's life); `ptr` bounds-checks every handle against
 // the mapping (extending this process's view first if the region grew elsewhere) and returns
 // `None` outside it, so a handle read from a file never yields a pointer outside the map.
 unsafe impl TableMemory for offheap_mmap::Region {
@@ -263,9 +263,17 @@ unsafe impl TableMemory for offheap_mmap::Region {
         }
     }
 
-    #[inline]
+    /// `None` unless `handle` is a live allocation of at least `len` bytes (the region's
+    /// O(1) boundary-tag checks: a handle read from a file that names a freed block, the
+    /// middle of a block or the region's header is refused, not just one outside the map).
+    /// Tables call this when they open, allocate or resolve a stored handle, never per
+    /// lookup.
     fn ptr(&self, handle: u64, len: u64) -> Option<NonNull<u8>> {
-        self.ptr_raw(handle, len)
+        let off = offheap_mmap::Offset::new(handle)?;
+        if self.allocation_size(off).ok()? < len {
+            return None;
+        }
+        offheap_mmap::Region::ptr(self, off, len).ok()
     }
 
     fn root(&self, name: &str) -> Option<u64> {

@@ -15,8 +15,9 @@ use core::ptr::NonNull;
 pub(crate) const SEG_HEADER: usize = 64;
 const SEG_MAGIC: u32 = u32::from_le_bytes(*b"SwSg");
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"offSwiss");
-/// Format version of the table header and segments.
-pub(crate) const VERSION: u32 = 1;
+/// Format version of the table header and segments. 2: a segment header names its table
+/// (version 1 left that word zero).
+pub(crate) const VERSION: u32 = 2;
 /// Maximum global depth of the directory (it is indexed by hash bits `40..64`).
 pub(crate) const MAX_DEPTH: u32 = 24;
 /// Maximum groups in one segment (2^16 groups = 2^20 slots; the group index uses hash bits
@@ -44,7 +45,10 @@ pub(crate) struct SegHeader {
     pub(crate) growth_left: u64,
     /// The segment's own handle (checked against the directory on open).
     handle: u64,
-    _pad: [u64; 2],
+    /// The handle of its table's header (checked on open, so that a directory entry naming
+    /// another table's segment is refused).
+    table: u64,
+    _pad: u64,
 }
 const _: () = assert!(size_of::<SegHeader>() == SEG_HEADER);
 
@@ -472,6 +476,22 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         unsafe { (*self.hdr.as_ptr()).len = self.len() as u64 };
     }
 
+    /// Frees a segment's block, first clearing its magic, so that a stale directory entry
+    /// naming the freed block (in a corrupt file) finds no segment there.
+    ///
+    /// # Safety
+    /// As [`TableMemory::free`] for the segment's handle; `seg` is not used afterwards.
+    unsafe fn free_segment(mem: &M, seg: SegRef<K, V>) {
+        // SAFETY: the header is valid until the block is freed, just below, by the caller's
+        // promise.
+        unsafe {
+            let h = seg.hdr();
+            let handle = (*h).handle;
+            (*h).magic = 0;
+            mem.free(handle);
+        }
+    }
+
     /// Frees every block of the table.
     pub(crate) fn free_all(&mut self) {
         let mut i = 0;
@@ -480,7 +500,7 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
             let d = seg.depth();
             // SAFETY: each segment is freed once (one per directory range); nothing uses the
             // table afterwards.
-            unsafe { self.mem.free(seg.handle()) };
+            unsafe { Self::free_segment(&self.mem, seg) };
             i += self.span(d);
         }
         self.dir.clear();
@@ -515,7 +535,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             Some(p) => p.cast::<TableHeader>(),
             None => return Err(oob(hdr_handle, hsize)),
         };
-        let seg = match Self::new_segment(&mem, 1, 0) {
+        let seg = match Self::new_segment(&mem, hdr_handle, 1, 0) {
             Ok(s) => s,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
@@ -528,7 +548,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             Err(e) => {
                 // SAFETY: just allocated, never shared.
                 unsafe {
-                    mem.free(seg.handle());
+                    Self::free_segment(&mem, seg);
                     mem.free(hdr_handle);
                 }
                 return Err(e);
@@ -693,6 +713,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     "segment handle disagrees with the directory",
                 ));
             }
+            if sh.table != hdr_handle {
+                return Err(Error::Corrupt("segment belongs to another table"));
+            }
             if sh.depth == gd {
                 at_global += 1;
             }
@@ -735,7 +758,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         })
     }
 
-    fn new_segment(mem: &M, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
+    /// A new empty segment of table `table` (its header's handle).
+    fn new_segment(mem: &M, table: u64, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
         let (size, ctrl_off, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
         let handle = mem.alloc(size as u64, align as u64)?;
         if handle >> HANDLE_BITS != 0 {
@@ -766,7 +790,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 deleted: 0,
                 growth_left: max_load(groups) as u64,
                 handle,
-                _pad: [0; 2],
+                table,
+                _pad: 0,
             });
             core::ptr::write_bytes(base.as_ptr().add(ctrl_off), EMPTY, cap);
             Ok(SegRef {
@@ -1119,11 +1144,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let old = self.dir[idx];
         let n = Self::count_full(&old);
         let groups = groups.max(groups_for(n, 1, 1));
-        let new = Self::new_segment(&self.mem, groups, old.depth())?;
+        let new = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth())?;
         self.move_all(&old, &new);
         self.set_range(idx, old.depth(), new);
         // SAFETY: `old` is no longer referenced by the directory.
-        unsafe { self.mem.free(old.handle()) };
+        unsafe { Self::free_segment(&self.mem, old) };
         Ok(())
     }
 
@@ -1140,12 +1165,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.double_dir()?;
             idx *= 2;
         }
-        let a = Self::new_segment(&self.mem, groups, old.depth() + 1)?;
-        let b = match Self::new_segment(&self.mem, groups, old.depth() + 1) {
+        let a = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1)?;
+        let b = match Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1) {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
-                unsafe { self.mem.free(a.handle()) };
+                unsafe { Self::free_segment(&self.mem, a) };
                 return Err(e);
             }
         };
@@ -1159,7 +1184,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.at_global += 2;
         }
         // SAFETY: `old` is no longer referenced by the directory.
-        unsafe { self.mem.free(old.handle()) };
+        unsafe { Self::free_segment(&self.mem, old) };
         Ok(start)
     }
 
@@ -1283,9 +1308,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             unsafe { (*dst.hdr()).depth = depth };
             self.set_range(idx, depth, dst);
             // SAFETY: `src` is no longer referenced by the directory.
-            unsafe { self.mem.free(src.handle()) };
+            unsafe { Self::free_segment(&self.mem, src) };
         } else {
-            let m = match Self::new_segment(&self.mem, groups, depth) {
+            let m = match Self::new_segment(&self.mem, self.hdr_handle, groups, depth) {
                 Ok(m) => m,
                 Err(e) => {
                     if a.depth() == self.global_depth() {
@@ -1299,8 +1324,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.set_range(idx, m.depth(), m);
             // SAFETY: neither block is referenced by the directory any more.
             unsafe {
-                self.mem.free(a.handle());
-                self.mem.free(b.handle());
+                Self::free_segment(&self.mem, a);
+                Self::free_segment(&self.mem, b);
             }
         }
         if halve {

@@ -355,3 +355,76 @@ fn split_halves_hold_the_whole_segment() {
     assert!(t.stats().segments > 2, "{:?}", t.stats());
     assert!((0..113u64).all(|i| t.get(&i) == Some(&i)));
 }
+
+/// A directory entry must name a live segment of its own table. Here table "a"'s directory is
+/// pointed at table "b"'s only segment, in three states of that segment:
+/// 1. live, in table "b": refused, the segment names another table (before, "a" opened, and
+///    the two tables shared the segment);
+/// 2. freed with table "b": refused (the region's check below), and freeing the segment
+///    cleared its magic (which refuses it in a memory that cannot tell a freed block);
+/// 3. freed, with its magic and owner forged back: refused, the region says the block is not
+///    a live allocation (the table would have used memory the region hands out again).
+#[cfg(not(miri))]
+#[test]
+fn a_directory_entry_must_name_a_live_segment_of_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let region = Region::create(&path, &RegionOptions::new()).unwrap();
+        let opts = || TableOptions::new().segment_slots(64);
+        let mut a = SwissTable::<u64, u64, &Region>::create_in_with(&region, "a", opts()).unwrap();
+        let mut b = SwissTable::<u64, u64, &Region>::create_in_with(&region, "b", opts()).unwrap();
+        for i in 0..500 {
+            a.insert(i, i);
+        }
+        for i in 0..20 {
+            b.insert(i, i);
+        }
+        assert!(a.stats().global_depth > 0);
+        assert_eq!(b.stats().segments, 1);
+    }
+    let region = Region::open(&path).unwrap();
+    let (ha, hb) = (
+        region.root("a").unwrap().get(),
+        region.root("b").unwrap().get(),
+    );
+    let read = |off: u64, at: u64| {
+        let mut w = 0;
+        poke(&region, off, at, |x| {
+            w = x;
+            x
+        });
+        w
+    };
+    // Header: global depth (u32) at 64, directory handle at 72 (outside the checksum).
+    let (dir_a, dir_b) = (read(ha, 72), read(hb, 72));
+    let word_b = read(dir_b, 0);
+    let (seg_b, _) = segment_headers(&region, hb)[0];
+    poke(&region, ha, 64, |x| x & !0xFFFF_FFFF);
+    poke(&region, dir_a, 0, |_| word_b);
+    match SwissTable::<u64, u64, &Region>::open_in(&region, "a") {
+        Err(Error::Corrupt(what)) => assert!(what.contains("another table"), "{what}"),
+        other => panic!("a segment of table b opened as table a's: {other:?}"),
+    }
+
+    SwissTable::<u64, u64, &Region>::open_in(&region, "b")
+        .unwrap()
+        .destroy()
+        .unwrap();
+    assert!(SwissTable::<u64, u64, &Region>::open_in(&region, "a").is_err());
+    assert_ne!(
+        read(seg_b, 0) as u32,
+        u32::from_le_bytes(*b"SwSg"),
+        "a freed segment keeps its magic"
+    );
+
+    // Segment header: magic (u32) at 0, owning table's header handle at 48.
+    poke(&region, seg_b, 0, |x| {
+        (x & !0xFFFF_FFFF) | u64::from(u32::from_le_bytes(*b"SwSg"))
+    });
+    poke(&region, seg_b, 48, |_| ha);
+    assert!(matches!(
+        SwissTable::<u64, u64, &Region>::open_in(&region, "a"),
+        Err(Error::OffsetOutOfBounds { .. })
+    ));
+}
