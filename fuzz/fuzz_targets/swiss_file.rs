@@ -87,8 +87,9 @@ fn seed() -> &'static Seed {
         t.memory().flush().unwrap();
         drop(t);
         let img = common::take_file(&path);
-        let gd = rd(&img, hdr + 64) as u32;
-        let dir = rd(&img, hdr + 72) as usize;
+        // The directory word: its handle, and the global depth in the top 8 bits.
+        let gd = (rd(&img, hdr + 72) >> 56) as u32;
+        let dir = (rd(&img, hdr + 72) & ((1 << 56) - 1)) as usize;
         let dir_len = 1usize << gd;
         let mut segs = Vec::new();
         for j in 0..dir_len {

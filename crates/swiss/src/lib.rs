@@ -26,6 +26,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(all(test, not(miri)))]
+mod crash_tests;
 mod error;
 mod group;
 mod hash;
@@ -42,6 +44,6 @@ pub use hash::{
 };
 pub use memory::{default_region_options, DefaultMemory, Heap, TableMemory};
 pub use table::{
-    Drain, Entry, Iter, IterMut, OccupiedEntry, SwissTable, TableOptions, TableStats, VacantEntry,
-    DEFAULT_SEGMENT_SLOTS,
+    Drain, Entry, Iter, IterMut, OccupiedEntry, RepairReport, SwissTable, TableOptions, TableStats,
+    VacantEntry, DEFAULT_SEGMENT_SLOTS,
 };

@@ -5,19 +5,59 @@
 use crate::group::{is_full, Group, DELETED, EMPTY, GROUP_WIDTH};
 use crate::hash::SeededHash;
 use crate::memory::TableMemory;
+use crate::table::RepairReport;
 use crate::Error;
 use bytemuck::Pod;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
+/// Test-only simulation of a process killed inside the table: after `STEPS_LEFT` more
+/// steps (each a write that a kill could fall after), the thread unwinds with [`Killed`]
+/// (through `resume_unwind`, which runs no panic hook), leaving the memory as it is; a test
+/// that holds the table in a `ManuallyDrop` then reopens what a dead process left.
+#[cfg(test)]
+pub(crate) mod kill {
+    use core::cell::Cell;
+    std::thread_local! {
+        pub(crate) static STEPS_LEFT: Cell<u64> = const { Cell::new(u64::MAX) };
+    }
+    /// The unwind payload of a simulated kill.
+    pub(crate) struct Killed;
+    /// A point where a kill can fall.
+    pub(crate) fn step() {
+        STEPS_LEFT.with(|s| match s.get() {
+            u64::MAX => {}
+            0 => {
+                s.set(u64::MAX);
+                std::panic::resume_unwind(Box::new(Killed));
+            }
+            n => s.set(n - 1),
+        });
+    }
+}
+
+/// A point where a simulated kill (tests only) can fall; nothing in other builds.
+macro_rules! kill_point {
+    () => {
+        #[cfg(test)]
+        crate::raw::kill::step();
+    };
+}
+
 /// Bytes of a segment's header, before its control bytes.
 pub(crate) const SEG_HEADER: usize = 64;
 const SEG_MAGIC: u32 = u32::from_le_bytes(*b"SwSg");
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"offSwiss");
-/// Format version of the table header and segments. 2: a segment header names its table
-/// (version 1 left that word zero).
+/// Format version of the table header and segments. 2: a segment header names its table,
+/// the header keeps the directory's handle and global depth in one word (switched by one
+/// store) and whether the table was closed cleanly.
 pub(crate) const VERSION: u32 = 2;
+/// The header's `state` while no process has the table open (it was dropped cleanly).
+const CLOSED: u32 = 0;
+/// The header's `state` while a process has the table open, and after one died with it open:
+/// `open` then repairs what the dead process left half done.
+const OPEN: u32 = 1;
 /// Maximum global depth of the directory (it is indexed by hash bits `40..64`).
 pub(crate) const MAX_DEPTH: u32 = 24;
 /// Maximum groups in one segment (2^16 groups = 2^20 slots; the group index uses hash bits
@@ -71,10 +111,16 @@ pub(crate) struct TableHeader {
     /// segments' lengths instead (so a table whose process died without dropping it opens
     /// with its true length).
     pub(crate) len: u64,
-    global_depth: u32,
+    /// [`CLOSED`] or [`OPEN`].
+    state: u32,
     _r0: u32,
+    /// The directory: its handle, and the global depth in the top 8 bits (one word, so that
+    /// one store switches both, and a process killed in between cannot tear them).
     dir: u64,
-    _pad: [u64; 2],
+    /// Directory words of segments that a structural change in progress allocated and has
+    /// not yet named in the directory, or no longer names and has not yet freed (0: none):
+    /// `open` frees those no directory entry names, after a process died in between.
+    pending: [u64; 2],
 }
 
 impl TableHeader {
@@ -150,6 +196,11 @@ const _: () = assert!(size_of::<SegRef<u64, u64>>() == 16 && DIR_SHIFT0 - MAX_DE
 /// Low bits of a directory word: the segment's handle; high 8 bits: log2 of its group count
 /// (so that `open` can find the header, which lies after the slots).
 const HANDLE_BITS: u32 = 56;
+
+/// The header's directory word: the directory's handle and the global depth.
+fn header_dir_word(handle: u64, global_depth: u32) -> u64 {
+    handle | u64::from(global_depth) << HANDLE_BITS
+}
 
 /// The stored directory word of a segment.
 fn dir_word(handle: u64, groups: usize) -> u64 {
@@ -277,6 +328,22 @@ pub(crate) fn key_eq<K: Pod>(a: &K, b: &K) -> bool {
         8 => int_eq::<K, u64>(a, b),
         16 => int_eq::<K, u128>(a, b),
         _ => bytemuck::bytes_of(a) == bytemuck::bytes_of(b),
+    }
+}
+
+/// Writes a full slot's control byte, after the slot's key and value: a release store, so
+/// that the compiler keeps the slot's writes before it. A process killed at any instruction
+/// leaves its stores in program order, so a control byte that says full never stands for a
+/// half-written entry in a file.
+///
+/// # Safety
+/// `c` must be a control byte of a segment the caller owns exclusively.
+#[inline(always)]
+pub(crate) unsafe fn publish(c: *mut u8, tag: u8) {
+    // SAFETY: a valid, exclusively owned byte (any byte is aligned for an AtomicU8), only
+    // accessed by this thread.
+    unsafe {
+        core::sync::atomic::AtomicU8::from_ptr(c).store(tag, core::sync::atomic::Ordering::Release)
     }
 }
 
@@ -423,9 +490,14 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// length in the process"). `store_len` writes it to the header.
     len: usize,
     pub(crate) root: Option<String>,
+    /// What `open` repaired, if the table had been left open (see [`RawTable::repair`]).
+    pub(crate) repaired: Option<RepairReport>,
     pub(crate) mem: M,
     _types: PhantomData<(K, V, H)>,
 }
+
+/// A block of memory as (address, size): what `open` checks for overlaps.
+type Block = (usize, usize);
 
 fn oob(offset: u64, len: usize) -> Error {
     Error::OffsetOutOfBounds {
@@ -476,6 +548,28 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         unsafe { (*self.hdr.as_ptr()).len = self.len() as u64 };
     }
 
+    /// Records the segments a structural change is about to leave unnamed by the directory
+    /// (new ones before it names them, old ones after it stops naming them), for `open` to
+    /// free after a process died in between; `None` clears a record. The compiler fences
+    /// keep the record's writes between the change's steps before and after it.
+    fn pend(&mut self, segs: [Option<SegRef<K, V>>; 2]) {
+        use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
+        compiler_fence(SeqCst);
+        // SAFETY: the header block is valid while the table lives; `&mut self`.
+        unsafe { (*self.hdr.as_ptr()).pending = segs.map(|s| s.map_or(0, |s| s.word())) };
+        compiler_fence(SeqCst);
+        kill_point!();
+    }
+
+    /// Records that the table was closed cleanly: its length, then (after it) the state
+    /// [`CLOSED`], so that `open` skips the repair a table left open by a dead process needs.
+    pub(crate) fn close(&mut self) {
+        self.store_len();
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        // SAFETY: as in `store_len`.
+        unsafe { (*self.hdr.as_ptr()).state = CLOSED };
+    }
+
     /// Frees a segment's block, first clearing its magic, so that a stale directory entry
     /// naming the freed block (in a corrupt file) finds no segment there.
     ///
@@ -488,7 +582,10 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
             let h = seg.hdr();
             let handle = (*h).handle;
             (*h).magic = 0;
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            kill_point!();
             mem.free(handle);
+            kill_point!();
         }
     }
 
@@ -569,10 +666,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             seed,
             checksum: 0,
             len: 0,
-            global_depth: 0,
+            state: OPEN,
             _r0: 0,
-            dir: dir_handle,
-            _pad: [0; 2],
+            dir: header_dir_word(dir_handle, 0),
+            pending: [0; 2],
         };
         h.checksum = h.checksum();
         // SAFETY: the header block is large enough and aligned to 64.
@@ -591,6 +688,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             at_global: 1,
             len: 0,
             root: None,
+            repaired: None,
             mem,
             _types: PhantomData,
         })
@@ -640,106 +738,64 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if !max_groups.is_power_of_two() || max_groups > MAX_GROUPS_LIMIT {
             return Err(Error::Corrupt("segment size out of range"));
         }
-        if h.global_depth > MAX_DEPTH {
+        let gd = (h.dir >> HANDLE_BITS) as u32;
+        let dir_handle = h.dir & ((1 << HANDLE_BITS) - 1);
+        if gd > MAX_DEPTH {
             return Err(Error::Corrupt("directory depth out of range"));
         }
-        let gd = h.global_depth;
         let n = 1usize << gd;
         let dir_ptr = mem
-            .ptr(h.dir, (n * 8) as u64)
-            .ok_or_else(|| oob(h.dir, n * 8))?
+            .ptr(dir_handle, (n * 8) as u64)
+            .ok_or_else(|| oob(dir_handle, n * 8))?
             .cast::<u64>();
         if dir_ptr.as_ptr() as usize % 8 != 0 {
             return Err(Error::Corrupt("misaligned directory"));
         }
+        let repair = h.state != CLOSED;
         // Blocks as (address, size), to check that none overlap.
-        let mut blocks: Vec<(usize, usize)> = vec![
+        let mut blocks: Vec<Block> = vec![
             (hp.as_ptr() as usize, hsize),
             (dir_ptr.as_ptr() as usize, n * 8),
         ];
         let mut dir: Vec<SegRef<K, V>> = Vec::with_capacity(n);
-        let mut total = 0u64;
-        let mut at_global = 0;
-        let mut i = 0;
-        while i < n {
+        let mut last = None;
+        for i in 0..n {
             // SAFETY: i < n and the directory block holds n u64s.
             let word = unsafe { dir_ptr.as_ptr().add(i).read() };
-            let off = word & ((1 << HANDLE_BITS) - 1);
-            let lg = word >> HANDLE_BITS;
-            if lg > u64::from(MAX_GROUPS_LIMIT.trailing_zeros()) {
-                return Err(Error::Corrupt("segment size out of range"));
+            if last == Some(word) {
+                dir.push(dir[i - 1]);
+                continue;
             }
-            let groups = 1usize << lg;
-            let (size, ctrl_off, align) =
-                seg_layout::<K, V>(groups).ok_or(Error::Corrupt("segment size overflows"))?;
-            let base = mem.ptr(off, size as u64).ok_or_else(|| oob(off, size))?;
-            if base.as_ptr() as usize % align != 0 {
-                return Err(Error::Corrupt("misaligned segment"));
-            }
-            // SAFETY: the block's `size` bytes are vouched for; the header lies inside them,
-            // 8-aligned (ctrl_off is a multiple of 16); any bytes are a valid SegHeader.
-            let sh = unsafe {
-                base.as_ptr()
-                    .add(ctrl_off - SEG_HEADER)
-                    .cast::<SegHeader>()
-                    .read()
-            };
-            if sh.magic != SEG_MAGIC {
-                return Err(Error::Corrupt("bad segment magic"));
-            }
-            if sh.depth > gd || sh.groups as usize != groups {
-                return Err(Error::Corrupt("segment depth or size out of range"));
-            }
-            let cap = (groups * GROUP_WIDTH) as u64;
-            if sh.len.checked_add(sh.deleted).map_or(true, |x| x > cap)
-                || sh.growth_left > max_load(groups) as u64
-            {
-                return Err(Error::Corrupt("segment counters out of range"));
-            }
-            let span = 1usize << (gd - sh.depth);
-            if i % span != 0 {
-                return Err(Error::Corrupt(
-                    "directory entries of a segment are misplaced",
-                ));
-            }
-            for j in i..i + span {
-                // SAFETY: j < n (i is a multiple of span, a power of two dividing n).
-                if unsafe { dir_ptr.as_ptr().add(j).read() } != word {
+            last = Some(word);
+            let (seg, block) = Self::check_segment(&mem, word, hdr_handle, gd, !repair)?;
+            blocks.push(block);
+            dir.push(seg);
+        }
+        if !repair {
+            // A table closed cleanly: each segment's entries must be exactly the aligned
+            // range its depth implies.
+            let mut i = 0;
+            while i < n {
+                let span = 1usize << (gd - dir[i].depth());
+                if i % span != 0 {
+                    return Err(Error::Corrupt(
+                        "directory entries of a segment are misplaced",
+                    ));
+                }
+                if dir[i..i + span].iter().any(|s| s.base != dir[i].base) {
                     return Err(Error::Corrupt("directory entries of a segment disagree"));
                 }
+                i += span;
             }
-            if sh.handle != off {
-                return Err(Error::Corrupt(
-                    "segment handle disagrees with the directory",
-                ));
-            }
-            if sh.table != hdr_handle {
-                return Err(Error::Corrupt("segment belongs to another table"));
-            }
-            if sh.depth == gd {
-                at_global += 1;
-            }
-            total += sh.len;
-            blocks.push((base.as_ptr() as usize, size));
-            let seg = SegRef {
-                // SAFETY: an offset inside the block just vouched for.
-                base: unsafe { NonNull::new_unchecked(base.as_ptr().add(ctrl_off - SEG_HEADER)) },
-                pmask: (groups - 1) * GROUP_WIDTH,
-                _types: PhantomData,
-            };
-            dir.extend(core::iter::repeat(seg).take(span));
-            i += span;
         }
-        // The header's `len` is not compared: it is written only when the table is dropped
-        // or cleared, so after a process died it is stale while every segment is sound.
-        let len = usize::try_from(total).map_err(|_| Error::Corrupt("table too long"))?;
         blocks.sort_unstable();
+        blocks.dedup();
         for w in blocks.windows(2) {
             if w[0].0 + w[0].1 > w[1].0 {
                 return Err(Error::Corrupt("blocks overlap"));
             }
         }
-        Ok(RawTable {
+        let mut t = RawTable {
             dir,
             shift: DIR_SHIFT0 - gd,
             seed: h.seed,
@@ -747,15 +803,260 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             hdr,
             hdr_handle,
             dir_ptr,
-            dir_handle: h.dir,
+            dir_handle,
             max_groups,
             sparse_len: shrink_at(max_groups),
-            at_global,
-            len,
+            at_global: 0,
+            len: 0,
             root: None,
+            repaired: None,
             mem,
             _types: PhantomData,
-        })
+        };
+        if repair {
+            t.repaired = Some(t.repair()?);
+        }
+        // The header's `len` is not used: it is written only when the table is closed, so
+        // after a process died it is stale while every segment is sound.
+        let (mut total, mut i) = (0u64, 0);
+        let mut named = Vec::new();
+        while i < n {
+            let seg = t.dir[i];
+            // SAFETY: the header is valid while the table lives.
+            total = total.saturating_add(unsafe { (*seg.hdr()).len });
+            if seg.depth() == gd {
+                t.at_global += 1;
+            }
+            named.push(seg.base);
+            i += t.span(seg.depth());
+        }
+        // Each segment must own one range: one named by two ranges would be freed by a split
+        // of either while the other still names it.
+        named.sort_unstable();
+        if named.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Corrupt("a segment is named by two directory ranges"));
+        }
+        t.len = usize::try_from(total).map_err(|_| Error::Corrupt("table too long"))?;
+        // Open until closed: a process that dies with the table open leaves it marked so.
+        // SAFETY: the header block is valid and aligned (checked above).
+        unsafe { (*t.hdr.as_ptr()).state = OPEN };
+        Ok(t)
+    }
+
+    /// Resolves and checks the segment a directory word names: a live block of the memory of
+    /// the segment's size, 64-aligned, with the segment magic, its own handle, this table's
+    /// header handle (`table`), a depth at most `gd` and (with `counters`) plausible counters.
+    /// Returns the segment and its block as (address, size).
+    fn check_segment(
+        mem: &M,
+        word: u64,
+        table: u64,
+        gd: u32,
+        counters: bool,
+    ) -> Result<(SegRef<K, V>, Block), Error> {
+        let off = word & ((1 << HANDLE_BITS) - 1);
+        let lg = word >> HANDLE_BITS;
+        if lg > u64::from(MAX_GROUPS_LIMIT.trailing_zeros()) {
+            return Err(Error::Corrupt("segment size out of range"));
+        }
+        let groups = 1usize << lg;
+        let (size, ctrl_off, align) =
+            seg_layout::<K, V>(groups).ok_or(Error::Corrupt("segment size overflows"))?;
+        let base = mem.ptr(off, size as u64).ok_or_else(|| oob(off, size))?;
+        if base.as_ptr() as usize % align != 0 {
+            return Err(Error::Corrupt("misaligned segment"));
+        }
+        // SAFETY: the block's `size` bytes are vouched for; the header lies inside them,
+        // 8-aligned (ctrl_off is a multiple of 16); any bytes are a valid SegHeader.
+        let sh = unsafe {
+            base.as_ptr()
+                .add(ctrl_off - SEG_HEADER)
+                .cast::<SegHeader>()
+                .read()
+        };
+        if sh.magic != SEG_MAGIC {
+            return Err(Error::Corrupt("bad segment magic"));
+        }
+        if sh.depth > gd || sh.groups as usize != groups {
+            return Err(Error::Corrupt("segment depth or size out of range"));
+        }
+        let cap = (groups * GROUP_WIDTH) as u64;
+        if counters
+            && (sh.len.checked_add(sh.deleted).map_or(true, |x| x > cap)
+                || sh.growth_left > max_load(groups) as u64)
+        {
+            return Err(Error::Corrupt("segment counters out of range"));
+        }
+        if sh.handle != off {
+            return Err(Error::Corrupt(
+                "segment handle disagrees with the directory",
+            ));
+        }
+        if sh.table != table {
+            return Err(Error::Corrupt("segment belongs to another table"));
+        }
+        let seg = SegRef {
+            // SAFETY: an offset inside the block just vouched for.
+            base: unsafe { NonNull::new_unchecked(base.as_ptr().add(ctrl_off - SEG_HEADER)) },
+            pmask: (groups - 1) * GROUP_WIDTH,
+            _types: PhantomData,
+        };
+        Ok((seg, (base.as_ptr() as usize, size)))
+    }
+
+    /// Repairs a table that a process left open (it died, or never dropped the table):
+    /// finishes or undoes the structural change that was in progress, and recounts every
+    /// segment's counters from its control bytes (an insert or removal killed between its
+    /// control byte and its counters left them one off). O(capacity / 16), plus one
+    /// segment's moves.
+    ///
+    /// A structural change in progress shows as a directory range whose entries disagree.
+    /// The shallowest segment among them is always whole: a split or rebuild fills its new
+    /// segments before the directory names them (the old one stays whole until it is freed),
+    /// and an in-place merge lowers its destination's depth before it moves the buddy's
+    /// entries in (the buddy stays whole until it is freed). So the range goes to the
+    /// shallowest segment, after it takes what it lacks of the others' entries (nothing,
+    /// unless a merge was cut short), and the others are freed.
+    fn repair(&mut self) -> Result<RepairReport, Error> {
+        let mut report = RepairReport::default();
+        let n = self.dir.len();
+        // Runs of equal entries as (depth, first index), shallowest first: a shallower
+        // segment's range contains any deeper one it meets (aligned powers of two nest), so
+        // taken in this order each range is decided before any range inside it.
+        let mut order: Vec<(u32, usize)> = (0..n)
+            .filter(|&j| j == 0 || self.dir[j].base != self.dir[j - 1].base)
+            .map(|j| (self.dir[j].depth(), j))
+            .collect();
+        order.sort_unstable();
+        let mut covered = vec![false; n];
+        let mut losers: Vec<SegRef<K, V>> = Vec::new();
+        for (depth, j) in order {
+            if covered[j] {
+                continue;
+            }
+            let span = self.span(depth);
+            let start = j & !(span - 1);
+            covered[start..start + span].fill(true);
+            let win = self.dir[j];
+            let mut others: Vec<SegRef<K, V>> = self.dir[start..start + span]
+                .iter()
+                .copied()
+                .filter(|s| s.base != win.base)
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            others.sort_unstable_by_key(|s| s.base);
+            others.dedup_by_key(|s| s.base);
+            let prefix = (start >> (self.global_depth() - depth)) as u64;
+            for s in &others {
+                report.moved += self.absorb(&win, s, depth, prefix)?;
+            }
+            self.set_range(start, depth, win);
+            report.ranges += 1;
+            losers.extend(others);
+        }
+        if covered.contains(&false) {
+            return Err(Error::Corrupt(
+                "directory entries of a segment are misplaced",
+            ));
+        }
+        let mut named: Vec<NonNull<u8>> = self.dir.iter().map(|s| s.base).collect();
+        named.sort_unstable();
+        named.dedup();
+        losers.sort_unstable_by_key(|s| s.base);
+        losers.dedup_by_key(|s| s.base);
+        for l in losers {
+            if named.binary_search(&l.base).is_err() {
+                // SAFETY: a segment of this table (checked on open) that no directory entry
+                // names any more, freed once (deduplicated; freeing clears its magic).
+                unsafe { Self::free_segment(&self.mem, l) };
+                report.freed += 1;
+            }
+        }
+        // Segments a structural change had allocated and not yet named, or unnamed and not
+        // yet freed: freed if they are still live segments of this table (checked as on
+        // open: a record is untrusted like the rest of the file) that no entry names.
+        // SAFETY: the header block is valid while the table lives.
+        let pending = unsafe { (*self.hdr.as_ptr()).pending };
+        for w in pending.into_iter().filter(|&w| w != 0) {
+            let gd = self.global_depth();
+            if let Ok((seg, _)) = Self::check_segment(&self.mem, w, self.hdr_handle, gd, false) {
+                if named.binary_search(&seg.base).is_err() {
+                    // SAFETY: as above (a freed segment fails the check: no magic).
+                    unsafe { Self::free_segment(&self.mem, seg) };
+                    report.freed += 1;
+                }
+            }
+        }
+        self.pend([None, None]);
+        let mut i = 0;
+        while i < n {
+            let seg = self.dir[i];
+            let (mut full, mut free, mut empty) = (0u64, 0u64, 0u64);
+            for g in 0..=seg.mask() {
+                // SAFETY: g <= mask.
+                let grp = unsafe { seg.group(g) };
+                full += u64::from(grp.match_full().0.count_ones());
+                free += u64::from(grp.match_empty_or_deleted().0.count_ones());
+                empty += u64::from(grp.match_empty().0.count_ones());
+            }
+            let deleted = free - empty;
+            // SAFETY: the header is valid while the table lives; `&mut self`.
+            unsafe {
+                let hdr = seg.hdr();
+                let growth_left = (max_load(seg.groups()) as u64).saturating_sub(full + deleted);
+                if ((*hdr).len, (*hdr).deleted, (*hdr).growth_left) != (full, deleted, growth_left)
+                {
+                    report.recounted += 1;
+                    (*hdr).len = full;
+                    (*hdr).deleted = deleted;
+                    (*hdr).growth_left = growth_left;
+                }
+            }
+            i += self.span(seg.depth());
+        }
+        Ok(report)
+    }
+
+    /// Copies into `to` the entries of `from` that belong to the directory range of depth
+    /// `depth` and hash prefix `prefix` and that `to` lacks (the rest of a merge that a dead
+    /// process cut short). Leaves the counters to the caller. Returns how many it copied.
+    fn absorb(
+        &self,
+        to: &SegRef<K, V>,
+        from: &SegRef<K, V>,
+        depth: u32,
+        prefix: u64,
+    ) -> Result<usize, Error> {
+        let mut moved = 0;
+        for g in 0..=from.mask() {
+            // SAFETY: g <= mask.
+            for b in unsafe { from.group(g) }.match_full() {
+                let i = g * GROUP_WIDTH + b;
+                // SAFETY: i < capacity.
+                let src = unsafe { from.slot(i) };
+                // SAFETY: a full slot; any bytes are a valid Pod key.
+                let key = unsafe { (*src).key };
+                let h = self.hash(&key);
+                if depth > 0 && h >> (64 - depth) != prefix {
+                    continue;
+                }
+                if find_in(to, h, &key).is_some() {
+                    continue;
+                }
+                let j = find_free(to, h)
+                    .ok_or(Error::Corrupt("no room to finish a merge left half done"))?;
+                // SAFETY: j < to.capacity(); distinct blocks (checked not to overlap); both
+                // segments are this table's.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(src, to.slot(j), 1);
+                    publish(to.ctrl_at(j), tag(h));
+                }
+                moved += 1;
+            }
+        }
+        Ok(moved)
     }
 
     /// A new empty segment of table `table` (its header's handle).
@@ -805,6 +1106,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     fn alloc_dir(mem: &M, n: usize) -> Result<(u64, NonNull<u64>), Error> {
         let bytes = (n * 8) as u64;
         let h = mem.alloc(bytes, 8)?;
+        if h >> HANDLE_BITS != 0 {
+            // SAFETY: just allocated, never shared.
+            unsafe { mem.free(h) };
+            return Err(Error::Alloc {
+                size: bytes,
+                align: 8,
+                source: Some("memory returned a handle of 2^56 or more".into()),
+            });
+        }
         match mem.ptr(h, bytes) {
             Some(p) => Ok((h, p.cast())),
             None => {
@@ -872,17 +1182,18 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         find_in(&self.seg_at(h), h, key).map(|x| x.slot)
     }
 
-    /// Finds `key`, or inserts it. Returns the slot and whether the key was there already; a
-    /// new slot's value is not written: the caller must write it before anything reads it.
+    /// Finds `key`, or inserts `key -> value`. Returns the slot and whether the key was there
+    /// already (then its value is left as it was).
     #[inline(always)]
     pub(crate) fn find_or_insert(
         &mut self,
         h: u64,
         key: K,
+        value: V,
     ) -> Result<(*mut Slot<K, V>, bool), Error> {
-        match self.find_or_insert_in_place(h, key) {
+        match self.find_or_insert_in_place(h, key, value) {
             Some(r) => Ok(r),
-            None => self.find_or_insert_growing(h, key),
+            None => self.find_or_insert_growing(h, key, value),
         }
     }
 
@@ -896,10 +1207,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         &mut self,
         h: u64,
         key: K,
+        value: V,
     ) -> Result<(*mut Slot<K, V>, bool), Error> {
         loop {
             self.make_room(self.dir_index(h))?;
-            if let Some(r) = self.find_or_insert_in_place(h, key) {
+            if let Some(r) = self.find_or_insert_in_place(h, key, value) {
                 return Ok(r);
             }
         }
@@ -912,6 +1224,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         &mut self,
         h: u64,
         key: K,
+        value: V,
     ) -> Option<(*mut Slot<K, V>, bool)> {
         let seg = self.seg_at(h);
         let i = match probe(&seg, h, &key) {
@@ -925,17 +1238,21 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         unsafe {
             let hdr = seg.hdr();
             let c = seg.ctrl_at(i);
-            if *c == DELETED {
-                (*hdr).deleted = (*hdr).deleted.saturating_sub(1);
-            } else if (*hdr).growth_left == 0 {
+            let reuse = *c == DELETED;
+            if !reuse && (*hdr).growth_left == 0 {
                 return None;
+            }
+            let s = seg.slot(i);
+            s.write(Slot { key, value });
+            kill_point!();
+            publish(c, tag(h));
+            kill_point!();
+            if reuse {
+                (*hdr).deleted = (*hdr).deleted.saturating_sub(1);
             } else {
                 (*hdr).growth_left -= 1;
             }
-            *c = tag(h);
             (*hdr).len = (*hdr).len.wrapping_add(1);
-            let s = seg.slot(i);
-            core::ptr::addr_of_mut!((*s).key).write(key);
             self.add_len(1);
             Some((s, false))
         }
@@ -1006,9 +1323,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let hdr = seg.hdr();
             if group_has_empty {
                 *seg.ctrl_at(i) = EMPTY;
+                kill_point!();
                 (*hdr).growth_left += 1;
             } else {
                 *seg.ctrl_at(i) = DELETED;
+                kill_point!();
                 (*hdr).deleted += 1;
             }
             // Wrapping: a corrupt file's length may be short of its full slots; a wrong
@@ -1106,8 +1425,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                         reused[k] += u64::from(*c == DELETED);
                     }
                     core::ptr::copy_nonoverlapping(src, dst.slot(j), 1);
-                    *c = tag(h);
+                    publish(c, tag(h));
                 }
+                kill_point!();
                 moved[k] += 1;
             }
         }
@@ -1131,11 +1451,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     fn set_range(&mut self, idx: usize, depth: u32, seg: SegRef<K, V>) {
         let span = self.span(depth);
         let start = idx & !(span - 1);
+        // The directory names the segment only after everything written into it.
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         for j in start..start + span {
             self.dir[j] = seg;
             // SAFETY: j < dir.len() == the stored directory's length.
             unsafe { self.dir_ptr.as_ptr().add(j).write(seg.word()) };
+            kill_point!();
         }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 
     /// Rebuilds the segment at `idx` into a fresh one of `groups` groups (dropping its
@@ -1145,10 +1469,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let n = Self::count_full(&old);
         let groups = groups.max(groups_for(n, 1, 1));
         let new = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth())?;
+        self.pend([Some(new), None]);
         self.move_all(&old, &new);
         self.set_range(idx, old.depth(), new);
+        self.pend([Some(old), None]);
         // SAFETY: `old` is no longer referenced by the directory.
         unsafe { Self::free_segment(&self.mem, old) };
+        self.pend([None, None]);
         Ok(())
     }
 
@@ -1166,14 +1493,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             idx *= 2;
         }
         let a = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1)?;
+        self.pend([Some(a), None]);
         let b = match Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1) {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
                 unsafe { Self::free_segment(&self.mem, a) };
+                self.pend([None, None]);
                 return Err(e);
             }
         };
+        self.pend([Some(a), Some(b)]);
         let bit = 63 - old.depth();
         self.move_entries::<true>(&old, [&a, &b], |h| (h >> bit) as usize & 1);
         let span = self.span(old.depth());
@@ -1183,8 +1513,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if a.depth() == self.global_depth() {
             self.at_global += 2;
         }
+        self.pend([Some(old), None]);
         // SAFETY: `old` is no longer referenced by the directory.
         unsafe { Self::free_segment(&self.mem, old) };
+        self.pend([None, None]);
         Ok(start)
     }
 
@@ -1196,13 +1528,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: the block holds n u64s.
             unsafe { p.as_ptr().add(j).write(s.word()) };
         }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        kill_point!();
         let old = self.dir_handle;
         self.dir_handle = h;
         self.dir_ptr = p;
         // SAFETY: header valid; `&mut self`.
         unsafe {
-            (*self.hdr.as_ptr()).dir = h;
-            (*self.hdr.as_ptr()).global_depth = self.global_depth();
+            // One store switches the directory and its depth (a kill never tears them).
+            (*self.hdr.as_ptr()).dir = header_dir_word(h, self.global_depth());
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            kill_point!();
             self.mem.free(old);
         }
         Ok(())
@@ -1303,12 +1639,18 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // In place: the fuller segment takes the other's entries. Its own entries stay
             // where they are (a probe's start does not depend on the depth), so this moves
             // only the smaller half and allocates nothing.
-            self.move_into_live(&src, &dst);
+            // The depth first: from here on, `open` after a kill sees the buddies' range
+            // disagree, takes `dst` (the shallower segment, whose range is the whole of it)
+            // and finishes the move from `src`, which stays whole until it is freed.
             // SAFETY: header valid; `&mut self`.
             unsafe { (*dst.hdr()).depth = depth };
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+            self.move_into_live(&src, &dst);
             self.set_range(idx, depth, dst);
+            self.pend([Some(src), None]);
             // SAFETY: `src` is no longer referenced by the directory.
             unsafe { Self::free_segment(&self.mem, src) };
+            self.pend([None, None]);
         } else {
             let m = match Self::new_segment(&self.mem, self.hdr_handle, groups, depth) {
                 Ok(m) => m,
@@ -1319,14 +1661,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     return Err(e);
                 }
             };
+            self.pend([Some(m), None]);
             self.move_all(&a, &m);
             self.move_all(&b, &m);
             self.set_range(idx, m.depth(), m);
+            self.pend([Some(a), Some(b)]);
             // SAFETY: neither block is referenced by the directory any more.
             unsafe {
                 Self::free_segment(&self.mem, a);
                 Self::free_segment(&self.mem, b);
             }
+            self.pend([None, None]);
         }
         if halve {
             self.halve_dir();

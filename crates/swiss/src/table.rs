@@ -82,6 +82,26 @@ pub struct TableStats {
     pub bytes: usize,
 }
 
+/// What [`SwissTable::open_in`] repaired in a table that a process left open (it was
+/// killed, or never dropped the table); see [`SwissTable::repair_report`].
+///
+/// Inserts and removes are atomic with respect to a process dying at any instruction: each
+/// entry is written whole before its control byte says so. What a dead process can leave
+/// behind is a structural change half done (a split, rebuild or merge: a directory range
+/// whose entries disagree) and segment counters one off. `open_in` finishes or undoes the
+/// first and recounts the second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Directory ranges whose entries disagreed (a split, rebuild or merge cut short).
+    pub ranges: usize,
+    /// Entries moved to finish a merge that was cut short.
+    pub moved: usize,
+    /// Segments freed that no directory entry names any more.
+    pub freed: usize,
+    /// Segments whose stored counters disagreed with their control bytes.
+    pub recounted: usize,
+}
+
 /// A SwissTable of plain-old-data keys and values, stored inline in a [`TableMemory`]
 /// (by default an anonymous [`offheap_mmap::Region`]).
 ///
@@ -196,6 +216,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// Opens the table stored under the root `name` in `mem`. O(segments): reads and checks
     /// the header, the directory and each segment's header (never the entries). Wrong
     /// key/value types, another hash function, or anything inconsistent gives an error.
+    ///
+    /// A table that a process left open (it was killed, or never dropped the table) is
+    /// repaired first: a split, rebuild or merge it was in the middle of is finished or
+    /// undone, and the segments' counters are recounted from their control bytes, which
+    /// reads every control byte (O(capacity / 16)). [`repair_report`](Self::repair_report)
+    /// says what was done. Every operation that returned before the process died is in the
+    /// table, and the one in flight is whole or absent. Only one process may have a table
+    /// open at a time: another one's open would take the live table for a dead one's.
     pub fn open_in(mem: M, name: &str) -> Result<Self, Error> {
         let h = mem
             .root(name)
@@ -205,14 +233,42 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         Ok(SwissTable { raw })
     }
 
-    /// Frees every block of the table and removes its root name (if it has one).
+    /// What `open_in` repaired: `None` if the table had been closed cleanly (dropped), else
+    /// what a process that died with it open had left half done (see [`RepairReport`]).
+    ///
+    /// ```
+    /// use offheap_mmap::Region;
+    /// use offheap_swiss::SwissTable;
+    ///
+    /// let region = Region::anonymous()?;
+    /// let mut t = SwissTable::<u64, u64, &Region>::create_in(&region, "t")?;
+    /// t.insert(1, 2);
+    /// drop(t);
+    /// let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t")?;
+    /// assert_eq!(t.repair_report(), None);
+    /// std::mem::forget(t); // as if the process died with the table open
+    /// let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t")?;
+    /// assert_eq!(t.repair_report().map(|r| r.ranges), Some(0));
+    /// assert_eq!(t.get(&1), Some(&2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn repair_report(&self) -> Option<RepairReport> {
+        self.raw.repaired
+    }
+
+    /// Removes the table's root name (if it has one) and frees every block of the table. If
+    /// the name cannot be removed, nothing is freed and the error comes back.
     pub fn destroy(self) -> Result<(), Error> {
         let mut this = core::mem::ManuallyDrop::new(self);
-        this.raw.free_all();
+        // The name first: a process killed while freeing leaks blocks, rather than leaving
+        // a name that leads to freed ones.
         let r = match this.raw.root.take() {
             Some(n) => this.raw.mem.set_root(&n, None),
             None => Ok(()),
         };
+        if r.is_ok() {
+            this.raw.free_all();
+        }
         // SAFETY: `this` is never used again and its `Drop` never runs; reading the raw table
         // out once drops the memory handle, the directory mirror and the name.
         drop(unsafe { core::ptr::read(&this.raw) });
@@ -305,7 +361,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         // Not through `try_insert`: an `Option<V>` comes back in registers, a
         // `Result<Option<V>, Error>` through memory.
         let h = self.raw.hash(&key);
-        match self.raw.find_or_insert_in_place(h, key) {
+        match self.raw.find_or_insert_in_place(h, key, value) {
             // SAFETY: as in `try_insert`.
             Some((s, existed)) => unsafe { Self::put(s, existed, value) },
             None => self.insert_growing(h, key, value),
@@ -317,7 +373,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     #[cold]
     #[inline(never)]
     fn insert_growing(&mut self, h: u64, key: K, value: V) -> Option<V> {
-        let (s, existed) = match self.raw.find_or_insert_growing(h, key) {
+        let (s, existed) = match self.raw.find_or_insert_growing(h, key, value) {
             Ok(x) => x,
             Err(e) => grow_failed(e),
         };
@@ -325,23 +381,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         unsafe { Self::put(s, existed, value) }
     }
 
-    /// Writes `value` into the slot `find_or_insert` returned, returning the old value.
+    /// Writes `value` into the slot `find_or_insert` returned if the key was there already
+    /// (a new entry was written whole by `find_or_insert`), returning the old value.
     ///
     /// # Safety
     /// `s` must be a full slot of this table, accessed uniquely; `existed` as returned.
     #[inline(always)]
     unsafe fn put(s: *mut Slot<K, V>, existed: bool, value: V) -> Option<V> {
-        // SAFETY: per the caller's promise; a new slot's value is written here, before
-        // anything reads it (a raw write: no reference to the unwritten value is made).
-        unsafe {
-            let v = core::ptr::addr_of_mut!((*s).value);
-            if existed {
-                Some(core::ptr::replace(v, value))
-            } else {
-                v.write(value);
-                None
-            }
-        }
+        // SAFETY: per the caller's promise.
+        existed.then(|| unsafe { core::ptr::replace(core::ptr::addr_of_mut!((*s).value), value) })
     }
 
     /// Inserts `key -> value`, returning the previous value, or an error if the table had to
@@ -349,7 +397,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     #[inline]
     pub fn try_insert(&mut self, key: K, value: V) -> Result<Option<V>, Error> {
         let h = self.raw.hash(&key);
-        let (s, existed) = self.raw.find_or_insert(h, key)?;
+        let (s, existed) = self.raw.find_or_insert(h, key, value)?;
         // SAFETY: `s` is a full slot of this table; `&mut self` makes the access unique.
         Ok(unsafe { Self::put(s, existed, value) })
     }
@@ -651,11 +699,12 @@ impl<K, V, M: TableMemory, H> Drop for SwissTable<K, V, M, H> {
     fn drop(&mut self) {
         // A table without a root name is unreachable once dropped: give its blocks back.
         // A named (persistent) table stays in its memory for `open_in`, its header's length
-        // brought up to date (for tools that read it; `open_in` sums the segments').
+        // brought up to date (for tools that read it; `open_in` sums the segments') and marked
+        // closed (so that `open_in` knows no repair is needed).
         if self.raw.root.is_none() {
             self.raw.free_all();
         } else {
-            self.raw.store_len();
+            self.raw.close();
         }
     }
 }
@@ -937,7 +986,7 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> VacantEntry<'a, K, V, M,
         let (s, _) = self
             .table
             .raw
-            .find_or_insert(self.h, self.key)
+            .find_or_insert(self.h, self.key, value)
             .expect("offheap-swiss: out of memory while growing");
         // SAFETY: a full slot of the table borrowed mutably for 'a; its value is written
         // (raw, whether it was new or not) before the reference is made.

@@ -131,7 +131,6 @@ fn length_comes_from_the_segments_not_the_header() {
 }
 
 /// Reads/writes a u64 at byte `at` of the block at `off`.
-#[cfg(not(miri))]
 fn poke(region: &Region, off: u64, at: u64, f: impl FnOnce(u64) -> u64) {
     let p = region.ptr_raw(off, at + 8).unwrap();
     // SAFETY: the 8 bytes lie inside the mapping (checked by ptr_raw); the test owns the region.
@@ -172,10 +171,10 @@ fn corrupt_tables_give_typed_errors() {
         (0, |x| x ^ 1, |e| matches!(e, Error::Corrupt(_))), // magic
         (8, |x| x + 1, |e| matches!(e, Error::UnsupportedVersion(_))), // version
         (40, |x| x ^ 4, |e| matches!(e, Error::Corrupt(_))), // seed: checksum
-        (64, |x| x + 30, |e| matches!(e, Error::Corrupt(_))), // global depth
+        (72, |x| x + (30 << 56), |e| matches!(e, Error::Corrupt(_))), // global depth
         (
             72,
-            |_| 1 << 60,
+            |x| (x & (0xFF << 56)) | 1 << 50,
             |e| matches!(e, Error::OffsetOutOfBounds { .. }),
         ), // directory
         (
@@ -199,7 +198,7 @@ fn corrupt_tables_give_typed_errors() {
     let dir_off = {
         let p = region.ptr_raw(hdr, 80).unwrap();
         // SAFETY: 80 bytes in bounds.
-        unsafe { p.as_ptr().add(72).cast::<u64>().read_unaligned() }
+        unsafe { p.as_ptr().add(72).cast::<u64>().read_unaligned() & ((1 << 56) - 1) }
     };
     drop(region);
     type Mutate2 = fn(u64) -> u64;
@@ -237,7 +236,6 @@ fn corrupt_tables_give_typed_errors() {
 
 /// The segments of the table whose header is at `hdr`, as the offsets of their headers (each
 /// followed by its control bytes) and their slot counts, read from the stored directory.
-#[cfg(not(miri))]
 fn segment_headers(region: &Region, hdr: u64) -> Vec<(u64, u64)> {
     let word = |at: u64| {
         let mut w = 0;
@@ -247,7 +245,8 @@ fn segment_headers(region: &Region, hdr: u64) -> Vec<(u64, u64)> {
         });
         w
     };
-    let (depth, dir) = (word(64) & 0xFFFF_FFFF, word(72));
+    // The header's directory word: the handle, and the global depth in the top 8 bits.
+    let (depth, dir) = (word(72) >> 56, word(72) & ((1 << 56) - 1));
     let mut segs = Vec::new();
     for j in 0..1u64 << depth {
         let mut w = 0;
@@ -396,11 +395,13 @@ fn a_directory_entry_must_name_a_live_segment_of_its_table() {
         });
         w
     };
-    // Header: global depth (u32) at 64, directory handle at 72 (outside the checksum).
-    let (dir_a, dir_b) = (read(ha, 72), read(hb, 72));
+    // Header: the directory's handle at 72, the global depth in its top 8 bits (outside the
+    // checksum).
+    let handle = |w: u64| w & ((1 << 56) - 1);
+    let (dir_a, dir_b) = (handle(read(ha, 72)), handle(read(hb, 72)));
     let word_b = read(dir_b, 0);
     let (seg_b, _) = segment_headers(&region, hb)[0];
-    poke(&region, ha, 64, |x| x & !0xFFFF_FFFF);
+    poke(&region, ha, 72, handle);
     poke(&region, dir_a, 0, |_| word_b);
     match SwissTable::<u64, u64, &Region>::open_in(&region, "a") {
         Err(Error::Corrupt(what)) => assert!(what.contains("another table"), "{what}"),
@@ -427,4 +428,87 @@ fn a_directory_entry_must_name_a_live_segment_of_its_table() {
         SwissTable::<u64, u64, &Region>::open_in(&region, "a"),
         Err(Error::OffsetOutOfBounds { .. })
     ));
+}
+
+/// A table found open (its process died) whose in-place merge was cut short after the
+/// destination's depth was lowered: `open_in` finishes the merge (the destination takes the
+/// buddy's entries, the whole range goes to it, the buddy is freed) and recounts the
+/// counters. Anonymous memory, so that miri runs the repair.
+#[test]
+fn a_merge_cut_short_is_finished_on_open() {
+    let region = Region::anonymous().unwrap();
+    {
+        let opts = TableOptions::new().segment_slots(32);
+        let mut t = SwissTable::<u64, u64, &Region>::create_in_with(&region, "t", opts).unwrap();
+        // 29 entries: one full 32-slot segment split into two buddies at depth 1.
+        for i in 0..29 {
+            t.insert(i, i * 3);
+        }
+        assert_eq!((t.stats().segments, t.stats().global_depth), (2, 1));
+    }
+    let hdr = region.root("t").unwrap().get();
+    let segs = segment_headers(&region, hdr);
+    let (dst, _) = segs[0];
+    // Segment header: depth (u32) at 4; table header: state (u32) at 64 (1: open).
+    poke(&region, dst, 0, |x| x & 0xFFFF_FFFF);
+    poke(&region, hdr, 64, |x| (x & !0xFFFF_FFFF) | 1);
+    let mut t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
+    let rep = t.repair_report().unwrap();
+    assert_eq!((rep.ranges, rep.freed), (1, 1), "{rep:?}");
+    assert!(rep.moved > 0 && rep.recounted > 0, "{rep:?}");
+    assert_eq!(t.len(), 29);
+    assert!((0..29).all(|i| t.get(&i) == Some(&(i * 3))));
+    assert_eq!((t.stats().segments, t.stats().global_depth), (1, 1));
+    // Header, directory, one segment: the buddy was freed.
+    assert_eq!(region.stats().allocations, 3);
+    for i in 29..200 {
+        t.insert(i, i * 3);
+    }
+    assert!((0..200).all(|i| t.get(&i) == Some(&(i * 3))));
+    drop(t);
+    let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
+    assert_eq!(t.repair_report(), None);
+    assert_eq!(t.len(), 200);
+    region.check().unwrap();
+}
+
+/// A segment named by two directory ranges (each consistent on its own) is refused: a split
+/// of one range would free the segment while the other still names it.
+#[cfg(not(miri))]
+#[test]
+fn a_segment_named_by_two_ranges_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, stats) = table_file(&dir, 32, 200);
+    assert!(stats.global_depth >= 2, "{stats:?}");
+    let region = Region::open(&path).unwrap();
+    let hdr = region.root("kv").unwrap().get();
+    let mut dword = 0;
+    poke(&region, hdr, 72, |x| {
+        dword = x;
+        x
+    });
+    let (gd, dir_off) = (dword >> 56, dword & ((1 << 56) - 1));
+    let read = |j: u64| {
+        let mut w = 0;
+        poke(&region, dir_off, 8 * j, |x| {
+            w = x;
+            x
+        });
+        w
+    };
+    // The range of entry 0's segment, then the same number of entries after it.
+    let first = read(0);
+    let span = (0..1u64 << gd).take_while(|&j| read(j) == first).count() as u64;
+    assert!(2 * span <= 1 << gd);
+    for j in span..2 * span {
+        poke(&region, dir_off, 8 * j, |_| first);
+    }
+    match SwissTable::<u64, u64, &Region>::open_in(&region, "kv") {
+        Err(Error::Corrupt(what)) => assert!(what.contains("two directory ranges"), "{what}"),
+        other => panic!("opened a segment named twice: {:?}", other.map(|t| t.len())),
+    };
+    // Also when the table was left open, so that the repair resolves the ranges first
+    // (`swiss_file` found a split freeing a segment still named, after such a repair).
+    poke(&region, hdr, 64, |x| (x & !0xFFFF_FFFF) | 1);
+    assert!(SwissTable::<u64, u64, &Region>::open_in(&region, "kv").is_err());
 }

@@ -1,0 +1,242 @@
+//! Simulated kills at every step of growth and shrink (see `raw::kill`). For each step `k`
+//! of an operation sequence, a copy of a table file runs the sequence and "dies" after `k`
+//! steps, leaving the file as it is; reopened, the table must hold every completed operation
+//! and the one in flight whole or not at all, report the repair, hold up under more
+//! operations, and leak at most one directory block.
+
+use crate::raw::kill::{Killed, STEPS_LEFT};
+use crate::{RepairReport, SwissTable, TableOptions};
+use offheap_mmap::{Region, RegionOptions};
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+type T<'r> = SwissTable<u64, u64, &'r Region>;
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Insert(u64),
+    Remove(u64),
+    Shrink,
+    Reserve(usize),
+}
+
+/// The value an insert of `k` stores.
+fn val(k: u64) -> u64 {
+    k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+fn apply(t: &mut T<'_>, op: Op) {
+    match op {
+        Op::Insert(k) => {
+            t.insert(k, val(k));
+        }
+        Op::Remove(k) => {
+            t.remove(&k);
+        }
+        Op::Shrink => t.shrink_to_fit(),
+        Op::Reserve(n) => t.reserve(n),
+    }
+}
+
+fn model(ops: &[Op]) -> HashMap<u64, u64> {
+    let mut m = HashMap::new();
+    for op in ops {
+        match *op {
+            Op::Insert(k) => {
+                m.insert(k, val(k));
+            }
+            Op::Remove(k) => {
+                m.remove(&k);
+            }
+            Op::Shrink | Op::Reserve(_) => {}
+        }
+    }
+    m
+}
+
+fn contents(t: &T<'_>) -> HashMap<u64, u64> {
+    let m: HashMap<u64, u64> = t.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(m.len(), t.iter().count(), "a key is in the table twice");
+    m
+}
+
+/// Blocks of the region beyond the table's segments, header and directory.
+fn extra_blocks(r: &Region, t: &T<'_>) -> u64 {
+    r.stats().allocations - (t.stats().segments as u64 + 2)
+}
+
+fn options() -> RegionOptions {
+    RegionOptions::new().initial_size(256 << 10)
+}
+
+/// Kills `ops`, run on the table that `setup` built, at every step; returns the number of
+/// kills and the sum of the repairs.
+fn kill_everywhere(setup: &[Op], ops: &[Op]) -> (u64, RepairReport) {
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let base = dir.path().join("base.region");
+    {
+        let r = Region::create(&base, &options()).unwrap();
+        let topts = TableOptions::new().segment_slots(32).seed(3);
+        let mut t = T::create_in_with(&r, "t", topts).unwrap();
+        for op in setup {
+            apply(&mut t, *op);
+        }
+    }
+    let mut total = RepairReport::default();
+    for k in 0.. {
+        let path = dir.path().join("k.region");
+        std::fs::copy(&base, &path).unwrap();
+        let mut done = 0;
+        {
+            let r = Region::open_with(&path, &options()).unwrap();
+            let mut t = ManuallyDrop::new(T::open_in(&r, "t").unwrap());
+            STEPS_LEFT.with(|s| s.set(k));
+            let res = catch_unwind(AssertUnwindSafe(|| {
+                for op in ops {
+                    apply(&mut t, *op);
+                    done += 1;
+                }
+            }));
+            STEPS_LEFT.with(|s| s.set(u64::MAX));
+            match res {
+                Ok(()) => {
+                    // Every step ran: the sequence is done, and so is the test.
+                    let t = ManuallyDrop::into_inner(t);
+                    assert_eq!(contents(&t), model(&[setup, ops].concat()));
+                    return (k, total);
+                }
+                Err(p) => assert!(p.is::<Killed>(), "a real panic at step {k}"),
+            }
+            // `t` is forgotten: the process died with the table open.
+        }
+        let rep = check_reopened(&path, setup, ops, done, k);
+        total.ranges += rep.ranges;
+        total.moved += rep.moved;
+        total.freed += rep.freed;
+        total.recounted += rep.recounted;
+    }
+    unreachable!()
+}
+
+/// Reopens what a kill after `k` steps left (`done` operations completed) and checks it.
+/// For odd `k`, a first open is itself killed after `k / 2 % 5` steps of its repair (when
+/// the repair has that many), so that the second repairs what the first left half done.
+fn check_reopened(path: &Path, setup: &[Op], ops: &[Op], done: usize, k: u64) -> RepairReport {
+    let first = if k % 2 == 0 {
+        None
+    } else {
+        let r = Region::open_with(path, &options()).unwrap();
+        STEPS_LEFT.with(|s| s.set(k / 2 % 5));
+        let res = catch_unwind(AssertUnwindSafe(|| T::open_in(&r, "t")));
+        STEPS_LEFT.with(|s| s.set(u64::MAX));
+        match res {
+            // Left open, as by a process that dies after its repair.
+            Ok(t) => {
+                let t = t.unwrap_or_else(|e| panic!("step {k}: {e}"));
+                let rep = t.repair_report();
+                std::mem::forget(t);
+                rep
+            }
+            Err(p) => {
+                assert!(p.is::<Killed>(), "a real panic at step {k}");
+                None
+            }
+        }
+    };
+    let r = Region::open_with(path, &options()).unwrap();
+    let mut t = T::open_in(&r, "t").unwrap_or_else(|e| panic!("step {k}: {e}"));
+    let rep = t.repair_report().expect("a table left open is repaired");
+    // What the repair did, counted where it completed: by the first open if it was not
+    // killed (the second then finds nothing left to repair).
+    let rep = first.unwrap_or(rep);
+    let got = contents(&t);
+    let before = model(&[setup, &ops[..done]].concat());
+    let after = model(&[setup, &ops[..(done + 1).min(ops.len())]].concat());
+    assert!(
+        got == before || got == after,
+        "step {k} (op {done}: {:?}): {} entries, expected {} or {}",
+        ops.get(done),
+        got.len(),
+        before.len(),
+        after.len()
+    );
+    assert_eq!(t.len(), got.len(), "step {k}");
+    r.check().unwrap();
+    let extra = extra_blocks(&r, &t);
+    assert!(extra <= 1, "step {k}: {extra} blocks leaked ({rep:?})");
+    // The repaired table works: its counters are right (growth and merges go by them).
+    let mut m = got;
+    for i in 0..100u64 {
+        t.insert(1 << 40 | i, i);
+        m.insert(1 << 40 | i, i);
+    }
+    for i in (0..100u64).step_by(2) {
+        t.remove(&(1 << 40 | i));
+        m.remove(&(1 << 40 | i));
+    }
+    assert_eq!(contents(&t), m, "step {k}");
+    assert_eq!(t.len(), m.len());
+    drop(t);
+    let t = T::open_in(&r, "t").unwrap();
+    assert_eq!(t.repair_report(), None, "step {k}: closed cleanly");
+    assert_eq!(contents(&t), m, "step {k}");
+    assert!(extra_blocks(&r, &t) <= extra);
+    rep
+}
+
+#[test]
+fn killed_while_growing() {
+    let setup: Vec<Op> = (0..100).map(Op::Insert).collect();
+    let ops: Vec<Op> = (100..260).map(Op::Insert).collect();
+    let (kills, rep) = kill_everywhere(&setup, &ops);
+    eprintln!("{kills} kills: {rep:?}");
+    assert!(
+        kills > 400 && rep.ranges > 0 && rep.freed > 0,
+        "{kills} {rep:?}"
+    );
+    assert!(rep.recounted > 0, "{rep:?}");
+}
+
+#[test]
+fn killed_while_growing_from_empty_and_reserving() {
+    let mut ops: Vec<Op> = (0..60).map(Op::Insert).collect();
+    ops.push(Op::Reserve(400));
+    let (kills, rep) = kill_everywhere(&[], &ops);
+    eprintln!("{kills} kills: {rep:?}");
+    assert!(
+        kills > 100 && rep.ranges > 0 && rep.freed > 0,
+        "{kills} {rep:?}"
+    );
+}
+
+#[test]
+fn killed_while_shrinking() {
+    let setup: Vec<Op> = (0..300).map(Op::Insert).collect();
+    let mut ops: Vec<Op> = (0..300).filter(|k| k % 7 != 0).map(Op::Remove).collect();
+    ops.push(Op::Shrink);
+    let (kills, rep) = kill_everywhere(&setup, &ops);
+    eprintln!("{kills} kills: {rep:?}");
+    // Merges in place that were cut short are finished (`moved`).
+    assert!(
+        kills > 400 && rep.ranges > 0 && rep.moved > 0,
+        "{kills} {rep:?}"
+    );
+}
+
+#[test]
+fn killed_while_reusing_tombstones() {
+    let mut setup: Vec<Op> = (0..200).map(Op::Insert).collect();
+    setup.extend((0..200).filter(|k| k % 3 == 0).map(Op::Remove));
+    let ops: Vec<Op> = (0..200)
+        .filter(|k| k % 3 == 0)
+        .map(|k| Op::Insert(k + 1000))
+        .chain([Op::Shrink])
+        .collect();
+    let (kills, rep) = kill_everywhere(&setup, &ops);
+    eprintln!("{kills} kills: {rep:?}");
+    assert!(kills > 100 && rep.recounted > 0, "{kills} {rep:?}");
+}
