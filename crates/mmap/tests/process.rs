@@ -7,20 +7,13 @@ use common::*;
 use offheap_mmap::{Region, RegionOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 
 const ROLE: &str = "OFFHEAP_MMAP_CHILD_ROLE";
 const PATH: &str = "OFFHEAP_MMAP_CHILD_PATH";
 
 fn spawn(role: &str, path: &Path) -> (Child, BufReader<ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_entry",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = offheap_testkit::child("child_entry")
         .env(ROLE, role)
         .env(PATH, path)
         .stdin(Stdio::piped())

@@ -7,9 +7,8 @@ mod common;
 
 use common::*;
 use offheap_mmap::{Offset, Region, RegionOptions};
-use std::io::{BufRead, BufReader};
+use offheap_testkit::{child, spawn_ready, XorShift};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -82,12 +81,10 @@ fn recover_child_entry() {
     };
     let r = Region::open_with(PathBuf::from(path), &opts()).unwrap();
     let d = dir(&r);
-    let mut x = u64::from(std::process::id()) | 1;
+    let mut rng = XorShift::new(u64::from(std::process::id()));
     println!("ready");
     loop {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         let s = (x % SLOTS) as usize;
         let old = d[2 * s].load(Ordering::Acquire);
         if let Some(off) = Offset::new(old) {
@@ -121,34 +118,13 @@ fn sigkilled_allocator_is_recovered() {
             .write_bytes(0, 16 * SLOTS as usize)
     };
     r.set_root("dir", Some(d)).unwrap();
-    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut rng = XorShift::new(0x1234_5678_9abc_def1);
     let (mut rebuilt, mut grown) = (0, 0);
     const ROUNDS: u32 = 40;
     for round in 0..ROUNDS {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "recover_child_entry",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, &path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("ready") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "child died early");
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        std::thread::sleep(Duration::from_micros(200 + x % 20_000));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let mut child = spawn_ready(child("recover_child_entry").env(ROLE, &path));
+        std::thread::sleep(Duration::from_micros(200 + rng.below(20_000)));
+        child.kill(); // SIGKILL
         let rep = r.recover().unwrap_or_else(|e| panic!("round {round}: {e}"));
         rebuilt += u32::from(rep.rebuilt);
         grown += u32::from(rep.grown_to.is_some());

@@ -5,10 +5,9 @@
 
 use offheap_mmap::{Region, RegionOptions};
 use offheap_swiss::{RepairReport, SwissTable, TableOptions};
+use offheap_testkit::{child, spawn_ready, XorShift};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -93,7 +92,7 @@ fn sigkilled_table_reopens_whole() {
     r.set_root("progress", Some(p)).unwrap();
     progress(&r).store(0, Ordering::Release);
 
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
     let mut failures = Vec::new();
     let mut in_flight_applied = 0;
     // Totals of the repairs, and how many kills needed each kind.
@@ -101,30 +100,9 @@ fn sigkilled_table_reopens_whole() {
     let (mut torn, mut recounted) = (0, 0);
     const ROUNDS: u32 = 100;
     for round in 0..ROUNDS {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "kill_child_entry",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, &path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("ready") {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "child died early");
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        std::thread::sleep(Duration::from_micros(1_000 + x % 20_000));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let mut child = spawn_ready(child("kill_child_entry").env(ROLE, &path));
+        std::thread::sleep(Duration::from_micros(1_000 + rng.below(20_000)));
+        child.kill(); // SIGKILL
         r.recover().unwrap();
         r.check().unwrap();
         let n = progress(&r).load(Ordering::Acquire);

@@ -1,0 +1,95 @@
+//! Test support shared by the offheap crates' integration tests.
+//!
+//! A test that needs another process runs one of its own binary's tests as the child: an
+//! `#[ignore]`d test (the child's entry point) that does nothing unless an environment
+//! variable names its role. [`child`] builds that command; [`spawn_ready`] starts it and waits
+//! for the child to print `ready`.
+//!
+//! ```no_run
+//! use offheap_testkit::{child, spawn_ready, XorShift};
+//!
+//! // In the parent test:
+//! let mut c = spawn_ready(child("my_child_entry").env("MY_ROLE", "/dev/shm/x"));
+//! let mut rng = XorShift::new(7);
+//! std::thread::sleep(std::time::Duration::from_micros(rng.below(20_000)));
+//! c.kill();
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// A command running only the test `entry` of the current test binary (`--exact`,
+/// `--ignored`, `--nocapture`, one thread), so that an ignored test serves as the entry point
+/// of a child process.
+pub fn child(entry: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("the test binary's path"));
+    c.args([
+        entry,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    c
+}
+
+/// A child process started by [`spawn_ready`], with its stdout after the `ready` line.
+pub struct Ready {
+    /// The process.
+    pub process: Child,
+    /// Its stdout, read up to and including the line that contained `ready`.
+    pub out: BufReader<ChildStdout>,
+}
+
+impl Ready {
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        self.process.kill().expect("kill the child");
+        self.process.wait().expect("reap the child");
+    }
+}
+
+/// Starts `cmd` with a piped stdout and waits until the child prints a line containing
+/// `ready`. Panics if the child exits first.
+pub fn spawn_ready(cmd: &mut Command) -> Ready {
+    let mut process = cmd.stdout(Stdio::piped()).spawn().expect("spawn the child");
+    let mut out = BufReader::new(process.stdout.take().expect("the child's stdout"));
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        let n = out.read_line(&mut line).expect("read the child's stdout");
+        assert!(n > 0, "the child exited before it was ready");
+    }
+    Ready { process, out }
+}
+
+/// xorshift64: a small deterministic random source (kill timings, operation choices).
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from `seed` (0 is replaced: xorshift would stay at 0).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(if seed == 0 {
+            0x2545_F491_4F6C_DD1D
+        } else {
+            seed
+        })
+    }
+
+    /// The next value.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// The next value below `n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
