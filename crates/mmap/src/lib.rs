@@ -40,6 +40,7 @@ mod error;
 mod layout;
 mod offset;
 mod os;
+pub mod process;
 mod region;
 #[cfg(feature = "slab")]
 pub mod slab_source;

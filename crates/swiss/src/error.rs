@@ -35,6 +35,12 @@ pub enum Error {
         /// The id stored.
         found: u64,
     },
+    /// Another process, still alive, has the table open (a table has one user at a time;
+    /// one left open by a process that died is repaired by the next `open_in` instead).
+    InUse {
+        /// The process that has it open.
+        pid: u32,
+    },
     /// The stored header has a format version this build does not read.
     UnsupportedVersion(u32),
     /// A stored handle does not name a block of the memory of at least `len` bytes: it lies
@@ -80,6 +86,7 @@ impl fmt::Display for Error {
                 "stored table uses hash function {found:#x}, expected {expected:#x}"
             ),
             Error::UnsupportedVersion(v) => write!(f, "unsupported table format version {v}"),
+            Error::InUse { pid } => write!(f, "the table is open in process {pid}"),
             Error::OffsetOutOfBounds { offset, len } => {
                 write!(
                     f,

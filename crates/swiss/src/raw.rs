@@ -51,13 +51,10 @@ const SEG_MAGIC: u32 = u32::from_le_bytes(*b"SwSg");
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"offSwiss");
 /// Format version of the table header and segments. 2: a segment header names its table,
 /// the header keeps the directory's handle and global depth in one word (switched by one
-/// store) and whether the table was closed cleanly.
+/// store) and which process has the table open.
 pub(crate) const VERSION: u32 = 2;
-/// The header's `state` while no process has the table open (it was dropped cleanly).
-const CLOSED: u32 = 0;
-/// The header's `state` while a process has the table open, and after one died with it open:
-/// `open` then repairs what the dead process left half done.
-const OPEN: u32 = 1;
+/// The header's `owner` while no process has the table open (it was dropped cleanly).
+const CLOSED: u64 = 0;
 /// Maximum global depth of the directory (it is indexed by hash bits `40..64`).
 pub(crate) const MAX_DEPTH: u32 = 24;
 /// Maximum groups in one segment (2^16 groups = 2^20 slots; the group index uses hash bits
@@ -111,9 +108,10 @@ pub(crate) struct TableHeader {
     /// segments' lengths instead (so a table whose process died without dropping it opens
     /// with its true length).
     pub(crate) len: u64,
-    /// [`CLOSED`] or [`OPEN`].
-    state: u32,
-    _r0: u32,
+    /// [`CLOSED`], or the owner id ([`offheap_mmap::process::owner_id`]) of the process that
+    /// has the table open, or had it open when it died: `open` refuses a table a live
+    /// process has open, and repairs one that a dead process left open.
+    owner: u64,
     /// The directory: its handle, and the global depth in the top 8 bits (one word, so that
     /// one store switches both, and a process killed in between cannot tear them).
     dir: u64,
@@ -561,13 +559,13 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         kill_point!();
     }
 
-    /// Records that the table was closed cleanly: its length, then (after it) the state
+    /// Records that the table was closed cleanly: its length, then (after it) the owner
     /// [`CLOSED`], so that `open` skips the repair a table left open by a dead process needs.
     pub(crate) fn close(&mut self) {
         self.store_len();
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
         // SAFETY: as in `store_len`.
-        unsafe { (*self.hdr.as_ptr()).state = CLOSED };
+        unsafe { (*self.hdr.as_ptr()).owner = CLOSED };
     }
 
     /// Frees a segment's block, first clearing its magic, so that a stale directory entry
@@ -666,8 +664,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             seed,
             checksum: 0,
             len: 0,
-            state: OPEN,
-            _r0: 0,
+            owner: offheap_mmap::process::owner_id(),
             dir: header_dir_word(dir_handle, 0),
             pending: [0; 2],
         };
@@ -751,7 +748,16 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if dir_ptr.as_ptr() as usize % 8 != 0 {
             return Err(Error::Corrupt("misaligned directory"));
         }
-        let repair = h.state != CLOSED;
+        let me = offheap_mmap::process::owner_id();
+        // Open in another process that is alive: its table, not ours to repair or change.
+        // (Open in this process: a table it forgot, or opens twice, which `open` treats as
+        // left open by a process that died.)
+        if h.owner != CLOSED && h.owner != me && !offheap_mmap::process::owner_is_dead(h.owner) {
+            return Err(Error::InUse {
+                pid: (h.owner >> 32) as u32,
+            });
+        }
+        let repair = h.owner != CLOSED;
         // Blocks as (address, size), to check that none overlap.
         let mut blocks: Vec<Block> = vec![
             (hp.as_ptr() as usize, hsize),
@@ -839,7 +845,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         t.len = usize::try_from(total).map_err(|_| Error::Corrupt("table too long"))?;
         // Open until closed: a process that dies with the table open leaves it marked so.
         // SAFETY: the header block is valid and aligned (checked above).
-        unsafe { (*t.hdr.as_ptr()).state = OPEN };
+        unsafe { (*t.hdr.as_ptr()).owner = me };
         Ok(t)
     }
 

@@ -222,8 +222,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// undone, and the segments' counters are recounted from their control bytes, which
     /// reads every control byte (O(capacity / 16)). [`repair_report`](Self::repair_report)
     /// says what was done. Every operation that returned before the process died is in the
-    /// table, and the one in flight is whole or absent. Only one process may have a table
-    /// open at a time: another one's open would take the live table for a dead one's.
+    /// table, and the one in flight is whole or absent.
+    ///
+    /// A table has one user at a time: while another process that is still alive has it
+    /// open, `open_in` fails with [`Error::InUse`]. (Within one process, opening a table that
+    /// is open already counts as opening one left open.)
     pub fn open_in(mem: M, name: &str) -> Result<Self, Error> {
         let h = mem
             .root(name)

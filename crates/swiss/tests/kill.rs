@@ -163,3 +163,48 @@ fn sigkilled_table_reopens_whole() {
         "no kill fell inside a split or merge: {total:?}"
     );
 }
+
+const HOLD: &str = "OFFHEAP_SWISS_HOLD_CHILD";
+
+#[test]
+#[ignore = "entry point of the child process spawned by a_table_open_in_a_live_process_is_refused"]
+fn hold_child_entry() {
+    let Ok(path) = std::env::var(HOLD) else {
+        return;
+    };
+    let r = Region::open(Path::new(&path)).unwrap();
+    let mut t = Table::open_in(&r, "kv").unwrap();
+    t.insert(7, 7);
+    println!("ready");
+    // Holds the table open until killed.
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A table has one user at a time: while a live process has it open, another process's
+/// `open_in` is refused with `InUse` (before, it took the live table for one left by a dead
+/// process and "repaired" it under the live process's feet); once that process is dead, the
+/// next `open_in` repairs the table and has every entry.
+#[test]
+fn a_table_open_in_a_live_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hold.region");
+    let r = Region::create(&path, &RegionOptions::new()).unwrap();
+    {
+        let mut t = Table::create_in(&r, "kv").unwrap();
+        t.insert(1, 1);
+    }
+    let mut child = spawn_ready(child("hold_child_entry").env(HOLD, &path));
+    match Table::open_in(&r, "kv") {
+        Err(offheap_swiss::Error::InUse { pid }) => assert_eq!(pid, child.process.id()),
+        other => panic!(
+            "opened a table a live process holds: {:?}",
+            other.map(|t| t.len())
+        ),
+    };
+    child.kill();
+    let t = Table::open_in(&r, "kv").unwrap();
+    assert!(t.repair_report().is_some());
+    assert_eq!((t.get(&1), t.get(&7), t.len()), (Some(&1), Some(&7), 2));
+}

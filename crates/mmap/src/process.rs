@@ -1,0 +1,101 @@
+//! Process identities for data that outlives its writers: an *owner id* names a process
+//! (`pid << 32 | start time`), and [`owner_is_dead`] tells whether the process that recorded
+//! an id has ended. Structures in shared or file-backed memory record the id of the process
+//! using them, so that another process can tell a live user (leave it alone) from a dead one
+//! (recover what it left half done). The start time tells a recycled pid apart from the
+//! process that recorded it.
+//!
+//! ```
+//! use offheap_mmap::process::{owner_id, owner_is_dead};
+//!
+//! let me = owner_id();
+//! assert_eq!(me >> 32, u64::from(std::process::id()));
+//! assert!(!owner_is_dead(me));
+//! assert!(owner_is_dead(0)); // no process has pid 0
+//! ```
+
+/// This process's owner id: `pid << 32 | start time` (the low 32 bits of the process's start
+/// time in clock ticks since boot, from `/proc/self/stat`; 0 where there is no `/proc`, and
+/// under miri).
+pub fn owner_id() -> u64 {
+    let pid = std::process::id();
+    (u64::from(pid) << 32) | u64::from(start_time(pid).unwrap_or(0))
+}
+
+fn start_time(pid: u32) -> Option<u32> {
+    if cfg!(miri) {
+        // Miri cannot model /proc; the pid alone identifies the owner there.
+        return None;
+    }
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: skip past it.
+    let rest = &s[s.rfind(')')? + 2..];
+    // Field 22 (starttime) is the 20th after the name.
+    let t: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(t as u32)
+}
+
+/// Whether the process that recorded `id` (an [`owner_id`]) has ended: `kill(pid, 0)` says no
+/// such process, or the pid now belongs to a process that started at another time. An id
+/// that no process can have (pid 0, or above `i32::MAX`: a corrupt or foreign file) is dead.
+/// A process that has exited but not been reaped (a zombie) still counts as alive.
+pub fn owner_is_dead(id: u64) -> bool {
+    let pid = (id >> 32) as u32;
+    if pid == 0 || pid > i32::MAX as u32 {
+        // No process has such a pid (and `kill(0, ..)` would ask about our own group): the
+        // word was written by no live process (a corrupt or foreign file).
+        return true;
+    }
+    if pid == std::process::id() {
+        // Another thread of this process, unless the word was recorded by an earlier process
+        // that had our pid (a file that outlived a reboot): then the start times differ.
+        let mine = owner_id() as u32;
+        return mine != 0 && (id as u32) != 0 && (id as u32) != mine;
+    }
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return true;
+    }
+    match start_time(pid) {
+        Some(t) => (id as u32) != 0 && t != id as u32,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_pids_are_dead() {
+        assert!(owner_is_dead(0));
+        assert!(owner_is_dead(5));
+        assert!(owner_is_dead(u64::from(u32::MAX) << 32 | 7));
+        assert!(owner_is_dead((1u64 << 31) << 32));
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        assert!(!owner_is_dead(owner_id()));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // no /proc under miri
+    fn an_earlier_process_with_our_pid_is_dead() {
+        let me = owner_id();
+        assert_ne!(me as u32, 0, "start time from /proc/self/stat");
+        let earlier = (me & !0xFFFF_FFFF) | u64::from((me as u32).wrapping_add(1).max(1));
+        assert!(owner_is_dead(earlier));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // spawns a process
+    fn an_exited_process_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = start_time(pid).unwrap_or(1);
+        child.wait().unwrap();
+        assert!(owner_is_dead(u64::from(pid) << 32 | u64::from(start)));
+    }
+}
