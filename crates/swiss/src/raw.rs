@@ -559,6 +559,14 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         kill_point!();
     }
 
+    /// Records `me` ([`offheap_mmap::process::owner_id`]) as the table's user (`open` does;
+    /// `create_in` once the table has its name), so that a kill leaves the table marked
+    /// open for the next `open` to repair.
+    pub(crate) fn mark_open(&mut self, me: u64) {
+        // SAFETY: the header block is valid while the table lives; `&mut self`.
+        unsafe { (*self.hdr.as_ptr()).owner = me };
+    }
+
     /// Records that the table was closed cleanly: its length, then (after it) the owner
     /// [`CLOSED`], so that `open` skips the repair a table left open by a dead process needs.
     pub(crate) fn close(&mut self) {
@@ -664,7 +672,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             seed,
             checksum: 0,
             len: 0,
-            owner: offheap_mmap::process::owner_id(),
+            // Set by `mark_open` once the table has a name (an unnamed table is never
+            // reopened; and the owner id costs a read of /proc).
+            owner: CLOSED,
             dir: header_dir_word(dir_handle, 0),
             pending: [0; 2],
         };
@@ -844,8 +854,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
         t.len = usize::try_from(total).map_err(|_| Error::Corrupt("table too long"))?;
         // Open until closed: a process that dies with the table open leaves it marked so.
-        // SAFETY: the header block is valid and aligned (checked above).
-        unsafe { (*t.hdr.as_ptr()).owner = me };
+        t.mark_open(me);
         Ok(t)
     }
 

@@ -210,6 +210,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         // On failure `t` has no root name, so dropping it frees its blocks.
         t.raw.mem.set_root(name, Some(t.raw.header_handle()))?;
         t.raw.root = Some(name.to_owned());
+        t.raw.mark_open(offheap_mmap::process::owner_id());
         Ok(t)
     }
 
