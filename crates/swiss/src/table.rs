@@ -223,7 +223,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// undone, and the segments' counters are recounted from their control bytes, which
     /// reads every control byte (O(capacity / 16)). [`repair_report`](Self::repair_report)
     /// says what was done. Every operation that returned before the process died is in the
-    /// table, and the one in flight is whole or absent.
+    /// table, and an insert or removal in flight is whole or absent (a bulk operation in
+    /// flight, such as `clear`, `retain`, `drain` or `extend`, may be partly done).
     ///
     /// A table has one user at a time: while another process that is still alive has it
     /// open, `open_in` fails with [`Error::InUse`]. (Within one process, opening a table that
