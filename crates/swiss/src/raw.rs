@@ -115,10 +115,12 @@ pub(crate) struct TableHeader {
     /// The directory: its handle, and the global depth in the top 8 bits (one word, so that
     /// one store switches both, and a process killed in between cannot tear them).
     dir: u64,
-    /// Directory words of segments that a structural change in progress allocated and has
-    /// not yet named in the directory, or no longer names and has not yet freed (0: none):
-    /// `open` frees those no directory entry names, after a process died in between.
-    pending: [u64; 2],
+    /// The blocks a structural change in progress leaves or may leave unnamed (0: none):
+    /// segment words (its new segments, and the ones it replaces, recorded before the
+    /// directory switches from the ones to the others) or a directory block's handle tagged
+    /// with [`PENDING_DIR`]. After a process died in between, `open` frees those that check
+    /// out and that nothing names.
+    pending: [u64; 3],
 }
 
 impl TableHeader {
@@ -194,6 +196,10 @@ const _: () = assert!(size_of::<SegRef<u64, u64>>() == 16 && DIR_SHIFT0 - MAX_DE
 /// Low bits of a directory word: the segment's handle; high 8 bits: log2 of its group count
 /// (so that `open` can find the header, which lies after the slots).
 const HANDLE_BITS: u32 = 56;
+
+/// Top byte of a pending word that names a directory block (a segment word's top byte is
+/// log2 of its group count, at most 16).
+const PENDING_DIR: u64 = 0xFF << HANDLE_BITS;
 
 /// The header's directory word: the directory's handle and the global depth.
 fn header_dir_word(handle: u64, global_depth: u32) -> u64 {
@@ -546,15 +552,26 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         unsafe { (*self.hdr.as_ptr()).len = self.len() as u64 };
     }
 
-    /// Records the segments a structural change is about to leave unnamed by the directory
-    /// (new ones before it names them, old ones after it stops naming them), for `open` to
-    /// free after a process died in between; `None` clears a record. The compiler fences
-    /// keep the record's writes between the change's steps before and after it.
-    fn pend(&mut self, segs: [Option<SegRef<K, V>>; 2]) {
+    /// Records the segments of a structural change: the new ones, before the directory names
+    /// them, and the ones they replace, before the directory stops naming them; after a
+    /// process died in between, `open` frees those that no directory entry names. An empty
+    /// slice clears the record. The compiler fences keep the record's writes between the
+    /// change's steps before and after it.
+    fn pend(&mut self, segs: &[SegRef<K, V>]) {
+        let mut words = [0; 3];
+        for (w, s) in words.iter_mut().zip(segs) {
+            *w = s.word();
+        }
+        self.pend_words(words);
+    }
+
+    /// [`pend`](Self::pend) for raw pending words: segment words, or a directory block's
+    /// handle tagged with [`PENDING_DIR`].
+    fn pend_words(&mut self, words: [u64; 3]) {
         use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
         compiler_fence(SeqCst);
         // SAFETY: the header block is valid while the table lives; `&mut self`.
-        unsafe { (*self.hdr.as_ptr()).pending = segs.map(|s| s.map_or(0, |s| s.word())) };
+        unsafe { (*self.hdr.as_ptr()).pending = words };
         compiler_fence(SeqCst);
         kill_point!();
     }
@@ -676,7 +693,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // reopened; and the owner id costs a read of /proc).
             owner: CLOSED,
             dir: header_dir_word(dir_handle, 0),
-            pending: [0; 2],
+            pending: [0; 3],
         };
         h.checksum = h.checksum();
         // SAFETY: the header block is large enough and aligned to 64.
@@ -783,7 +800,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 continue;
             }
             last = Some(word);
-            let (seg, block) = Self::check_segment(&mem, word, hdr_handle, gd, !repair)?;
+            let (seg, block) = Self::check_segment(&mem, word, hdr_handle, gd, !repair, false)?;
             blocks.push(block);
             dir.push(seg);
         }
@@ -868,6 +885,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         table: u64,
         gd: u32,
         counters: bool,
+        cleared_magic: bool,
     ) -> Result<(SegRef<K, V>, Block), Error> {
         let off = word & ((1 << HANDLE_BITS) - 1);
         let lg = word >> HANDLE_BITS;
@@ -889,7 +907,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 .cast::<SegHeader>()
                 .read()
         };
-        if sh.magic != SEG_MAGIC {
+        if sh.magic != SEG_MAGIC && !(cleared_magic && sh.magic == 0) {
             return Err(Error::Corrupt("bad segment magic"));
         }
         if sh.depth > gd || sh.groups as usize != groups {
@@ -979,32 +997,52 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut named: Vec<NonNull<u8>> = self.dir.iter().map(|s| s.base).collect();
         named.sort_unstable();
         named.dedup();
-        losers.sort_unstable_by_key(|s| s.base);
-        losers.dedup_by_key(|s| s.base);
-        for l in losers {
-            if named.binary_search(&l.base).is_err() {
-                // SAFETY: a segment of this table (checked on open) that no directory entry
-                // names any more, freed once (deduplicated; freeing clears its magic).
-                unsafe { Self::free_segment(&self.mem, l) };
-                report.freed += 1;
-            }
-        }
-        // Segments a structural change had allocated and not yet named, or unnamed and not
-        // yet freed: freed if they are still live segments of this table (checked as on
-        // open: a record is untrusted like the rest of the file) that no entry names.
+        // What to free: the losers above that no entry names any more, and the blocks the
+        // header's pending words record (a structural change had allocated and not yet
+        // named them, or unnamed and not yet freed them) if they still check out: a live
+        // segment of this table that no entry names (its magic may be cleared already, see
+        // `free_segment`), or a live block holding this table's directory words doubled or
+        // halved that the header does not name. A record is untrusted like the rest.
         // SAFETY: the header block is valid while the table lives.
         let pending = unsafe { (*self.hdr.as_ptr()).pending };
+        let gd = self.global_depth();
+        let mut dir_block = None;
         for w in pending.into_iter().filter(|&w| w != 0) {
-            let gd = self.global_depth();
-            if let Ok((seg, _)) = Self::check_segment(&self.mem, w, self.hdr_handle, gd, false) {
-                if named.binary_search(&seg.base).is_err() {
-                    // SAFETY: as above (a freed segment fails the check: no magic).
-                    unsafe { Self::free_segment(&self.mem, seg) };
-                    report.freed += 1;
+            if w >> HANDLE_BITS == PENDING_DIR >> HANDLE_BITS {
+                let handle = w & ((1 << HANDLE_BITS) - 1);
+                if handle != self.dir_handle && self.is_old_or_new_dir(handle) {
+                    dir_block = Some(handle);
                 }
+            } else if let Ok((seg, _)) =
+                Self::check_segment(&self.mem, w, self.hdr_handle, gd, false, true)
+            {
+                losers.push(seg);
             }
         }
-        self.pend([None, None]);
+        losers.retain(|s| named.binary_search(&s.base).is_err());
+        losers.sort_unstable_by_key(|s| s.base);
+        losers.dedup_by_key(|s| s.base);
+        // Recorded as pending while they are freed, so that a kill during the frees leaves
+        // them to the next repair (a torn change has at most three; only a corrupt file
+        // could have more, and those would leak).
+        if !losers.is_empty() {
+            let first = losers.len().min(3);
+            self.pend(&losers[..first]);
+        }
+        for l in losers {
+            // SAFETY: a segment of this table that no directory entry names, freed once
+            // (deduplicated; freeing clears its magic).
+            unsafe { Self::free_segment(&self.mem, l) };
+            report.freed += 1;
+        }
+        if let Some(handle) = dir_block {
+            // SAFETY: a live block holding this table's directory words that the header does
+            // not name: the block a doubling or halving had written and not yet switched
+            // to, or had switched from and not yet freed. Still recorded as pending.
+            unsafe { self.mem.free(handle) };
+            report.freed += 1;
+        }
+        self.pend(&[]);
         let mut i = 0;
         while i < n {
             let seg = self.dir[i];
@@ -1032,6 +1070,30 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             i += self.span(seg.depth());
         }
         Ok(report)
+    }
+
+    /// Whether the live block `handle` holds this table's directory words doubled (each
+    /// twice: a doubling's new block, or a halving's old one) or halved (every other one: a
+    /// halving's new block, or a doubling's old one).
+    fn is_old_or_new_dir(&self, handle: u64) -> bool {
+        let n = self.dir.len();
+        // SAFETY: the stored directory holds n words (checked on open); callers pass j < n.
+        let cur = |j: usize| unsafe { self.dir_ptr.as_ptr().add(j).read() };
+        // The block as `m` words, if it is a live block that large, 8-aligned.
+        let words = |m: usize| {
+            let p = self.mem.ptr(handle, (m * 8) as u64)?;
+            if p.as_ptr() as usize % 8 != 0 {
+                return None;
+            }
+            // SAFETY: `ptr` vouched for `m * 8` bytes at an 8-aligned address, which stay
+            // valid while the table holds its memory; any bytes are valid u64s.
+            Some(unsafe { core::slice::from_raw_parts(p.as_ptr().cast::<u64>(), m) })
+        };
+        let doubled = n < 1 << MAX_DEPTH
+            && words(2 * n)
+                .is_some_and(|w| (0..n).all(|j| w[2 * j] == cur(j) && w[2 * j + 1] == cur(j)));
+        let halved = n >= 2 && words(n / 2).is_some_and(|w| (0..n / 2).all(|j| w[j] == cur(2 * j)));
+        doubled || halved
     }
 
     /// Copies into `to` the entries of `from` that belong to the directory range of depth
@@ -1484,13 +1546,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let n = Self::count_full(&old);
         let groups = groups.max(groups_for(n, 1, 1));
         let new = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth())?;
-        self.pend([Some(new), None]);
+        self.pend(&[new, old]);
         self.move_all(&old, &new);
         self.set_range(idx, old.depth(), new);
-        self.pend([Some(old), None]);
         // SAFETY: `old` is no longer referenced by the directory.
         unsafe { Self::free_segment(&self.mem, old) };
-        self.pend([None, None]);
+        self.pend(&[]);
         Ok(())
     }
 
@@ -1508,17 +1569,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             idx *= 2;
         }
         let a = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1)?;
-        self.pend([Some(a), None]);
+        self.pend(&[a]);
         let b = match Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1) {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
                 unsafe { Self::free_segment(&self.mem, a) };
-                self.pend([None, None]);
+                self.pend(&[]);
                 return Err(e);
             }
         };
-        self.pend([Some(a), Some(b)]);
+        self.pend(&[a, b, old]);
         let bit = 63 - old.depth();
         self.move_entries::<true>(&old, [&a, &b], |h| (h >> bit) as usize & 1);
         let span = self.span(old.depth());
@@ -1528,10 +1589,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if a.depth() == self.global_depth() {
             self.at_global += 2;
         }
-        self.pend([Some(old), None]);
         // SAFETY: `old` is no longer referenced by the directory.
         unsafe { Self::free_segment(&self.mem, old) };
-        self.pend([None, None]);
+        self.pend(&[]);
         Ok(start)
     }
 
@@ -1543,8 +1603,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: the block holds n u64s.
             unsafe { p.as_ptr().add(j).write(s.word()) };
         }
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        kill_point!();
+        // Recorded once its words are written: `open` frees a pending directory block only
+        // if its words are the directory's, doubled or halved (a block carries no magic).
+        self.pend_words([h | PENDING_DIR, 0, 0]);
         let old = self.dir_handle;
         self.dir_handle = h;
         self.dir_ptr = p;
@@ -1552,10 +1613,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         unsafe {
             // One store switches the directory and its depth (a kill never tears them).
             (*self.hdr.as_ptr()).dir = header_dir_word(h, self.global_depth());
-            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-            kill_point!();
-            self.mem.free(old);
         }
+        self.pend_words([old | PENDING_DIR, 0, 0]);
+        // SAFETY: the old directory block is no longer named by the header.
+        unsafe { self.mem.free(old) };
+        kill_point!();
+        self.pend(&[]);
         Ok(())
     }
 
@@ -1657,15 +1720,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // The depth first: from here on, `open` after a kill sees the buddies' range
             // disagree, takes `dst` (the shallower segment, whose range is the whole of it)
             // and finishes the move from `src`, which stays whole until it is freed.
+            self.pend(&[src]);
             // SAFETY: header valid; `&mut self`.
             unsafe { (*dst.hdr()).depth = depth };
             core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
             self.move_into_live(&src, &dst);
             self.set_range(idx, depth, dst);
-            self.pend([Some(src), None]);
             // SAFETY: `src` is no longer referenced by the directory.
             unsafe { Self::free_segment(&self.mem, src) };
-            self.pend([None, None]);
+            self.pend(&[]);
         } else {
             let m = match Self::new_segment(&self.mem, self.hdr_handle, groups, depth) {
                 Ok(m) => m,
@@ -1676,17 +1739,16 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     return Err(e);
                 }
             };
-            self.pend([Some(m), None]);
+            self.pend(&[m, a, b]);
             self.move_all(&a, &m);
             self.move_all(&b, &m);
             self.set_range(idx, m.depth(), m);
-            self.pend([Some(a), Some(b)]);
             // SAFETY: neither block is referenced by the directory any more.
             unsafe {
                 Self::free_segment(&self.mem, a);
                 Self::free_segment(&self.mem, b);
             }
-            self.pend([None, None]);
+            self.pend(&[]);
         }
         if halve {
             self.halve_dir();
