@@ -123,6 +123,9 @@ pub(crate) struct TableHeader {
     pending: [u64; 3],
 }
 
+/// 104 bytes (the `swiss_file` fuzz target mutates them as one area).
+const _: () = assert!(size_of::<TableHeader>() == 104);
+
 impl TableHeader {
     fn checksum(&self) -> u64 {
         let mut b = [0u8; 48];
