@@ -1022,6 +1022,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 losers.push(seg);
             }
         }
+        if let Some(handle) = dir_block {
+            // SAFETY: a live block holding this table's directory words that the header does
+            // not name: the block a doubling or halving had written and not yet switched
+            // to, or had switched from and not yet freed. Freed first, while the
+            // record still holds it.
+            unsafe { self.mem.free(handle) };
+            report.freed += 1;
+        }
         losers.retain(|s| named.binary_search(&s.base).is_err());
         losers.sort_unstable_by_key(|s| s.base);
         losers.dedup_by_key(|s| s.base);
@@ -1036,13 +1044,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: a segment of this table that no directory entry names, freed once
             // (deduplicated; freeing clears its magic).
             unsafe { Self::free_segment(&self.mem, l) };
-            report.freed += 1;
-        }
-        if let Some(handle) = dir_block {
-            // SAFETY: a live block holding this table's directory words that the header does
-            // not name: the block a doubling or halving had written and not yet switched
-            // to, or had switched from and not yet freed. Still recorded as pending.
-            unsafe { self.mem.free(handle) };
             report.freed += 1;
         }
         self.pend(&[]);
