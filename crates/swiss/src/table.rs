@@ -988,17 +988,17 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> VacantEntry<'a, K, V, M,
     /// # Panics
     /// If the table must grow and its memory cannot supply a segment.
     pub fn insert(self, value: V) -> &'a mut V {
-        let (s, _) = self
+        let (s, existed) = self
             .table
             .raw
             .find_or_insert(self.h, self.key, value)
             .expect("offheap-swiss: out of memory while growing");
-        // SAFETY: a full slot of the table borrowed mutably for 'a; its value is written
-        // (raw, whether it was new or not) before the reference is made.
+        // SAFETY: a full slot of the table borrowed mutably for 'a, as `find_or_insert`
+        // returned it; `put` writes the value where `find_or_insert` did not (a new entry is
+        // written whole), so it is written before the reference is made.
         unsafe {
-            let v = core::ptr::addr_of_mut!((*s).value);
-            v.write(value);
-            &mut *v
+            SwissTable::<K, V, M, H>::put(s, existed, value);
+            &mut *core::ptr::addr_of_mut!((*s).value)
         }
     }
 }
