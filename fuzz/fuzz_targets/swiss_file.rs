@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 /// Keys `0..KEYS` were inserted into the seed table at some point (some removed since).
 const KEYS: u64 = 1800;
 /// Bytes of the table header; offsets of its checksummed fields' end and of its checksum.
-const HDR_LEN: usize = 104;
+const HDR_LEN: usize = 112;
 const HDR_SUMMED: usize = 48;
 /// Bytes of a segment header (followed by the control bytes) and of a `u64 -> u64` slot.
 const SEG_HEADER: usize = 64;

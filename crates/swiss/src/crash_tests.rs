@@ -112,6 +112,7 @@ fn kill_everywhere(setup: &[Op], ops: &[Op]) -> (u64, RepairReport) {
                 Err(p) => assert!(p.is::<Killed>(), "a real panic at step {k}"),
             }
             // `t` is forgotten: the process died with the table open.
+            t.simulate_death();
         }
         let rep = check_reopened(&path, setup, ops, done, k);
         total.ranges += rep.ranges;
@@ -136,8 +137,9 @@ fn check_reopened(path: &Path, setup: &[Op], ops: &[Op], done: usize, k: u64) ->
         match res {
             // Left open, as by a process that dies after its repair.
             Ok(t) => {
-                let t = t.unwrap_or_else(|e| panic!("step {k}: {e}"));
+                let mut t = t.unwrap_or_else(|e| panic!("step {k}: {e}"));
                 let rep = t.repair_report();
+                t.simulate_death();
                 std::mem::forget(t);
                 rep
             }

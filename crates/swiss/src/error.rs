@@ -35,8 +35,10 @@ pub enum Error {
         /// The id stored.
         found: u64,
     },
-    /// Another process, still alive, has the table open (a table has one user at a time;
-    /// one left open by a process that died is repaired by the next `open_in` instead).
+    /// A process that is still alive has the table open: another one, or this one (`pid` is
+    /// then `std::process::id()`) through another handle, perhaps one leaked with
+    /// `mem::forget`. A table has one user at a time; one left open by a process that died
+    /// is repaired by the next `open_in` instead.
     InUse {
         /// The process that has it open.
         pid: u32,

@@ -11,6 +11,8 @@ use bytemuck::Pod;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Test-only simulation of a process killed inside the table: after `STEPS_LEFT` more
 /// steps (each a write that a kill could fall after), the thread unwinds with [`Killed`]
@@ -51,8 +53,10 @@ const SEG_MAGIC: u32 = u32::from_le_bytes(*b"SwSg");
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"offSwiss");
 /// Format version of the table header and segments. 2: a segment header names its table,
 /// the header keeps the directory's handle and global depth in one word (switched by one
-/// store) and which process has the table open.
-pub(crate) const VERSION: u32 = 2;
+/// store) and which process has the table open. 3: the header also keeps the token of the
+/// handle that has it open (so that a process tells its own open handles from ones that are
+/// gone).
+pub(crate) const VERSION: u32 = 3;
 /// The header's `owner` while no process has the table open (it was dropped cleanly).
 const CLOSED: u64 = 0;
 /// Maximum global depth of the directory (it is indexed by hash bits `40..64`).
@@ -121,10 +125,65 @@ pub(crate) struct TableHeader {
     /// with [`PENDING_DIR`]. After a process died in between, `open` frees those that check
     /// out and that nothing names.
     pending: [u64; 3],
+    /// A random token of the handle that has the table open (written with `owner`): a
+    /// process whose own id is the `owner` looks it up among its open handles' tokens, to
+    /// tell a table it has open (refused) from one that a handle of an earlier program in
+    /// this process (before an `exec`) or an open cut short left open (repaired).
+    token: u64,
 }
 
-/// 104 bytes (the `swiss_file` fuzz target mutates them as one area).
-const _: () = assert!(size_of::<TableHeader>() == 104);
+/// 112 bytes (the `swiss_file` fuzz target mutates them as one area).
+const _: () = assert!(size_of::<TableHeader>() == 112);
+
+/// The named tables this process has open, by their handles' tokens (see
+/// [`TableHeader::token`]). The lock also serializes the claims of this process's threads.
+mod open_here {
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    static TOKENS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+    /// The list, locked (a panic while it was held cannot leave it inconsistent: every
+    /// change is one push or one removal).
+    pub(super) fn lock() -> MutexGuard<'static, Vec<u64>> {
+        TOKENS.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A handle's registration as open in this process: removed from the list when dropped
+    /// (a table closed, an open that failed or unwound); a handle leaked with `mem::forget`
+    /// stays registered, so the table stays in use until the process ends.
+    pub(crate) struct Registered {
+        pub(super) token: u64,
+        /// This process's owner id when the table was claimed.
+        pub(super) me: u64,
+    }
+
+    impl Registered {
+        /// Registers a new token, distinct from the others of this process and from 0.
+        pub(super) fn new(list: &mut Vec<u64>, me: u64) -> Self {
+            // Random per process (std's per-process random keys; no clock, which miri's
+            // isolation lacks); distinct within it by the loop below.
+            let mut token = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                list.len(),
+            );
+            while token == 0 || list.contains(&token) {
+                token = token.wrapping_add(1);
+            }
+            list.push(token);
+            Registered { token, me }
+        }
+    }
+
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            let mut list = lock();
+            if let Some(i) = list.iter().position(|&t| t == self.token) {
+                list.swap_remove(i);
+            }
+        }
+    }
+}
+pub(crate) use open_here::Registered;
 
 impl TableHeader {
     fn checksum(&self) -> u64 {
@@ -497,10 +556,94 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// length in the process"). `store_len` writes it to the header.
     len: usize,
     pub(crate) root: Option<String>,
+    /// This handle's registration as the table's user in this process (named tables only;
+    /// see [`claim`]).
+    open: Option<Registered>,
     /// What `open` repaired, if the table had been left open (see [`RawTable::repair`]).
     pub(crate) repaired: Option<RepairReport>,
     pub(crate) mem: M,
     _types: PhantomData<(K, V, H)>,
+}
+
+/// The header's owner word, accessed atomically: processes claim the table by it.
+///
+/// # Safety
+/// `hdr` must point to a table header aligned to 8 that stays valid while the result is used.
+unsafe fn owner_word<'a>(hdr: NonNull<TableHeader>) -> &'a AtomicU64 {
+    // SAFETY: an aligned, valid u64 by the caller's promise; other processes (and this
+    // one's other mappings of the file) access it only atomically.
+    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*hdr.as_ptr()).owner)) }
+}
+
+/// Claims the table whose header is `hdr` for this process (owner id `me`): swaps its owner
+/// word from [`CLOSED`] or from the id of a process that died to `me`, writes a new token
+/// and registers it as open here. Fails with [`Error::InUse`] if a live process has the
+/// table open, this one included: its owner is `me` and its token is one of this
+/// process's open handles'. An owner of `me` with another token was left by a handle of
+/// this process that is gone (an open that failed in its repair, or a program that this
+/// process replaced with `exec`), and is taken over like a dead process's.
+///
+/// Returns the owner it took over: [`CLOSED`], or a dead owner whose table needs a repair.
+/// The claims of this process's threads are serialized by the list's lock; those of other
+/// processes by the compare-and-swap.
+///
+/// # Safety
+/// As for [`owner_word`].
+unsafe fn claim(hdr: NonNull<TableHeader>, me: u64) -> Result<(u64, Registered), Error> {
+    let mut list = open_here::lock();
+    // SAFETY: forwarded.
+    let owner = unsafe { owner_word(hdr) };
+    let mut cur = owner.load(Acquire);
+    loop {
+        if cur == me {
+            // SAFETY: a valid header; the token of an owner `me` was written by this
+            // process, under the lock held here.
+            let token = unsafe { core::ptr::addr_of!((*hdr.as_ptr()).token).read() };
+            if list.contains(&token) {
+                return Err(Error::InUse {
+                    pid: (me >> 32) as u32,
+                });
+            }
+        } else if cur != CLOSED && !offheap_mmap::process::owner_is_dead(cur) {
+            return Err(Error::InUse {
+                pid: (cur >> 32) as u32,
+            });
+        }
+        match owner.compare_exchange(cur, me, AcqRel, Acquire) {
+            Ok(_) => break,
+            Err(now) => cur = now,
+        }
+    }
+    let registered = Registered::new(&mut list, me);
+    // SAFETY: a valid header, claimed by this process.
+    unsafe { core::ptr::addr_of_mut!((*hdr.as_ptr()).token).write(registered.token) };
+    Ok((cur, registered))
+}
+
+/// Gives back a claim of an `open` that failed: the owner word goes back to `prev`, so that
+/// the file is left as `open` found it.
+///
+/// # Safety
+/// As for [`owner_word`].
+unsafe fn unclaim(hdr: NonNull<TableHeader>, me: u64, prev: u64) {
+    // SAFETY: forwarded.
+    let owner = unsafe { owner_word(hdr) };
+    let _ = owner.compare_exchange(me, prev, AcqRel, Relaxed);
+}
+
+/// Gives a claim back when dropped (an early error of `open`, before the table owns the
+/// memory).
+struct Unclaim {
+    hdr: NonNull<TableHeader>,
+    me: u64,
+    prev: u64,
+}
+
+impl Drop for Unclaim {
+    fn drop(&mut self) {
+        // SAFETY: dropped before the memory that holds the header (see `open`).
+        unsafe { unclaim(self.hdr, self.me, self.prev) };
+    }
 }
 
 /// A block of memory as (address, size): what `open` checks for overlaps.
@@ -579,21 +722,38 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         kill_point!();
     }
 
-    /// Records `me` ([`offheap_mmap::process::owner_id`]) as the table's user (`open` does;
-    /// `create_in` once the table has its name), so that a kill leaves the table marked
-    /// open for the next `open` to repair.
-    pub(crate) fn mark_open(&mut self, me: u64) {
-        // SAFETY: the header block is valid while the table lives; `&mut self`.
-        unsafe { (*self.hdr.as_ptr()).owner = me };
+    /// Claims a table just created for this process (`create_in` does, before it names the
+    /// table), so that a kill leaves it marked open for the next `open` to repair.
+    pub(crate) fn claim_new(&mut self) -> Result<(), Error> {
+        let me = offheap_mmap::process::owner_id();
+        // SAFETY: the header block is valid while the table lives, aligned to 64.
+        let (_, registered) = unsafe { claim(self.hdr, me) }?;
+        self.open = Some(registered);
+        Ok(())
     }
 
     /// Records that the table was closed cleanly: its length, then (after it) the owner
     /// [`CLOSED`], so that `open` skips the repair a table left open by a dead process needs.
+    /// Nothing for a table this handle never claimed, or in a child process forked with the
+    /// handle (the table is still its parent's).
     pub(crate) fn close(&mut self) {
-        self.store_len();
-        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
-        // SAFETY: as in `store_len`.
-        unsafe { (*self.hdr.as_ptr()).owner = CLOSED };
+        let Some(registered) = self.open.take() else {
+            return;
+        };
+        if std::process::id() == (registered.me >> 32) as u32 {
+            self.store_len();
+            // SAFETY: the header is valid while the table lives, aligned to 64. Release:
+            // the length is written before the table reads as closed.
+            let owner = unsafe { owner_word(self.hdr) };
+            let _ = owner.compare_exchange(registered.me, CLOSED, Release, Relaxed);
+        }
+    }
+
+    /// Test-only: forgets this handle's registration as if its process had died, so that a
+    /// test can reopen (and repair) what it left, in the same process.
+    #[cfg(test)]
+    pub(crate) fn die(&mut self) {
+        self.open = None;
     }
 
     /// Frees a segment's block, first clearing its magic, so that a stale directory entry
@@ -692,11 +852,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             seed,
             checksum: 0,
             len: 0,
-            // Set by `mark_open` once the table has a name (an unnamed table is never
+            // Set by `claim_new` before the table has a name (an unnamed table is never
             // reopened; and the owner id costs a read of /proc).
             owner: CLOSED,
             dir: header_dir_word(dir_handle, 0),
             pending: [0; 3],
+            token: 0,
         };
         h.checksum = h.checksum();
         // SAFETY: the header block is large enough and aligned to 64.
@@ -716,6 +877,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             len: 0,
             root: None,
             repaired: None,
+            open: None,
             mem,
             _types: PhantomData,
         })
@@ -765,6 +927,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if !max_groups.is_power_of_two() || max_groups > MAX_GROUPS_LIMIT {
             return Err(Error::Corrupt("segment size out of range"));
         }
+        // The fields above never change once the table is created. Claim the table before
+        // reading the others, which the handle that has it open (if any) changes.
+        let me = offheap_mmap::process::owner_id();
+        // SAFETY: `hdr` is a table header, aligned as checked, valid while `mem` is.
+        let (prev, registered) = unsafe { claim(hdr, me) }?;
+        let repair = prev != CLOSED;
+        // Until the table is built, an error gives the claim back (`mem`, a parameter, is
+        // dropped after this guard).
+        let undo = Unclaim { hdr, me, prev };
+        // SAFETY: as above.
+        let h = unsafe { hdr.as_ptr().read() };
         let gd = (h.dir >> HANDLE_BITS) as u32;
         let dir_handle = h.dir & ((1 << HANDLE_BITS) - 1);
         if gd > MAX_DEPTH {
@@ -778,16 +951,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if dir_ptr.as_ptr() as usize % 8 != 0 {
             return Err(Error::Corrupt("misaligned directory"));
         }
-        let me = offheap_mmap::process::owner_id();
-        // Open in another process that is alive: its table, not ours to repair or change.
-        // (Open in this process: a table it forgot, or opens twice, which `open` treats as
-        // left open by a process that died.)
-        if h.owner != CLOSED && h.owner != me && !offheap_mmap::process::owner_is_dead(h.owner) {
-            return Err(Error::InUse {
-                pid: (h.owner >> 32) as u32,
-            });
-        }
-        let repair = h.owner != CLOSED;
         // Blocks as (address, size), to check that none overlap.
         let mut blocks: Vec<Block> = vec![
             (hp.as_ptr() as usize, hsize),
@@ -846,12 +1009,34 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             len: 0,
             root: None,
             repaired: None,
+            open: None,
             mem,
             _types: PhantomData,
         };
+        // From here `t` owns the memory, which an owned region unmaps when dropped: an error
+        // gives the claim back by hand, while `t` is alive.
+        core::mem::forget(undo);
+        match t.finish_open(repair) {
+            Ok(()) => {
+                t.open = Some(registered);
+                Ok(t)
+            }
+            Err(e) => {
+                // SAFETY: the header is valid while `t` is.
+                unsafe { unclaim(hdr, me, prev) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of `open` after the table is built: the repair of a table left open, and
+    /// the length, summed from the segments.
+    fn finish_open(&mut self, repair: bool) -> Result<(), Error> {
+        let t = self;
         if repair {
             t.repaired = Some(t.repair()?);
         }
+        let (n, gd) = (t.dir.len(), t.global_depth());
         // The header's `len` is not used: it is written only when the table is closed, so
         // after a process died it is stale while every segment is sound.
         let (mut total, mut i) = (0u64, 0);
@@ -873,9 +1058,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             return Err(Error::Corrupt("a segment is named by two directory ranges"));
         }
         t.len = usize::try_from(total).map_err(|_| Error::Corrupt("table too long"))?;
-        // Open until closed: a process that dies with the table open leaves it marked so.
-        t.mark_open(me);
-        Ok(t)
+        Ok(())
     }
 
     /// Resolves and checks the segment a directory word names: a live block of the memory of

@@ -207,10 +207,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
             return Err(Error::RootExists(name.to_owned()));
         }
         let mut t = Self::with_options_in(opts, mem)?;
-        // On failure `t` has no root name, so dropping it frees its blocks.
+        // Claimed before it is named, so that no other open can take it in between. On
+        // failure `t` has no root name, so dropping it frees its blocks.
+        t.raw.claim_new()?;
         t.raw.mem.set_root(name, Some(t.raw.header_handle()))?;
         t.raw.root = Some(name.to_owned());
-        t.raw.mark_open(offheap_mmap::process::owner_id());
         Ok(t)
     }
 
@@ -226,9 +227,24 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// table, and an insert or removal in flight is whole or absent (a bulk operation in
     /// flight, such as `clear`, `retain`, `drain` or `extend`, may be partly done).
     ///
-    /// A table has one user at a time: while another process that is still alive has it
-    /// open, `open_in` fails with [`Error::InUse`]. (Within one process, opening a table that
-    /// is open already counts as opening one left open.)
+    /// A table has one user at a time: while a process that is still alive has it open,
+    /// `open_in` fails with [`Error::InUse`]. That includes this process: a second handle to
+    /// a table open here (through the same region, or another mapping of its file) is
+    /// refused, and so is a table whose handle was leaked with `mem::forget` (it is in use
+    /// until the process ends). A failed `open_in` leaves the table as it found it.
+    ///
+    /// ```
+    /// use offheap_mmap::Region;
+    /// use offheap_swiss::{Error, SwissTable};
+    ///
+    /// let region = Region::anonymous()?;
+    /// let t = SwissTable::<u64, u64, &Region>::create_in(&region, "t")?;
+    /// let again = SwissTable::<u64, u64, &Region>::open_in(&region, "t");
+    /// assert!(matches!(again, Err(Error::InUse { pid }) if pid == std::process::id()));
+    /// drop(t);
+    /// assert!(SwissTable::<u64, u64, &Region>::open_in(&region, "t").is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_in(mem: M, name: &str) -> Result<Self, Error> {
         let h = mem
             .root(name)
@@ -236,6 +252,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         let mut raw = RawTable::open(mem, h)?;
         raw.root = Some(name.to_owned());
         Ok(SwissTable { raw })
+    }
+
+    /// Test-only: forgets this handle's registration as open in this process, as if the
+    /// process had died (the table is then forgotten, and reopened in the same process).
+    #[cfg(test)]
+    pub(crate) fn simulate_death(&mut self) {
+        self.raw.die();
     }
 
     /// What `open_in` repaired: `None` if the table had been closed cleanly (dropped), else
@@ -250,10 +273,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// t.insert(1, 2);
     /// drop(t);
     /// let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t")?;
-    /// assert_eq!(t.repair_report(), None);
-    /// std::mem::forget(t); // as if the process died with the table open
-    /// let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t")?;
-    /// assert_eq!(t.repair_report().map(|r| r.ranges), Some(0));
+    /// assert_eq!(t.repair_report(), None); // it was closed cleanly
     /// assert_eq!(t.get(&1), Some(&2));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

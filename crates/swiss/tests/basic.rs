@@ -224,8 +224,14 @@ fn persistent_reopen_and_validation() {
         SwissTable::<u64, u32, &Heap>::create_in(&heap, "m"),
         Err(Error::RootExists(_))
     ));
+    // One user at a time, in this process too.
+    assert!(matches!(
+        SwissTable::<u64, u32, &Heap>::open_in(&heap, "m"),
+        Err(Error::InUse { pid }) if pid == std::process::id()
+    ));
     drop(t);
     let t: SwissTable<u64, u32, &Heap> = SwissTable::open_in(&heap, "m").unwrap();
+    assert_eq!(t.repair_report(), None);
     assert_eq!(t.seed(), seed);
     assert_eq!(t.len(), 300);
     assert!((0..300u64).all(|i| t.get(&i) == Some(&(i as u32))));

@@ -79,8 +79,9 @@ fn file_backed_table_reopens_with_every_entry() {
 }
 
 /// The stored header's length is written only when the table is dropped: a table whose
-/// process died (here: a table forgotten, so its `Drop` never ran) reopens with its true
-/// length, summed from its segments, and so does one whose header length is garbage.
+/// process died (here: a table forgotten, so its `Drop` never ran, then its owner word made
+/// that of a dead process) reopens with its true length, summed from its segments, and so
+/// does one whose header length is garbage.
 #[cfg(not(miri))]
 #[test]
 fn length_comes_from_the_segments_not_the_header() {
@@ -111,6 +112,14 @@ fn length_comes_from_the_segments_not_the_header() {
         }
     };
     let region = Region::open(&path).unwrap();
+    // The forgotten handle still counts as open in this process.
+    match SwissTable::<u64, u64, &Region>::open_in(&region, "kv") {
+        Err(Error::InUse { pid }) => assert_eq!(pid, std::process::id()),
+        other => panic!("expected InUse, got {:?}", other.map(|t| t.len())),
+    }
+    // As if it had been this pid's earlier process: its start time (the owner's low 32
+    // bits) is another.
+    poke(&region, hdr, 64, |x| (x & !0xFFFF_FFFF) | 1);
     // Never dropped: the stored length is still the one `create` wrote.
     let mut stored = 1;
     poke(&region, hdr, 56, |x| {
@@ -128,6 +137,126 @@ fn length_comes_from_the_segments_not_the_header() {
         x
     });
     assert_eq!(stored, 4000);
+}
+
+/// A table has one user at a time within a process too: a second handle, through the same
+/// region or another mapping of the file, is refused while the first is open, and the
+/// refused open changes nothing. So is an open that fails on a corrupt table: the owner word
+/// goes back to what it was.
+#[cfg(not(miri))]
+#[test]
+fn a_table_open_in_this_process_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    let a = Region::create(&path, &RegionOptions::new()).unwrap();
+    let mut t: SwissTable<u64, u64, &Region> =
+        SwissTable::create_in_with(&a, "kv", TableOptions::new().segment_slots(64)).unwrap();
+    t.extend((0..3000u64).map(|i| (i, i * 3)));
+    let hdr = a.root("kv").unwrap().get();
+    let mut owner = 0;
+    poke(&a, hdr, 64, |x| {
+        owner = x;
+        x
+    });
+    assert_eq!(owner >> 32, u64::from(std::process::id()));
+    let b = Region::open(&path).unwrap();
+    for r in [&a, &b] {
+        match SwissTable::<u64, u64, &Region>::open_in(r, "kv") {
+            Err(Error::InUse { pid }) => assert_eq!(pid, std::process::id()),
+            other => panic!("expected InUse, got {:?}", other.map(|t| t.len())),
+        }
+    }
+    // The first handle goes on as if nothing happened.
+    t.extend((3000..6000u64).map(|i| (i, i * 3)));
+    assert_eq!(t.len(), 6000);
+    poke(&a, hdr, 64, |x| {
+        assert_eq!(x, owner, "a refused open wrote the owner word");
+        x
+    });
+    drop(t);
+    // Opened with the wrong key type: refused before the claim, so the table stays closed.
+    assert!(matches!(
+        SwissTable::<u32, u64, &Region>::open_in(&b, "kv"),
+        Err(Error::TypeMismatch { .. })
+    ));
+    // Closed cleanly: the next open needs no repair.
+    let t = SwissTable::<u64, u64, &Region>::open_in(&b, "kv").unwrap();
+    assert_eq!(t.repair_report(), None);
+    assert_eq!(t.len(), 6000);
+    assert!((0..6000u64).all(|i| t.get(&i) == Some(&(i * 3))));
+    drop(t);
+    // An open that fails after it claimed the table (a directory word naming no segment)
+    // gives the claim back: the table still reads as closed.
+    let dir_off = {
+        let mut d = 0;
+        poke(&b, hdr, 72, |x| {
+            d = x & ((1 << 56) - 1);
+            x
+        });
+        d
+    };
+    let mut word = 0;
+    poke(&b, dir_off, 0, |x| {
+        word = x;
+        x ^ 64
+    });
+    assert!(matches!(
+        SwissTable::<u64, u64, &Region>::open_in(&b, "kv"),
+        Err(Error::OffsetOutOfBounds { .. } | Error::Corrupt(_))
+    ));
+    poke(&b, hdr, 64, |x| {
+        assert_eq!(x, 0, "a failed open left the table marked open");
+        x
+    });
+    poke(&b, dir_off, 0, |_| word);
+    let t = SwissTable::<u64, u64, &Region>::open_in(&b, "kv").unwrap();
+    assert_eq!(t.repair_report(), None);
+    assert_eq!(t.len(), 6000);
+}
+
+/// Threads of one process that open the same table at once, each through its own mapping
+/// of the file: exactly one gets it while the others are refused.
+#[cfg(not(miri))]
+#[test]
+fn one_of_many_threads_opening_a_table_at_once_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir);
+    {
+        let r = Region::create(&path, &RegionOptions::new()).unwrap();
+        let mut t = SwissTable::<u64, u64, &Region>::create_in(&r, "kv").unwrap();
+        t.insert(1, 2);
+    }
+    for round in 0..20 {
+        let start = std::sync::Barrier::new(6);
+        let tried = std::sync::Barrier::new(6);
+        let won: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        let r = Region::open(&path).unwrap();
+                        start.wait();
+                        let t = SwissTable::<u64, u64, &Region>::open_in(&r, "kv");
+                        // Hold the table until every thread has tried.
+                        tried.wait();
+                        match t {
+                            Ok(t) => {
+                                assert_eq!(t.get(&1), Some(&2));
+                                assert_eq!(t.repair_report(), None);
+                                1
+                            }
+                            Err(Error::InUse { pid }) => {
+                                assert_eq!(pid, std::process::id());
+                                0
+                            }
+                            Err(e) => panic!("round {round}: {e}"),
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(won, 1, "round {round}");
+    }
 }
 
 /// Reads/writes a u64 at byte `at` of the block at `off`.
