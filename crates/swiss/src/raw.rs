@@ -225,6 +225,22 @@ pub(crate) const fn shrink_at(groups: usize) -> usize {
     max_load(groups) / 16
 }
 
+/// Segments of fewer groups than this grow four times larger at a time, larger ones twice.
+/// A table grown from empty to 1000 keys then moves 1190 entries in 4 rebuilds instead of
+/// 1778 in 7 (its segment ends the same size: 64 groups grow to 128); a small table has up
+/// to 4 times the slots it needs, at most 1024 (16 KiB of `u64 -> u64` slots).
+pub(crate) const QUICK_GROWTH_GROUPS: usize = 64;
+
+/// The group count a segment of `groups` groups grows to when it is full.
+#[inline]
+pub(crate) const fn grown(groups: usize) -> usize {
+    if groups < QUICK_GROWTH_GROUPS {
+        groups * 4
+    } else {
+        groups * 2
+    }
+}
+
 /// Smallest power-of-two group count whose `max_load * num / den` is at least `n`.
 pub(crate) fn groups_for(n: usize, num: usize, den: usize) -> usize {
     let mut g = 1;
@@ -1615,7 +1631,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if deleted > 0 && deleted >= max_load(groups) / 8 {
             self.rebuild(idx, groups)
         } else if groups < self.max_groups {
-            self.rebuild(idx, groups * 2)
+            self.rebuild(idx, grown(groups).min(self.max_groups))
         } else if seg.depth() < MAX_DEPTH {
             self.split(idx, groups).map(|_| ())
         } else if groups < MAX_GROUPS_LIMIT {

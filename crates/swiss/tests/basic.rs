@@ -422,3 +422,33 @@ fn a_growth_the_memory_cannot_supply_is_an_error_and_changes_nothing() {
     assert_eq!(t.try_insert(key(2), 2).unwrap(), None);
     assert_eq!(t.len(), model.len());
 }
+
+/// A small segment grows four times larger at a time (fewer rebuilds while a table is small),
+/// from 64 groups on twice larger, and never past the segment size: a table grown from empty
+/// to 1000 keys goes through 16, 64, 256, 1024 and 2048 slots.
+#[test]
+fn small_segments_grow_fourfold_then_double() {
+    let sizes = |opts: TableOptions, n: u64| {
+        let mut t: SwissTable<u64, u64, Heap> =
+            SwissTable::with_options_in(opts, Heap::new()).unwrap();
+        let mut seen = vec![t.stats().slots];
+        for i in 0..n {
+            t.insert(i, i);
+            let s = t.stats();
+            if s.segments == 1 && *seen.last().unwrap() != s.slots {
+                seen.push(s.slots);
+            }
+        }
+        assert!((0..n).all(|i| t.get(&i) == Some(&i)));
+        seen
+    };
+    assert_eq!(
+        sizes(TableOptions::new(), 1000),
+        vec![16, 64, 256, 1024, 2048]
+    );
+    // Capped by the segment size, then split.
+    assert_eq!(
+        sizes(TableOptions::new().segment_slots(128), 300),
+        vec![16, 64, 128]
+    );
+}
