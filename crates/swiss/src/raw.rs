@@ -545,6 +545,32 @@ fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
     }
 }
 
+/// Most groups of a destination whose filled slots a move tracks in words of its own (see
+/// `move_entries`): the default segment size, 256 groups (512 bytes of words per destination).
+const OCC_GROUPS: usize = 256;
+
+/// The first slot on `h`'s probe sequence that `occ` (one word per group, a bit per slot)
+/// does not mark as filled, marked now: [`find_free`] for a fresh segment whose only full
+/// slots are those marked in `occ`, without reading its control bytes.
+#[inline(always)]
+fn find_unfilled<K, V>(seg: &SegRef<K, V>, h: u64, occ: &mut [u16; OCC_GROUPS]) -> Option<usize> {
+    let mut pos = seg.start(h);
+    let mut stride = 0;
+    loop {
+        let w = &mut occ[pos / GROUP_WIDTH % OCC_GROUPS];
+        if *w != u16::MAX {
+            let b = (!*w).trailing_zeros() as usize;
+            *w |= 1 << b;
+            return Some(pos + b);
+        }
+        stride += GROUP_WIDTH;
+        if stride > seg.pmask {
+            return None;
+        }
+        pos = (pos + stride) & seg.pmask;
+    }
+}
+
 /// The table's storage and bookkeeping.
 pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// In-process mirror of the stored directory: one resolved segment per entry.
@@ -1677,6 +1703,19 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // Kept in registers: the stores below could alias the table for all the compiler
         // knows.
         let (seed, prepared) = (self.seed, self.prepared);
+        // Empty destinations of at most `OCC_GROUPS` groups: which of their slots this move
+        // has filled, one bit per slot, so that finding a free slot reads these words instead
+        // of the control bytes just written (a 16-byte load of a group right after a 1-byte
+        // store into it cannot take its data from the store, and waits for it). The slot
+        // found is the same: the first free one on the probe sequence of a segment whose only
+        // full slots are the ones this move filled. (A destination that an earlier move
+        // filled, such as a merge's second source, goes by its control bytes.)
+        let mut occ = [[0u16; OCC_GROUPS]; 2];
+        // SAFETY: the destinations' headers are valid while they are.
+        let use_occ = FRESH
+            && to
+                .iter()
+                .all(|d| d.groups() <= OCC_GROUPS && unsafe { (*d.hdr()).len } == 0);
         for g in 0..=from.mask() {
             // SAFETY: g <= mask.
             let full = unsafe { from.group(g) }.match_full();
@@ -1689,7 +1728,16 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     H::hash_prepared(bytemuck::bytes_of(unsafe { &(*src).key }), seed, prepared);
                 let k = pick(h) & 1;
                 let dst = to[k];
-                let Some(j) = find_free(dst, h) else {
+                let free = if use_occ {
+                    let j = find_unfilled(dst, h, &mut occ[k]);
+                    // The same slot as the control bytes give (the layout does not depend
+                    // on how the slot was found).
+                    debug_assert_eq!(j, find_free(dst, h));
+                    j
+                } else {
+                    find_free(dst, h)
+                };
+                let Some(j) = free else {
                     // Callers make room in `to` for every entry, counted from the control
                     // bytes (never from a segment's counters, which a corrupt file may get
                     // wrong): unreachable unless the memory was changed behind the table's
