@@ -242,3 +242,94 @@ fn killed_while_reusing_tombstones() {
     eprintln!("{kills} kills: {rep:?}");
     assert!(kills > 100 && rep.recounted > 0, "{kills} {rep:?}");
 }
+
+/// A named table of 24-byte values whose values are replaced: a kill at every step of the
+/// replacements leaves each key exactly once, with its value before or after the replacement
+/// in flight (never a mix), and a replacement cut short after its record was written is
+/// undone by the repair (`undone`).
+#[test]
+fn killed_while_replacing_wide_values() {
+    type W<'r> = SwissTable<u64, [u64; 3], &'r Region>;
+    const N: u64 = 120;
+    let v = |k: u64, r: u64| [k ^ r, r.wrapping_mul(0x0101_0101_0101_0101), !k ^ r];
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let base = dir.path().join("base.region");
+    {
+        let r = Region::create(&base, &options()).unwrap();
+        let topts = TableOptions::new().segment_slots(32).seed(5);
+        let mut t = W::create_in_with(&r, "t", topts).unwrap();
+        (0..N).for_each(|k| assert!(t.insert(k, v(k, 0)).is_none()));
+    }
+    // Two rounds: round 1 through `insert`, round 2 through `try_insert`.
+    let ops: Vec<(u64, u64)> = (1..=2u64)
+        .flat_map(|r| (0..N).map(move |k| (k, r)))
+        .collect();
+    // The round of key `k` after the first `done` operations.
+    let round = |k: u64, done: usize| ops[..done].iter().filter(|o| o.0 == k).count() as u64;
+    let (mut kills, mut undone) = (0u64, 0usize);
+    for k in 0.. {
+        let path = dir.path().join("k.region");
+        std::fs::copy(&base, &path).unwrap();
+        let mut done = 0;
+        {
+            let r = Region::open_with(&path, &options()).unwrap();
+            let mut t = ManuallyDrop::new(W::open_in(&r, "t").unwrap());
+            STEPS_LEFT.with(|s| s.set(k));
+            let res = catch_unwind(AssertUnwindSafe(|| {
+                for &(key, r) in &ops {
+                    let old = if r == 1 {
+                        t.insert(key, v(key, r))
+                    } else {
+                        t.try_insert(key, v(key, r)).unwrap()
+                    };
+                    assert_eq!(old, Some(v(key, r - 1)));
+                    done += 1;
+                }
+            }));
+            STEPS_LEFT.with(|s| s.set(u64::MAX));
+            match res {
+                Ok(()) => {
+                    eprintln!("{kills} kills, {undone} replacements undone by a repair");
+                    // Four kill points per replacement: after the record, in the middle of
+                    // the value's write (tests write it in two halves), after it, after the
+                    // record is cleared.
+                    assert!(kills >= 4 * ops.len() as u64, "{kills} kills");
+                    assert!(undone > 0, "no replacement was undone by a repair");
+                    return;
+                }
+                Err(p) => assert!(p.is::<Killed>(), "a real panic at step {k}"),
+            }
+            t.simulate_death();
+        }
+        kills += 1;
+        let r = Region::open_with(&path, &options()).unwrap();
+        let t = W::open_in(&r, "t").unwrap_or_else(|e| panic!("step {k}: {e}"));
+        let rep = t.repair_report().expect("a table left open is repaired");
+        undone += rep.undone;
+        assert_eq!(t.len() as u64, N, "step {k}");
+        assert_eq!(
+            t.iter().count() as u64,
+            N,
+            "step {k}: a key is in the table twice"
+        );
+        for key in 0..N {
+            let got = *t
+                .get(&key)
+                .unwrap_or_else(|| panic!("step {k}: {key} lost"));
+            let before = round(key, done);
+            let after = round(key, (done + 1).min(ops.len()));
+            assert!(
+                got == v(key, before) || got == v(key, after),
+                "step {k}: key {key} holds {got:?}"
+            );
+        }
+        r.check().unwrap();
+        assert_eq!(
+            r.stats().allocations,
+            t.stats().segments as u64 + 2,
+            "step {k}: blocks leaked"
+        );
+    }
+}

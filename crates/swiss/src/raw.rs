@@ -279,6 +279,11 @@ const HANDLE_BITS: u32 = 56;
 /// log2 of its group count, at most 16).
 const PENDING_DIR: u64 = 0xFF << HANDLE_BITS;
 
+/// Top byte of a pending word that records a value being replaced in place (see
+/// [`RawTable::replace_logged`]): the segment's handle; the next word is the slot, whose old
+/// value is in the header block's undo area.
+const PENDING_UNDO: u64 = 0xFE << HANDLE_BITS;
+
 /// The header's directory word: the directory's handle and the global depth.
 fn header_dir_word(handle: u64, global_depth: u32) -> u64 {
     handle | u64::from(global_depth) << HANDLE_BITS
@@ -373,6 +378,11 @@ impl<K, V> SegRef<K, V> {
     pub(crate) unsafe fn slot_nn(&self, i: usize) -> NonNull<Slot<K, V>> {
         // SAFETY: in bounds by the caller's promise: slot i is (i + 1) slots below the header.
         unsafe { self.base.cast::<Slot<K, V>>().sub(i + 1) }
+    }
+    /// The index of slot `s` of this segment (the inverse of [`slot`](Self::slot)).
+    #[inline(always)]
+    pub(crate) fn index_of(&self, s: *const Slot<K, V>) -> usize {
+        (self.base.as_ptr() as usize - s as usize) / size_of::<Slot<K, V>>() - 1
     }
     /// # Safety
     /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
@@ -854,7 +864,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 "key/value types too large or too aligned",
             ));
         }
-        let hsize = size_of::<TableHeader>();
+        let hsize = Self::header_block_size();
         let hdr_handle = mem.alloc(hsize as u64, 64)?;
         let hdr = match mem.ptr(hdr_handle, hsize as u64) {
             Some(p) => p.cast::<TableHeader>(),
@@ -930,6 +940,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         self.hdr_handle
     }
 
+    /// Bytes of the header block: the header, then an undo area of one value (see
+    /// [`replace_logged`](Self::replace_logged)).
+    const fn header_block_size() -> usize {
+        size_of::<TableHeader>() + size_of::<V>()
+    }
+
     /// Opens the table whose header is at `hdr_handle`, validating everything it follows.
     pub(crate) fn open(mem: M, hdr_handle: u64) -> Result<Self, Error> {
         let hsize = size_of::<TableHeader>();
@@ -969,6 +985,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if !max_groups.is_power_of_two() || max_groups > MAX_GROUPS_LIMIT {
             return Err(Error::Corrupt("segment size out of range"));
         }
+        // The header block holds an undo area of one value after the header.
+        let bsize = Self::header_block_size();
+        if mem.ptr(hdr_handle, bsize as u64).is_none() {
+            return Err(oob(hdr_handle, bsize));
+        }
         // The fields above never change once the table is created. Claim the table before
         // reading the others, which the handle that has it open (if any) changes.
         let me = offheap_mmap::process::owner_id();
@@ -995,7 +1016,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
         // Blocks as (address, size), to check that none overlap.
         let mut blocks: Vec<Block> = vec![
-            (hp.as_ptr() as usize, hsize),
+            (hp.as_ptr() as usize, bsize),
             (dir_ptr.as_ptr() as usize, n * 8),
         ];
         let mut dir: Vec<SegRef<K, V>> = Vec::with_capacity(n);
@@ -1179,7 +1200,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// shallowest segment, after it takes what it lacks of the others' entries (nothing,
     /// unless a merge was cut short), and the others are freed.
     fn repair(&mut self) -> Result<RepairReport, Error> {
-        let mut report = RepairReport::default();
+        // A replacement in progress first: it leaves the directory whole, and its record is
+        // cleared before the pending words are read as blocks below.
+        let mut report = RepairReport {
+            undone: usize::from(self.repair_undo()),
+            ..RepairReport::default()
+        };
         let n = self.dir.len();
         // Runs of equal entries as (depth, first index), shallowest first: a shallower
         // segment's range contains any deeper one it meets (aligned powers of two nest), so
@@ -1562,6 +1588,82 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.add_len(1);
             Some((s, false))
         }
+    }
+
+    /// Replaces the value of the full slot `i` of `seg` with `value`, returning the old one,
+    /// so that a process killed at any instruction leaves the old value or the new one, never
+    /// a mix: the old value is copied to the header block's undo area and the slot recorded
+    /// as pending before the new value is written; `open`'s repair puts the old value back
+    /// if the record is still there (see [`repair_undo`](Self::repair_undo)). For values that
+    /// one store cannot write; costs two copies of the value into a cache line that stays hot.
+    ///
+    /// # Safety
+    /// `i` must be a full slot of `seg`; `&mut self` owns the table.
+    pub(crate) unsafe fn replace_logged(&mut self, seg: SegRef<K, V>, i: usize, value: V) -> V {
+        // SAFETY: i < capacity, full; the undo area is `size_of::<V>()` bytes of the header
+        // block (checked by `open`, allocated by `new`), which does not overlap the slot.
+        unsafe {
+            let vp = core::ptr::addr_of_mut!((*seg.slot(i)).value);
+            let old = vp.read();
+            core::ptr::copy_nonoverlapping(
+                vp.cast::<u8>().cast_const(),
+                self.undo_area(),
+                size_of::<V>(),
+            );
+            self.pend_words([seg.handle() | PENDING_UNDO, i as u64, 0]);
+            #[cfg(not(test))]
+            vp.write(value);
+            // Tests kill in the middle of the write too: the value goes in two halves.
+            #[cfg(test)]
+            {
+                let (src, dst) = ((&value as *const V).cast::<u8>(), vp.cast::<u8>());
+                let half = size_of::<V>() / 2;
+                core::ptr::copy_nonoverlapping(src, dst, half);
+                kill_point!();
+                core::ptr::copy_nonoverlapping(src.add(half), dst.add(half), size_of::<V>() - half);
+            }
+            kill_point!();
+            self.pend_words([0; 3]);
+            old
+        }
+    }
+
+    /// The header block's undo area: `size_of::<V>()` bytes after the header, unaligned.
+    fn undo_area(&self) -> *mut u8 {
+        // SAFETY: the header block is `header_block_size` bytes (see `new` and `open`).
+        unsafe { self.hdr.as_ptr().cast::<u8>().add(size_of::<TableHeader>()) }
+    }
+
+    /// Undoes a replacement (see [`replace_logged`](Self::replace_logged)) that a process
+    /// left pending: the old value goes back into its slot. Then clears the record. The
+    /// record is untrusted: a handle that names no segment of the directory, or a slot out of
+    /// range or not full, leave the table as it is. Returns whether a value was put back.
+    fn repair_undo(&mut self) -> bool {
+        // SAFETY: the header block is valid while the table lives.
+        let [w, i, _] = unsafe { (*self.hdr.as_ptr()).pending };
+        if w >> HANDLE_BITS != PENDING_UNDO >> HANDLE_BITS {
+            return false;
+        }
+        let handle = w & ((1 << HANDLE_BITS) - 1);
+        let i = i as usize;
+        let seg = self.dir.iter().copied().find(|s| s.handle() == handle);
+        let mut restored = false;
+        if let Some(seg) = seg {
+            // SAFETY: i < capacity; the undo area holds `size_of::<V>()` bytes (any bytes are
+            // a valid V); `&mut self` owns the table.
+            unsafe {
+                if i < seg.capacity() && is_full(*seg.ctrl_at(i)) {
+                    core::ptr::copy_nonoverlapping(
+                        self.undo_area().cast_const(),
+                        core::ptr::addr_of_mut!((*seg.slot(i)).value).cast::<u8>(),
+                        size_of::<V>(),
+                    );
+                    restored = true;
+                }
+            }
+        }
+        self.pend_words([0; 3]);
+        restored
     }
 
     /// Removes the entry in slot `i` of `seg`, returning its value, then gives memory back if
@@ -2192,7 +2294,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             bytes += seg_layout::<K, V>(seg.groups()).map_or(0, |l| l.0);
             i += self.span(seg.depth());
         }
-        bytes += self.dir.len() * 8 + size_of::<TableHeader>();
+        bytes += self.dir.len() * 8 + Self::header_block_size();
         (segs, slots, tomb, bytes)
     }
 

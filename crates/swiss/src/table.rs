@@ -100,6 +100,9 @@ pub struct RepairReport {
     pub freed: usize,
     /// Segments whose stored counters disagreed with their control bytes.
     pub recounted: usize,
+    /// Replacements of a value that were cut short and undone: the value is the one before
+    /// (see [`SwissTable::insert`]). At most 1.
+    pub undone: usize,
 }
 
 /// A SwissTable of plain-old-data keys and values, stored inline in a [`TableMemory`]
@@ -378,6 +381,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
 
     /// Inserts `key -> value`, returning the previous value.
     ///
+    /// In a named table (one made by [`create_in`](Self::create_in) or
+    /// [`open_in`](Self::open_in), which outlives the process), replacing a value of more than
+    /// 8 bytes first copies the old value to an undo area of the table's header block and
+    /// records the slot there, so that a process killed at any instruction leaves the old
+    /// value or the new one, never a mix of both: `open_in` puts the old value back if the
+    /// record is still there (a value of at most 8 bytes is written by one store). Writes
+    /// through [`get_mut`](Self::get_mut), [`iter_mut`](Self::iter_mut) or an entry's
+    /// `and_modify` are not covered: they write in place.
+    ///
     /// # Panics
     /// If the memory cannot supply a segment the table must grow into (see
     /// [`try_insert`](Self::try_insert)).
@@ -387,6 +399,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         // `Result<Option<V>, Error>` through memory.
         let h = self.raw.hash(&key);
         match self.raw.find_or_insert_in_place(h, key, value) {
+            Some((s, true)) if self.logs_replacement() => self.replace(h, s, value),
             // SAFETY: as in `try_insert`.
             Some((s, existed)) => unsafe { Self::put(s, existed, value) },
             None => self.insert_growing(h, key, value),
@@ -423,8 +436,28 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     pub fn try_insert(&mut self, key: K, value: V) -> Result<Option<V>, Error> {
         let h = self.raw.hash(&key);
         let (s, existed) = self.raw.find_or_insert(h, key, value)?;
+        if existed && self.logs_replacement() {
+            return Ok(self.replace(h, s, value));
+        }
         // SAFETY: `s` is a full slot of this table; `&mut self` makes the access unique.
         Ok(unsafe { Self::put(s, existed, value) })
+    }
+
+    /// Whether replacing a value goes through [`replace`](Self::replace): in a named table,
+    /// for values that one store cannot write.
+    #[inline(always)]
+    fn logs_replacement(&self) -> bool {
+        size_of::<V>() > 8 && self.raw.root.is_some()
+    }
+
+    /// Replaces the value in `s`, a full slot of the key of hash `h`, through the undo area
+    /// (see [`insert`](Self::insert)).
+    #[inline(never)]
+    fn replace(&mut self, h: u64, s: *mut Slot<K, V>, value: V) -> Option<V> {
+        let seg = self.raw.seg_at(h);
+        let i = seg.index_of(s);
+        // SAFETY: `s` is the full slot `i` of `seg`; `&mut self`.
+        Some(unsafe { self.raw.replace_logged(seg, i, value) })
     }
 
     /// Removes `key`, returning its value.
@@ -975,7 +1008,14 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> OccupiedEntry<'a, K, V, 
         unsafe { &mut (*self.seg.slot(self.i)).value }
     }
     /// Replaces the value, returning the old one.
+    ///
+    /// In a named table, a value of more than 8 bytes is replaced through the undo area, as
+    /// by [`SwissTable::insert`].
     pub fn insert(&mut self, value: V) -> V {
+        if self.table.logs_replacement() {
+            // SAFETY: slot `i` of `seg` is full; the entry borrows the table mutably.
+            return unsafe { self.table.raw.replace_logged(self.seg, self.i, value) };
+        }
         core::mem::replace(self.get_mut(), value)
     }
     /// Removes the entry, returning its value.

@@ -452,3 +452,45 @@ fn small_segments_grow_fourfold_then_double() {
         vec![16, 64, 128]
     );
 }
+
+/// In a named table, a value of more than 8 bytes is replaced through the header block's
+/// undo area: through `insert`, `try_insert` and an occupied entry's `insert`, each
+/// returning the old value. The table keeps one copy of each key and its length, and reopens
+/// whole and clean (no record left pending).
+#[test]
+fn wide_values_of_a_named_table_are_replaced_through_the_undo_area() {
+    use offheap_swiss::Entry;
+    let heap = Heap::new();
+    let n: u64 = if cfg!(miri) { 60 } else { 2000 };
+    let v = |k: u64, r: u64| [k ^ r, r.wrapping_mul(0x0101_0101_0101_0101), !k ^ r];
+    let mut t: SwissTable<u64, [u64; 3], &Heap> =
+        SwissTable::create_in_with(&heap, "w", TableOptions::new().segment_slots(64)).unwrap();
+    for k in 0..n {
+        assert_eq!(t.insert(k, v(k, 0)), None);
+    }
+    for r in 1..=3u64 {
+        for k in 0..n {
+            let old = match r {
+                1 => t.insert(k, v(k, r)),
+                2 => t.try_insert(k, v(k, r)).unwrap(),
+                _ => match t.entry(k) {
+                    Entry::Occupied(mut e) => {
+                        let old = e.insert(v(k, r));
+                        assert_eq!(*e.get(), v(k, r));
+                        Some(old)
+                    }
+                    Entry::Vacant(_) => panic!("{k} is present"),
+                },
+            };
+            assert_eq!(old, Some(v(k, r - 1)), "key {k} round {r}");
+        }
+        assert_eq!(t.len() as u64, n);
+        assert_eq!(t.iter().count() as u64, n, "a key is in the table twice");
+        assert!((0..n).all(|k| t.get(&k) == Some(&v(k, r))));
+    }
+    drop(t);
+    let t: SwissTable<u64, [u64; 3], &Heap> = SwissTable::open_in(&heap, "w").unwrap();
+    assert_eq!(t.repair_report(), None);
+    assert_eq!(t.len() as u64, n);
+    assert!((0..n).all(|k| t.get(&k) == Some(&v(k, 3))));
+}
