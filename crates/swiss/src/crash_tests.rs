@@ -262,8 +262,8 @@ fn killed_while_replacing_wide_values() {
         let mut t = W::create_in_with(&r, "t", topts).unwrap();
         (0..N).for_each(|k| assert!(t.insert(k, v(k, 0)).is_none()));
     }
-    // Two rounds: round 1 through `insert`, round 2 through `try_insert`.
-    let ops: Vec<(u64, u64)> = (1..=2u64)
+    // Round 1 through `insert`, round 2 through `try_insert`, round 3 through `and_modify`.
+    let ops: Vec<(u64, u64)> = (1..=3u64)
         .flat_map(|r| (0..N).map(move |k| (k, r)))
         .collect();
     // The round of key `k` after the first `done` operations.
@@ -279,10 +279,17 @@ fn killed_while_replacing_wide_values() {
             STEPS_LEFT.with(|s| s.set(k));
             let res = catch_unwind(AssertUnwindSafe(|| {
                 for &(key, r) in &ops {
-                    let old = if r == 1 {
-                        t.insert(key, v(key, r))
-                    } else {
-                        t.try_insert(key, v(key, r)).unwrap()
+                    let old = match r {
+                        1 => t.insert(key, v(key, r)),
+                        2 => t.try_insert(key, v(key, r)).unwrap(),
+                        _ => {
+                            let mut old = None;
+                            t.entry(key).and_modify(|x| {
+                                old = Some(*x);
+                                *x = v(key, r);
+                            });
+                            old
+                        }
                     };
                     assert_eq!(old, Some(v(key, r - 1)));
                     done += 1;

@@ -387,8 +387,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// records the slot there, so that a process killed at any instruction leaves the old
     /// value or the new one, never a mix of both: `open_in` puts the old value back if the
     /// record is still there (a value of at most 8 bytes is written by one store). Writes
-    /// through [`get_mut`](Self::get_mut), [`iter_mut`](Self::iter_mut) or an entry's
-    /// `and_modify` are not covered: they write in place.
+    /// through [`get_mut`](Self::get_mut) or [`iter_mut`](Self::iter_mut) are not covered:
+    /// they write in place.
     ///
     /// # Panics
     /// If the memory cannot supply a segment the table must grow into (see
@@ -971,9 +971,19 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> Entry<'a, K, V, M, H> {
         self.or_insert_with(V::default)
     }
     /// Runs `f` on the value if present.
+    ///
+    /// In a named table, a value of more than 8 bytes is modified in a copy, which then
+    /// replaces it through the undo area as by [`SwissTable::insert`] (a kill never leaves it
+    /// half modified).
     pub fn and_modify(mut self, f: impl FnOnce(&mut V)) -> Self {
         if let Entry::Occupied(o) = &mut self {
-            f(o.get_mut());
+            if o.table.logs_replacement() {
+                let mut v = *o.get();
+                f(&mut v);
+                o.insert(v);
+            } else {
+                f(o.get_mut());
+            }
         }
         self
     }

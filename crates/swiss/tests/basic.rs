@@ -454,9 +454,9 @@ fn small_segments_grow_fourfold_then_double() {
 }
 
 /// In a named table, a value of more than 8 bytes is replaced through the header block's
-/// undo area: through `insert`, `try_insert` and an occupied entry's `insert`, each
-/// returning the old value. The table keeps one copy of each key and its length, and reopens
-/// whole and clean (no record left pending).
+/// undo area: through `insert`, `try_insert`, `and_modify` and an occupied entry's
+/// `insert`, each giving the old value. The table keeps one copy of each key and its
+/// length, and reopens whole and clean (no record left pending).
 #[test]
 fn wide_values_of_a_named_table_are_replaced_through_the_undo_area() {
     use offheap_swiss::Entry;
@@ -468,11 +468,19 @@ fn wide_values_of_a_named_table_are_replaced_through_the_undo_area() {
     for k in 0..n {
         assert_eq!(t.insert(k, v(k, 0)), None);
     }
-    for r in 1..=3u64 {
+    for r in 1..=4u64 {
         for k in 0..n {
             let old = match r {
                 1 => t.insert(k, v(k, r)),
                 2 => t.try_insert(k, v(k, r)).unwrap(),
+                3 => {
+                    let mut old = None;
+                    t.entry(k).and_modify(|x| {
+                        old = Some(*x);
+                        *x = v(k, r);
+                    });
+                    old
+                }
                 _ => match t.entry(k) {
                     Entry::Occupied(mut e) => {
                         let old = e.insert(v(k, r));
@@ -492,5 +500,5 @@ fn wide_values_of_a_named_table_are_replaced_through_the_undo_area() {
     let t: SwissTable<u64, [u64; 3], &Heap> = SwissTable::open_in(&heap, "w").unwrap();
     assert_eq!(t.repair_report(), None);
     assert_eq!(t.len() as u64, n);
-    assert!((0..n).all(|k| t.get(&k) == Some(&v(k, 3))));
+    assert!((0..n).all(|k| t.get(&k) == Some(&v(k, 4))));
 }
