@@ -82,14 +82,16 @@ pub struct TableStats {
     pub bytes: usize,
 }
 
-/// What [`SwissTable::open_in`] repaired in a table that a process left open (it was
-/// killed, or never dropped the table); see [`SwissTable::repair_report`].
+/// What [`SwissTable::open_in`] repaired in a table that a process left open when it ended
+/// (it was killed, or exited without dropping the table); see
+/// [`SwissTable::repair_report`].
 ///
 /// Inserts and removes are atomic with respect to a process dying at any instruction: each
 /// entry is written whole before its control byte says so. What a dead process can leave
 /// behind is a structural change half done (a split, rebuild or merge: a directory range
-/// whose entries disagree) and segment counters one off. `open_in` finishes or undoes the
-/// first and recounts the second.
+/// whose entries disagree), a replacement of a value of more than 8 bytes half written
+/// (recorded, with the old value, in the header block), and segment counters one off.
+/// `open_in` finishes or undoes the first, undoes the second and recounts the third.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RepairReport {
     /// Directory ranges whose entries disagreed (a split, rebuild or merge cut short).
@@ -222,10 +224,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// the header, the directory and each segment's header (never the entries). Wrong
     /// key/value types, another hash function, or anything inconsistent gives an error.
     ///
-    /// A table that a process left open (it was killed, or never dropped the table) is
-    /// repaired first: a split, rebuild or merge it was in the middle of is finished or
-    /// undone, and the segments' counters are recounted from their control bytes, which
-    /// reads every control byte (O(capacity / 16)). [`repair_report`](Self::repair_report)
+    /// A table that a process left open when it ended (it was killed, or exited without
+    /// dropping the table) is repaired first: a split, rebuild or merge it was in the middle
+    /// of is finished or undone, a value replacement cut short is undone, and the segments'
+    /// counters are recounted from their control bytes, which reads every control byte
+    /// (O(capacity / 16)). [`repair_report`](Self::repair_report)
     /// says what was done. Every operation that returned before the process died is in the
     /// table, and an insert or removal in flight is whole or absent (a bulk operation in
     /// flight, such as `clear`, `retain`, `drain` or `extend`, may be partly done).
