@@ -275,6 +275,11 @@ const _: () = assert!(size_of::<SegRef<u64, u64>>() == 16 && DIR_SHIFT0 - MAX_DE
 /// (so that `open` can find the header, which lies after the slots).
 const HANDLE_BITS: u32 = 56;
 
+/// The handle in a directory, header or pending word (its low [`HANDLE_BITS`] bits).
+const fn word_handle(w: u64) -> u64 {
+    w & ((1 << HANDLE_BITS) - 1)
+}
+
 /// Top byte of a pending word that names a directory block (a segment word's top byte is
 /// log2 of its group count, at most 16).
 const PENDING_DIR: u64 = 0xFF << HANDLE_BITS;
@@ -539,12 +544,26 @@ pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
 /// The first free slot on `h`'s probe sequence.
 #[inline(always)]
 fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
+    first_on_sequence(seg, h, |pos| {
+        // SAFETY: pos <= pmask, a group's first byte.
+        unsafe { seg.group_at(pos) }
+            .match_empty_or_deleted()
+            .lowest()
+    })
+}
+
+/// Walks `h`'s probe sequence in `seg` (each group once) until `free_in(pos)`, given a
+/// group's first byte, names a free slot of that group by its bit; returns the slot's index.
+#[inline(always)]
+fn first_on_sequence<K, V>(
+    seg: &SegRef<K, V>,
+    h: u64,
+    mut free_in: impl FnMut(usize) -> Option<usize>,
+) -> Option<usize> {
     let mut pos = seg.start(h);
     let mut stride = 0;
     loop {
-        // SAFETY: pos <= pmask, a group's first byte.
-        let grp = unsafe { seg.group_at(pos) };
-        if let Some(b) = grp.match_empty_or_deleted().lowest() {
+        if let Some(b) = free_in(pos) {
             return Some(pos + b);
         }
         stride += GROUP_WIDTH;
@@ -564,21 +583,14 @@ const OCC_GROUPS: usize = 256;
 /// slots are those marked in `occ`, without reading its control bytes.
 #[inline(always)]
 fn find_unfilled<K, V>(seg: &SegRef<K, V>, h: u64, occ: &mut [u16; OCC_GROUPS]) -> Option<usize> {
-    let mut pos = seg.start(h);
-    let mut stride = 0;
-    loop {
+    first_on_sequence(seg, h, |pos| {
         let w = &mut occ[pos / GROUP_WIDTH % OCC_GROUPS];
-        if *w != u16::MAX {
+        (*w != u16::MAX).then(|| {
             let b = (!*w).trailing_zeros() as usize;
             *w |= 1 << b;
-            return Some(pos + b);
-        }
-        stride += GROUP_WIDTH;
-        if stride > seg.pmask {
-            return None;
-        }
-        pos = (pos + stride) & seg.pmask;
-    }
+            b
+        })
+    })
 }
 
 /// The table's storage and bookkeeping.
@@ -1002,7 +1014,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // SAFETY: as above.
         let h = unsafe { hdr.as_ptr().read() };
         let gd = (h.dir >> HANDLE_BITS) as u32;
-        let dir_handle = h.dir & ((1 << HANDLE_BITS) - 1);
+        let dir_handle = word_handle(h.dir);
         if gd > MAX_DEPTH {
             return Err(Error::Corrupt("directory depth out of range"));
         }
@@ -1136,7 +1148,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         counters: bool,
         cleared_magic: bool,
     ) -> Result<(SegRef<K, V>, Block), Error> {
-        let off = word & ((1 << HANDLE_BITS) - 1);
+        let off = word_handle(word);
         let lg = word >> HANDLE_BITS;
         if lg > u64::from(MAX_GROUPS_LIMIT.trailing_zeros()) {
             return Err(Error::Corrupt("segment size out of range"));
@@ -1263,7 +1275,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut dir_block = None;
         for w in pending.into_iter().filter(|&w| w != 0) {
             if w >> HANDLE_BITS == PENDING_DIR >> HANDLE_BITS {
-                let handle = w & ((1 << HANDLE_BITS) - 1);
+                let handle = word_handle(w);
                 if handle != self.dir_handle && self.is_old_or_new_dir(handle) {
                     dir_block = Some(handle);
                 }
@@ -1644,7 +1656,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if w >> HANDLE_BITS != PENDING_UNDO >> HANDLE_BITS {
             return false;
         }
-        let handle = w & ((1 << HANDLE_BITS) - 1);
+        let handle = word_handle(w);
         let i = i as usize;
         let seg = self.dir.iter().copied().find(|s| s.handle() == handle);
         let mut restored = false;
