@@ -597,6 +597,11 @@ fn find_unfilled<K, V>(seg: &SegRef<K, V>, h: u64, occ: &mut [u16; OCC_GROUPS]) 
 pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// In-process mirror of the stored directory: one resolved segment per entry.
     pub(crate) dir: Vec<SegRef<K, V>>,
+    /// The table's only segment while the global depth is 0 (a copy of `dir[0]`), else
+    /// `None`. Lookups test it first: a table of one segment then needs no mirror load,
+    /// which the group's address would otherwise wait for (see [`on_seg`](Self::on_seg)).
+    /// Kept by [`sync_lone`](Self::sync_lone) wherever the mirror changes.
+    lone: Option<SegRef<K, V>>,
     /// `DIR_SHIFT0 - global_depth`: `(h >> shift) & !15` is the directory index (the top
     /// `global_depth` bits of `h`) times 16, the byte offset of its entry in the mirror, in
     /// two instructions; the shift stays below 64 at every depth (36 to 60).
@@ -851,6 +856,7 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
             i += self.span(d);
         }
         self.dir.clear();
+        self.lone = None;
         // SAFETY: as above.
         unsafe {
             self.mem.free(self.dir_handle);
@@ -928,6 +934,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         unsafe { hdr.as_ptr().write(h) };
         Ok(RawTable {
             dir: vec![seg],
+            lone: Some(seg),
             shift: DIR_SHIFT0,
             seed,
             prepared: H::prepare(seed),
@@ -1070,6 +1077,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         }
         let mut t = RawTable {
+            lone: if gd == 0 { Some(dir[0]) } else { None },
             dir,
             shift: DIR_SHIFT0 - gd,
             seed: h.seed,
@@ -1508,22 +1516,42 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// Finds `key`: (directory index, slot index).
     #[inline(always)]
     pub(crate) fn find(&self, h: u64, key: &K) -> Option<(SegRef<K, V>, usize)> {
-        let seg = self.seg_at(h);
-        find_in(&seg, h, key).map(|x| (seg, x.i))
+        self.on_seg(h, |seg| find_in(seg, h, key).map(|x| (*seg, x.i)))
+    }
+
+    /// Calls `f` with `h`'s segment. `f` is inlined twice: once for the lone segment of a
+    /// depth-0 table, held in the handle (whose lookups then load no directory entry: the
+    /// branch is on a loop-invariant field, so it costs a predicted jump, and LLVM often
+    /// takes it out of a caller's loop), and once for a segment from the mirror. A branch
+    /// that picked the segment, instead of the code that uses it, became a conditional
+    /// move, whose result waited for the mirror load anyway (docs/swiss.md, "A table of one
+    /// segment").
+    #[inline(always)]
+    pub(crate) fn on_seg<R>(&self, h: u64, f: impl Fn(&SegRef<K, V>) -> R) -> R {
+        debug_assert!(match self.lone {
+            Some(l) =>
+                self.dir.len() == 1 && (l.base, l.pmask) == (self.dir[0].base, self.dir[0].pmask),
+            None => self.dir.len() != 1,
+        });
+        match self.lone {
+            Some(seg) => f(&seg),
+            None => f(&self.seg_at(h)),
+        }
     }
 
     /// Finds `key` for a removal: (segment, slot index, whether the slot's group has an
     /// `EMPTY` byte).
     #[inline(always)]
     pub(crate) fn find_hit(&self, h: u64, key: &K) -> Option<(SegRef<K, V>, usize, bool)> {
-        let seg = self.seg_at(h);
-        find_in(&seg, h, key).map(|x| (seg, x.i, x.group_has_empty))
+        self.on_seg(h, |seg| {
+            find_in(seg, h, key).map(|x| (*seg, x.i, x.group_has_empty))
+        })
     }
 
     /// Finds `key`'s slot.
     #[inline(always)]
     pub(crate) fn find_slot(&self, h: u64, key: &K) -> Option<NonNull<Slot<K, V>>> {
-        find_in(&self.seg_at(h), h, key).map(|x| x.slot)
+        self.on_seg(h, |seg| find_in(seg, h, key).map(|x| x.slot))
     }
 
     /// Finds `key`, or inserts `key -> value`. Returns the slot and whether the key was there
@@ -1902,6 +1930,16 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             kill_point!();
         }
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        self.sync_lone();
+    }
+
+    /// Sets [`lone`](Self::lone) from the mirror.
+    fn sync_lone(&mut self) {
+        self.lone = if self.dir.len() == 1 {
+            Some(self.dir[0])
+        } else {
+            None
+        };
     }
 
     /// Rebuilds the segment at `idx` into a fresh one of `groups` groups (dropping its
@@ -2013,6 +2051,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             return Err(e);
         }
         self.at_global = 0;
+        self.sync_lone();
         Ok(())
     }
 
@@ -2029,6 +2068,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
             let gd = self.global_depth();
             self.at_global = self.dir.iter().filter(|s| s.depth() == gd).count();
+            self.sync_lone();
         }
     }
 
