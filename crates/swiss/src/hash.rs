@@ -6,25 +6,29 @@
 //!
 //! | bits of `h` | use |
 //! |---|---|
-//! | `0..7`   | the 7-bit tag stored in the control byte ([`TAG_BITS`]) |
-//! | `7..32`  | the first group probed inside a segment (`(h >> 7) & (groups - 1)`; a segment has at most 2^16 groups, so bits `7..23` in practice) |
-//! | `32..40` | **never used by the table**: free for a caller, e.g. to choose a shard ([`FREE_BITS`]) |
-//! | `40..64` | the directory index: the top `global_depth` bits (`global_depth <= 24`) ([`DIR_BITS`]) |
+//! | `0..20`  | the byte position of the first group probed inside a segment, `h & pmask` with `pmask = (groups - 1) * 16`: the group is bits `4..20` (a segment has at most 2^16 groups), bits `0..4` are masked off ([`GROUP_BITS`]) |
+//! | `20..33` | **never used by the table**: free for a caller, e.g. to choose a shard ([`FREE_BITS`]) |
+//! | `33..57` | the directory index: the top `global_depth` bits of this range (`global_depth <= 24`) ([`DIR_BITS`]) |
+//! | `57..64` | the 7-bit tag stored in the control byte ([`TAG_BITS`]) |
 //!
-//! Because the table never looks at bits `32..40`, a sharded map that picks its shard from
-//! them gives every shard's table hashes that are still uniform in the bits the table uses.
+//! Each use takes its bits with one instruction or two (`h & pmask`, `h >> 57`, a shift and
+//! a mask for the directory). The tag's top bits are also the ones xxh3's last step
+//! (`h ^ (h >> 28)`) leaves as they are, so a lookup can have its tag before the hash is
+//! done. Because the table never looks at bits `20..33`, a sharded map that picks its shard
+//! from them gives every shard's table hashes that are still uniform in the bits it uses.
 
 use core::hash::{BuildHasher, Hasher};
 use core::ops::Range;
 
-/// Hash bits holding the tag.
-pub const TAG_BITS: Range<u32> = 0..7;
-/// Hash bits from which the first probed group is taken.
-pub const GROUP_BITS: Range<u32> = 7..32;
+/// Hash bits holding the tag: the top 7.
+pub const TAG_BITS: Range<u32> = 57..64;
+/// Hash bits from which the first probed group's byte position is taken (the group index is
+/// bits `4..20`).
+pub const GROUP_BITS: Range<u32> = 0..20;
 /// Hash bits the table never reads (free for a caller's shard choice).
-pub const FREE_BITS: Range<u32> = 32..40;
+pub const FREE_BITS: Range<u32> = 20..33;
 /// Hash bits the directory index is taken from (its top `global_depth` bits).
-pub const DIR_BITS: Range<u32> = 40..64;
+pub const DIR_BITS: Range<u32> = 33..57;
 
 /// A seeded hash function over a key's bytes.
 ///
@@ -192,7 +196,7 @@ mod tests {
 
     #[test]
     fn bit_ranges_are_disjoint_and_cover_64() {
-        let all = [TAG_BITS, GROUP_BITS, FREE_BITS, DIR_BITS];
+        let all = [GROUP_BITS, FREE_BITS, DIR_BITS, TAG_BITS];
         let mut next = 0;
         for r in all {
             assert_eq!(r.start, next);

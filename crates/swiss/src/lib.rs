@@ -9,7 +9,7 @@
 //! - **Bounded growth**: a full segment splits into two (the directory doubles by copying
 //!   only itself); sparse buddies merge. No insert or remove moves more than one segment.
 //! - **Hashing**: xxh3 with a per-table seed stored in the header; pluggable through
-//!   [`SeededHash`]. Hash bits `32..40` are never used by the table ([`FREE_BITS`]).
+//!   [`SeededHash`]. Hash bits `20..33` are never used by the table ([`FREE_BITS`]).
 //! - **Persistence**: [`SwissTable::create_in`] / [`SwissTable::open_in`] keep a table in a
 //!   file-backed region under a root name; opening validates everything it follows.
 //!

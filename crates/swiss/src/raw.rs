@@ -55,14 +55,15 @@ const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"offSwiss");
 /// the header keeps the directory's handle and global depth in one word (switched by one
 /// store) and which process has the table open. 3: the header also keeps the token of the
 /// handle that has it open (so that a process tells its own open handles from ones that are
-/// gone).
-pub(crate) const VERSION: u32 = 3;
+/// gone). 4: hashes are read from other bits (tag `57..64`, group `4..20`, directory
+/// `33..57`; see [`crate::hash`]), so the same key lies elsewhere than in a version 3 file.
+pub(crate) const VERSION: u32 = 4;
 /// The header's `owner` while no process has the table open (it was dropped cleanly).
 const CLOSED: u64 = 0;
-/// Maximum global depth of the directory (it is indexed by hash bits `40..64`).
+/// Maximum global depth of the directory (it is indexed by hash bits `33..57`).
 pub(crate) const MAX_DEPTH: u32 = 24;
 /// Maximum groups in one segment (2^16 groups = 2^20 slots; the group index uses hash bits
-/// `7..23`).
+/// `4..20`).
 pub(crate) const MAX_GROUPS_LIMIT: usize = 1 << 16;
 /// Largest slot alignment supported (a region allocates with at most page alignment).
 const MAX_SLOT_ALIGN: usize = 4096;
@@ -266,10 +267,35 @@ fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
     Some((size, ctrl_off, align_of::<Slot<K, V>>().max(64)))
 }
 
-/// The mirror's shift at global depth 0 (see `RawTable::shift`): `64 - 4`, 4 being log2 of
-/// the 16 bytes of a mirror entry.
-const DIR_SHIFT0: u32 = 60;
-const _: () = assert!(size_of::<SegRef<u64, u64>>() == 16 && DIR_SHIFT0 - MAX_DEPTH == 36);
+/// The mirror's shift at global depth 0 (see `RawTable::shift`): the end of
+/// [`DIR_BITS`](crate::hash::DIR_BITS) less 4, 4 being log2 of the 16 bytes of a mirror entry.
+const DIR_SHIFT0: u32 = crate::hash::DIR_BITS.end - 4;
+const _: () = assert!(
+    size_of::<SegRef<u64, u64>>() == 16
+        && crate::hash::DIR_BITS.end - MAX_DEPTH == crate::hash::DIR_BITS.start
+);
+
+/// The mirror's index mask at global depth `gd`: `(2^gd - 1) * 16`, the offset of its
+/// last entry (see `RawTable::shift`).
+const fn dir_mask<K, V>(gd: u32) -> usize {
+    ((1usize << gd) - 1) * size_of::<SegRef<K, V>>()
+}
+
+/// The directory prefix of `h` at depth `depth` (1 to [`MAX_DEPTH`]): the top `depth` bits
+/// of its [`DIR_BITS`](crate::hash::DIR_BITS), which a segment of that depth shares with all
+/// its keys.
+#[inline]
+fn dir_prefix(h: u64, depth: u32) -> u64 {
+    debug_assert!((1..=MAX_DEPTH).contains(&depth));
+    (h << (64 - crate::hash::DIR_BITS.end)) >> (64 - depth)
+}
+
+/// The smallest hash whose directory prefix at depth `depth` is `prefix` (the inverse of
+/// [`dir_prefix`] on the directory bits).
+#[inline]
+fn hash_with_prefix(prefix: u64, depth: u32) -> u64 {
+    prefix << (crate::hash::DIR_BITS.end - depth)
+}
 
 /// Low bits of a directory word: the segment's handle; high 8 bits: log2 of its group count
 /// (so that `open` can find the header, which lies after the slots).
@@ -306,8 +332,8 @@ fn dir_word(handle: u64, groups: usize) -> u64 {
 pub(crate) struct SegRef<K, V> {
     base: NonNull<u8>,
     /// `(groups - 1) * GROUP_WIDTH`: masks a byte position in the control bytes down to a
-    /// group's first byte, so a probe goes from the hash to its group in two instructions
-    /// (`(h >> 3) & pmask`, the same group as `((h >> 7) & (groups - 1)) * 16`).
+    /// group's first byte, so a probe goes from the hash to its group in one instruction
+    /// (`h & pmask`: group `(h >> 4) & (groups - 1)`, from hash bits `4..20` at most).
     pub(crate) pmask: usize,
     _types: PhantomData<*mut Slot<K, V>>,
 }
@@ -338,7 +364,7 @@ impl<K, V> SegRef<K, V> {
     /// Byte position (in the control bytes) of the first group `h` probes.
     #[inline(always)]
     pub(crate) fn start(&self, h: u64) -> usize {
-        (h >> (crate::hash::GROUP_BITS.start - GROUP_WIDTH.trailing_zeros())) as usize & self.pmask
+        h as usize & self.pmask
     }
     #[inline(always)]
     pub(crate) fn hdr(&self) -> *mut SegHeader {
@@ -444,9 +470,10 @@ pub(crate) unsafe fn publish(c: *mut u8, tag: u8) {
     }
 }
 
+/// The 7-bit tag of hash `h`: its top 7 bits ([`TAG_BITS`](crate::hash::TAG_BITS)).
 #[inline(always)]
 pub(crate) fn tag(h: u64) -> u8 {
-    (h & 0x7F) as u8
+    (h >> crate::hash::TAG_BITS.start) as u8
 }
 
 /// Where a key is, or where it could go.
@@ -602,10 +629,12 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// which the group's address would otherwise wait for (see [`on_seg`](Self::on_seg)).
     /// Kept by [`sync_lone`](Self::sync_lone) wherever the mirror changes.
     lone: Option<SegRef<K, V>>,
-    /// `DIR_SHIFT0 - global_depth`: `(h >> shift) & !15` is the directory index (the top
-    /// `global_depth` bits of `h`) times 16, the byte offset of its entry in the mirror, in
-    /// two instructions; the shift stays below 64 at every depth (36 to 60).
+    /// `DIR_SHIFT0 - global_depth`: `(h >> shift) & dmask` is the directory index (the top
+    /// `global_depth` bits of [`DIR_BITS`](crate::hash::DIR_BITS)) times 16, the byte offset
+    /// of its entry in the mirror, in two instructions.
     shift: u32,
+    /// `dir_mask(global_depth)`.
+    dmask: usize,
     pub(crate) seed: u64,
     /// `H::prepare(seed)`.
     prepared: u64,
@@ -936,6 +965,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             dir: vec![seg],
             lone: Some(seg),
             shift: DIR_SHIFT0,
+            dmask: 0,
             seed,
             prepared: H::prepare(seed),
             hdr,
@@ -1080,6 +1110,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             lone: if gd == 0 { Some(dir[0]) } else { None },
             dir,
             shift: DIR_SHIFT0 - gd,
+            dmask: dir_mask::<K, V>(gd),
             seed: h.seed,
             prepared: H::prepare(h.seed),
             hdr,
@@ -1391,7 +1422,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 // SAFETY: a full slot; any bytes are a valid Pod key.
                 let key = unsafe { (*src).key };
                 let h = self.hash(&key);
-                if depth > 0 && h >> (64 - depth) != prefix {
+                if depth > 0 && dir_prefix(h, depth) != prefix {
                     continue;
                 }
                 if find_in(to, h, &key).is_some() {
@@ -1482,21 +1513,28 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         H::hash_prepared(bytemuck::bytes_of(key), self.seed, self.prepared)
     }
 
-    /// The directory index of `h`: its top `global_depth` bits.
+    /// The directory index of `h`: the top `global_depth` bits of its
+    /// [`DIR_BITS`](crate::hash::DIR_BITS).
     #[inline(always)]
     pub(crate) fn dir_index(&self, h: u64) -> usize {
-        (h >> self.shift) as usize / size_of::<SegRef<K, V>>()
+        ((h >> self.shift) as usize & self.dmask) / size_of::<SegRef<K, V>>()
+    }
+
+    /// Sets the global depth's shift and mask (the caller resizes the mirror).
+    fn set_global_depth(&mut self, gd: u32) {
+        self.shift = DIR_SHIFT0 - gd;
+        self.dmask = dir_mask::<K, V>(gd);
     }
 
     /// The segment `h` belongs to.
     #[inline(always)]
     pub(crate) fn seg_at(&self, h: u64) -> SegRef<K, V> {
-        // The entry's byte offset in the mirror: the top `global_depth` bits of `h`, times 16.
-        let off = (h >> self.shift) as usize & !(size_of::<SegRef<K, V>>() - 1);
+        // The entry's byte offset in the mirror: the directory index, times 16.
+        let off = (h >> self.shift) as usize & self.dmask;
         debug_assert!(off / size_of::<SegRef<K, V>>() < self.dir.len());
-        // SAFETY: `h >> shift` is below 2^(64 - shift) = 16 << global_depth, so `off` is at
-        // most 16 * (2^global_depth - 1), the last entry of the mirror (dir.len() ==
-        // 2^global_depth, entries of 16 bytes), and a multiple of 16.
+        // SAFETY: `off` is masked by `dmask`, 16 * (2^global_depth - 1): at most the offset
+        // of the mirror's last entry (dir.len() == 2^global_depth, entries of 16 bytes), and
+        // a multiple of 16.
         unsafe {
             *self
                 .dir
@@ -1983,7 +2021,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         };
         self.pend(&[a, b, old]);
-        let bit = 63 - old.depth();
+        // The directory bit below the segment's prefix tells its halves apart.
+        let bit = crate::hash::DIR_BITS.end - 1 - old.depth();
         self.move_entries::<true>(&old, [&a, &b], |h| (h >> bit) as usize & 1);
         let span = self.span(old.depth());
         let start = idx & !(span - 1);
@@ -2043,11 +2082,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             new.push(*s);
             new.push(*s);
         }
+        let gd = self.global_depth();
         self.dir = new;
-        self.shift -= 1;
+        self.set_global_depth(gd + 1);
         if let Err(e) = self.store_dir() {
             self.dir = old;
-            self.shift += 1;
+            self.set_global_depth(gd);
             return Err(e);
         }
         self.at_global = 0;
@@ -2059,11 +2099,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         while self.at_global == 0 && self.global_depth() > 0 {
             let new: Vec<SegRef<K, V>> = self.dir.iter().step_by(2).copied().collect();
             let old = core::mem::replace(&mut self.dir, new);
-            self.shift += 1;
+            let gd = self.global_depth();
+            self.set_global_depth(gd - 1);
             if self.store_dir().is_err() {
                 // Keep the larger directory; it is still correct.
                 self.dir = old;
-                self.shift -= 1;
+                self.set_global_depth(gd);
                 return;
             }
             let gd = self.global_depth();
@@ -2226,11 +2267,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             if d == 0 {
                 return;
             }
-            let prefix = (h >> (64 - d)) + 1;
+            let prefix = dir_prefix(h, d) + 1;
             if prefix >> d != 0 {
                 return;
             }
-            h = prefix << (64 - d);
+            h = hash_with_prefix(prefix, d);
         }
     }
 
@@ -2365,6 +2406,59 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 }
             }
             *pos = (pos.0 + self.span(seg.depth()), 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{Xxh3, DIR_BITS, GROUP_BITS, TAG_BITS};
+    use offheap_mmap::Region;
+
+    /// Each use of a hash reads its own bits (crate::hash's table) and all of them: flipping
+    /// one bit of `h` changes the tag, the first group's position or the directory index
+    /// exactly when the bit is in that use's range (for the directory, its top
+    /// `global_depth` bits; for the group, the bits that a segment of its size uses).
+    #[test]
+    fn each_use_of_a_hash_reads_its_own_bits() {
+        let region = Region::anonymous().unwrap();
+        // Segments of at most 4 groups (64 slots): 500 keys make a directory of several
+        // levels.
+        let mut t = RawTable::<u64, u64, &Region, Xxh3>::new(&region, 7, 4).unwrap();
+        for k in 0..500u64 {
+            let h = t.hash(&k);
+            t.find_or_insert(h, k, k).unwrap();
+        }
+        let gd = t.global_depth();
+        assert!(gd >= 4, "global depth {gd}");
+        let dir_used = DIR_BITS.end - gd..DIR_BITS.end;
+        let mut x = 0x0123_4567_89AB_CDEFu64;
+        for _ in 0..if cfg!(miri) { 20 } else { 200 } {
+            x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ 0x5555;
+            let h = x;
+            let seg = t.seg_at(h);
+            let group_used = 4..4 + seg.groups().trailing_zeros();
+            for b in 0..64 {
+                let g = h ^ (1 << b);
+                assert_eq!(tag(g) != tag(h), TAG_BITS.contains(&b), "tag, bit {b}");
+                assert_eq!(
+                    t.dir_index(g) != t.dir_index(h),
+                    dir_used.contains(&b),
+                    "directory, bit {b}"
+                );
+                assert_eq!(
+                    seg.start(g) != seg.start(h),
+                    group_used.contains(&b),
+                    "group, bit {b}"
+                );
+                assert!(GROUP_BITS.contains(&b) || !group_used.contains(&b));
+            }
+            for d in 1..=gd {
+                let p = dir_prefix(h, d);
+                assert_eq!(dir_prefix(hash_with_prefix(p, d), d), p);
+                assert_eq!(p, (t.dir_index(h) >> (gd - d)) as u64);
+            }
         }
     }
 }
