@@ -348,7 +348,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// The value of `key`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &K) -> Option<&V> {
         let h = self.raw.hash(key);
         let s = self.raw.find_slot(h, key)?;
@@ -357,7 +357,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// The stored key and value of `key`.
-    #[inline]
+    #[inline(always)]
     pub fn get_key_value(&self, key: &K) -> Option<(&K, &V)> {
         let h = self.raw.hash(key);
         let s = self.raw.find_slot(h, key)?;
@@ -367,7 +367,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// The value of `key`, mutably.
-    #[inline]
+    #[inline(always)]
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let h = self.raw.hash(key);
         let s = self.raw.find_slot(h, key)?;
@@ -376,7 +376,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// Whether `key` is present.
-    #[inline]
+    #[inline(always)]
     pub fn contains_key(&self, key: &K) -> bool {
         let h = self.raw.hash(key);
         self.raw.find(h, key).is_some()
