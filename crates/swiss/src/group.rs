@@ -39,6 +39,12 @@ impl BitMask {
             Some(self.0.trailing_zeros() as usize)
         }
     }
+
+    /// The set without its lowest bit.
+    #[inline(always)]
+    pub(crate) fn without_lowest(self) -> BitMask {
+        BitMask(self.0 & self.0.wrapping_sub(1))
+    }
 }
 
 impl Iterator for BitMask {

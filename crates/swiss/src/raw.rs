@@ -510,18 +510,29 @@ pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<
     loop {
         // SAFETY: pos <= pmask, a group's first byte.
         let grp = unsafe { seg.group_at(pos) };
-        for bit in grp.match_tag(t) {
+        let candidate = |bit: usize| {
             let i = pos + bit;
             // SAFETY: i < capacity.
             let s = unsafe { seg.slot_nn(i) };
             // SAFETY: a full slot's bytes were written (or come from a mapping, whose bytes
             // are always initialized).
-            if key_eq(unsafe { &(*s.as_ptr()).key }, key) {
-                return Some(Hit {
-                    i,
-                    slot: s,
-                    group_has_empty: grp.match_empty().any(),
-                });
+            key_eq(unsafe { &(*s.as_ptr()).key }, key).then(|| Hit {
+                i,
+                slot: s,
+                group_has_empty: grp.match_empty().any(),
+            })
+        };
+        let m = grp.match_tag(t);
+        // The first candidate before the loop over the others: most lookups end there, and
+        // then run no loop head (which LLVM pads with a no-op).
+        if let Some(bit) = m.lowest() {
+            if let Some(hit) = candidate(bit) {
+                return Some(hit);
+            }
+            for bit in m.without_lowest() {
+                if let Some(hit) = candidate(bit) {
+                    return Some(hit);
+                }
             }
         }
         if grp.match_empty().any() {
