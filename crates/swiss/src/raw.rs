@@ -972,10 +972,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         h.checksum = h.checksum();
         // SAFETY: the header block is large enough and aligned to 64.
         unsafe { hdr.as_ptr().write(h) };
-        Ok(RawTable {
+        let mut t = RawTable {
             dir: vec![seg],
-            lone: Some(seg),
-            shift: DIR_SHIFT0,
+            // Set from the depth and the mirror just below.
+            lone: None,
+            shift: 0,
             dmask: 0,
             seed,
             prepared: H::prepare(seed),
@@ -992,7 +993,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             open: None,
             mem,
             _types: PhantomData,
-        })
+        };
+        t.set_global_depth(0);
+        t.sync_lone();
+        Ok(t)
     }
 
     /// Handle of the table header (what a root name stores).
@@ -1118,10 +1122,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             }
         }
         let mut t = RawTable {
-            lone: if gd == 0 { Some(dir[0]) } else { None },
             dir,
-            shift: DIR_SHIFT0 - gd,
-            dmask: dir_mask::<K, V>(gd),
+            // Set from the depth and the mirror just below.
+            lone: None,
+            shift: 0,
+            dmask: 0,
             seed: h.seed,
             prepared: H::prepare(h.seed),
             hdr,
@@ -1138,6 +1143,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             mem,
             _types: PhantomData,
         };
+        t.set_global_depth(gd);
+        t.sync_lone();
         // From here `t` owns the memory, which an owned region unmaps when dropped: an error
         // gives the claim back by hand, while `t` is alive.
         core::mem::forget(undo);
@@ -1528,7 +1535,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// [`DIR_BITS`](crate::hash::DIR_BITS).
     #[inline(always)]
     pub(crate) fn dir_index(&self, h: u64) -> usize {
-        ((h >> self.shift) as usize & self.dmask) / size_of::<SegRef<K, V>>()
+        self.dir_offset(h) / size_of::<SegRef<K, V>>()
+    }
+
+    /// The byte offset in the mirror of `h`'s entry: its directory index times 16, in two
+    /// instructions.
+    #[inline(always)]
+    fn dir_offset(&self, h: u64) -> usize {
+        (h >> self.shift) as usize & self.dmask
     }
 
     /// Sets the global depth's shift and mask (the caller resizes the mirror).
@@ -1541,7 +1555,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     #[inline(always)]
     pub(crate) fn seg_at(&self, h: u64) -> SegRef<K, V> {
         // The entry's byte offset in the mirror: the directory index, times 16.
-        let off = (h >> self.shift) as usize & self.dmask;
+        let off = self.dir_offset(h);
         debug_assert!(off / size_of::<SegRef<K, V>>() < self.dir.len());
         // SAFETY: `off` is masked by `dmask`, 16 * (2^global_depth - 1): at most the offset
         // of the mirror's last entry (dir.len() == 2^global_depth, entries of 16 bytes), and
