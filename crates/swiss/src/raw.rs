@@ -84,7 +84,11 @@ pub(crate) struct SegHeader {
     _r0: u32,
     pub(crate) len: u64,
     pub(crate) deleted: u64,
-    pub(crate) growth_left: u64,
+    /// Unused: written as 0, ignored when read. (Until the session after format version 4
+    /// came in, the segment's room was kept here and updated by every insert and removal.
+    /// It is now derived from `len` and `deleted`; see [`SegRef::room`]. Files written
+    /// before keep a value here, which is ignored.)
+    _r1: u64,
     /// The segment's own handle (checked against the directory on open).
     handle: u64,
     /// The handle of its table's header (checked on open, so that a directory entry naming
@@ -379,6 +383,17 @@ impl<K, V> SegRef<K, V> {
     pub(crate) fn depth(&self) -> u32 {
         // SAFETY: the header is valid while the segment is.
         unsafe { (*self.hdr()).depth }
+    }
+    /// Inserts the segment takes before it is at its 7/8 load ([`max_load`]): that load less
+    /// its full slots and its tombstones, both from its header. Derived rather than kept, so
+    /// that an insert or a removal updates one counter of the header, not two: on a large
+    /// table each read-modify-write of a counter cost about 10 % of an insert
+    /// (docs/swiss.md, "Fewer counters per insert").
+    #[inline(always)]
+    pub(crate) fn room(&self) -> usize {
+        // SAFETY: the header is valid while the segment is.
+        let (len, deleted) = unsafe { ((*self.hdr()).len, (*self.hdr()).deleted) };
+        (max_load(self.groups()) as u64).saturating_sub(len.saturating_add(deleted)) as usize
     }
     /// The block's handle (from the header).
     #[inline(always)]
@@ -1232,10 +1247,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             return Err(Error::Corrupt("segment depth or size out of range"));
         }
         let cap = (groups * GROUP_WIDTH) as u64;
-        if counters
-            && (sh.len.checked_add(sh.deleted).map_or(true, |x| x > cap)
-                || sh.growth_left > max_load(groups) as u64)
-        {
+        if counters && sh.len.checked_add(sh.deleted).map_or(true, |x| x > cap) {
             return Err(Error::Corrupt("segment counters out of range"));
         }
         if sh.handle != off {
@@ -1382,13 +1394,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // SAFETY: the header is valid while the table lives; `&mut self`.
             unsafe {
                 let hdr = seg.hdr();
-                let growth_left = (max_load(seg.groups()) as u64).saturating_sub(full + deleted);
-                if ((*hdr).len, (*hdr).deleted, (*hdr).growth_left) != (full, deleted, growth_left)
-                {
+                if ((*hdr).len, (*hdr).deleted) != (full, deleted) {
                     report.recounted += 1;
                     (*hdr).len = full;
                     (*hdr).deleted = deleted;
-                    (*hdr).growth_left = growth_left;
                 }
             }
             i += self.span(seg.depth());
@@ -1490,7 +1499,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 _r0: 0,
                 len: 0,
                 deleted: 0,
-                growth_left: max_load(groups) as u64,
+                _r1: 0,
                 handle,
                 table,
                 _pad: 0,
@@ -1674,7 +1683,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let hdr = seg.hdr();
             let c = seg.ctrl_at(i);
             let reuse = *c == DELETED;
-            if !reuse && (*hdr).growth_left == 0 {
+            // Room for one more: fewer full slots and tombstones than the 7/8 load (reusing
+            // a tombstone leaves their sum as it is). Saturating: a corrupt file's length can
+            // wrap below zero (see `erase_known`); then there is no room, and `make_room`
+            // rebuilds the segment from its control bytes.
+            if !reuse && (*hdr).len.saturating_add((*hdr).deleted) >= max_load(seg.groups()) as u64
+            {
                 return None;
             }
             let s = seg.slot(i);
@@ -1684,8 +1698,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             kill_point!();
             if reuse {
                 (*hdr).deleted = (*hdr).deleted.saturating_sub(1);
-            } else {
-                (*hdr).growth_left -= 1;
             }
             (*hdr).len = (*hdr).len.wrapping_add(1);
             self.add_len(1);
@@ -1835,7 +1847,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             if group_has_empty {
                 *seg.ctrl_at(i) = EMPTY;
                 kill_point!();
-                (*hdr).growth_left += 1;
             } else {
                 *seg.ctrl_at(i) = DELETED;
                 kill_point!();
@@ -1975,7 +1986,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let hdr = d.hdr();
                 (*hdr).len = (*hdr).len.wrapping_add(n);
                 (*hdr).deleted = (*hdr).deleted.saturating_sub(r);
-                (*hdr).growth_left = (*hdr).growth_left.saturating_sub(n - r);
             }
         }
     }
@@ -2161,7 +2171,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let (a_len, b_len) = unsafe { ((*a.hdr()).len, (*b.hdr()).len) };
         let (dst, src) = if a_len >= b_len { (a, b) } else { (b, a) };
         // SAFETY: as above.
-        let room = unsafe { (*dst.hdr()).growth_left } as usize;
+        let room = dst.room();
         let need = Self::count_full(&src);
         // In place only if the control bytes have the room the counter promises: in a
         // corrupt file they may not (the moves would find no free slot for some entries).
@@ -2311,7 +2321,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 let hdr = seg.hdr();
                 (*hdr).len = 0;
                 (*hdr).deleted = 0;
-                (*hdr).growth_left = max_load(seg.groups()) as u64;
             }
             i += self.span(seg.depth());
         }
