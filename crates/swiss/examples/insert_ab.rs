@@ -13,18 +13,13 @@
 //! is the figure least disturbed by the host; the two tables alternate so that a slow phase
 //! of the host hits both. `HUGE` gives ours huge pages; `SEGMENT_SLOTS` sets its segment size.
 
+mod common;
+
+use common::{key, region_options, table_options};
 use hashbrown::HashMap;
-use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+use offheap_swiss::{SwissTable, Xxh3BuildHasher};
 use std::hint::black_box;
 use std::time::Instant;
-
-/// splitmix64, as in the benchmarks.
-fn key(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 #[inline(never)]
 fn insert_ours(t: &mut SwissTable<u64, u64, offheap_mmap::Region>, keys: &[u64]) {
@@ -52,15 +47,9 @@ fn main() {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).expect(usage);
     let rounds: usize = args.get(2).map_or(10, |s| s.parse().expect(usage));
     let keys: Vec<u64> = (0..n as u64).map(key).collect();
-    let region = offheap_mmap::Region::anonymous_with(
-        &offheap_swiss::default_region_options()
-            .huge_pages(std::env::var_os("HUGE").is_some())
-            .max_size(16 << 30),
-    )
-    .expect("anonymous region");
-    let slots = std::env::var("SEGMENT_SLOTS").map_or(4096, |v| v.parse().expect("slots"));
-    let opts = TableOptions::new().seed(5).segment_slots(slots);
-    let mut ours = SwissTable::<u64, u64, _>::with_options_in(opts, region).expect("table");
+    let region = offheap_mmap::Region::anonymous_with(&region_options()).expect("anonymous region");
+    let mut ours =
+        SwissTable::<u64, u64, _>::with_options_in(table_options(5), region).expect("table");
     ours.reserve(n);
     let mut hb = HashMap::with_capacity_and_hasher(n, Xxh3BuildHasher::with_seed(5));
     let (mut a, mut b) = (Vec::new(), Vec::new());

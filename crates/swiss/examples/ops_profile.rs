@@ -30,6 +30,9 @@
 //! Each row is the best of 7 timings of about 20M operations, in two rounds, so that a
 //! disturbed round shows. `--huge` puts ours in a region with huge pages.
 
+mod common;
+
+use common::{key, region_options, table_options};
 use hashbrown::HashMap;
 use offheap_mmap::Region;
 use offheap_swiss::{SwissTable, TableMemory, TableOptions, Xxh3BuildHasher};
@@ -37,13 +40,6 @@ use std::hint::black_box;
 use std::time::Instant;
 
 const SEED: u64 = 0x5EED;
-
-fn key(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 trait Map {
     fn ins(&mut self, k: u64);
@@ -297,17 +293,10 @@ fn main() {
         }
         "ours" => {
             let mut t = SwissTable::<u64, u64>::with_options_in(
-                TableOptions::new().seed(SEED).segment_slots(
-                    std::env::var("SEGMENT_SLOTS").map_or(4096, |v| v.parse().expect("slots")),
-                ),
-                offheap_mmap::Region::anonymous_with(
-                    &offheap_swiss::default_region_options()
-                        .huge_pages(std::env::var_os("HUGE").is_some())
-                        .max_size(16 << 30)
-                        .release_threshold(
-                            std::env::var("RT").map_or(1 << 20, |v| v.parse().unwrap()),
-                        ),
-                )
+                table_options(SEED),
+                offheap_mmap::Region::anonymous_with(&region_options().release_threshold(
+                    std::env::var("RT").map_or(1 << 20, |v| v.parse().unwrap()),
+                ))
                 .unwrap(),
             )
             .unwrap();

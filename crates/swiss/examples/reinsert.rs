@@ -13,18 +13,14 @@
 //! loop calls it). For `ours`, the environment variable `HUGE` gives the table a region with
 //! huge pages, and `SEGMENT_SLOTS` sets the segment size (default 4096).
 
+mod common;
+
+use common::{key, region_options, table_options};
 use hashbrown::HashMap;
-use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+use offheap_swiss::{SwissTable, Xxh3BuildHasher};
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Instant;
-
-fn key(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// This process's minor page faults so far (0 if /proc is unreadable).
 fn minor_faults() -> u64 {
@@ -60,15 +56,11 @@ fn main() {
     let keys: Vec<u64> = (0..n as u64).map(key).collect();
     match a[1].as_str() {
         "ours" => {
-            let region = offheap_mmap::Region::anonymous_with(
-                &offheap_swiss::default_region_options()
-                    .huge_pages(std::env::var_os("HUGE").is_some())
-                    .max_size(16 << 30),
-            )
-            .expect("anonymous region");
-            let slots = std::env::var("SEGMENT_SLOTS").map_or(4096, |v| v.parse().expect("slots"));
-            let opts = TableOptions::new().seed(5).segment_slots(slots);
-            let t = RefCell::new(SwissTable::<u64, u64, _>::with_options_in(opts, region).unwrap());
+            let region =
+                offheap_mmap::Region::anonymous_with(&region_options()).expect("anonymous region");
+            let t = RefCell::new(
+                SwissTable::<u64, u64, _>::with_options_in(table_options(5), region).unwrap(),
+            );
             t.borrow_mut().reserve(n);
             let mut ins = |k| {
                 t.borrow_mut().insert(k, k);
