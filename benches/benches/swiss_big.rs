@@ -11,8 +11,14 @@
 //! without them (`offheap_4k`, the default of `SwissTable::new`; `--no-4k` skips it).
 //!
 //! Run (about 4-6 minutes and 2 GiB of memory at 50M):
-//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--no-4k] [--svg PATH] [--csv PATH]`
+//! `cargo bench -p offheap-benches --features swiss --bench swiss_big -- [N] [--no-4k] [--svg PATH] [--csv PATH] [--rounds R] [--no-trace]`
 //! The docs' plot: `... -- 50000000 --svg docs/img/swiss-insert-latency.svg --csv target/swiss-insert-latency.csv`
+//!
+//! `--rounds R` runs every table `R` times, rotating which goes first in each round, and
+//! prints each table's median per row, and the median and range of the per-round ratios: on
+//! a shared host one run per table can rank two tables either way (docs/swiss.md, "Profiles
+//! of large inserts"). `--no-trace` skips the second growth, the one that times every insert
+//! (no worst-insert rows and no trace then), which halves each run.
 
 use std::hint::black_box;
 use std::process::Command;
@@ -205,6 +211,10 @@ fn child<M: Map>(n: u64) {
         t0.elapsed().as_nanos() as f64 / n as f64
     ));
     drop(m);
+    if std::env::var_os("SWISS_BIG_NO_TRACE").is_some() {
+        println!("{}", out.join(" "));
+        return;
+    }
 
     // Per-insert latency while growing.
     let mut m = M::new();
@@ -247,16 +257,17 @@ struct Run {
     trace: Vec<(u64, u64, u64)>,
 }
 
-fn spawn(which: &str, n: u64) -> Run {
+fn spawn(which: &str, n: u64, no_trace: bool) -> Run {
     let exe = std::env::current_exe().unwrap();
-    let o = Command::new(exe)
-        .args(["--child", which, &n.to_string()])
-        .env(
-            "SWISS_BIG_HUGE",
-            if which == "offheap_4k" { "0" } else { "1" },
-        )
-        .output()
-        .expect("spawn child");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--child", which, &n.to_string()]).env(
+        "SWISS_BIG_HUGE",
+        if which == "offheap_4k" { "0" } else { "1" },
+    );
+    if no_trace {
+        cmd.env("SWISS_BIG_NO_TRACE", "1");
+    }
+    let o = cmd.output().expect("spawn child");
     assert!(
         o.status.success(),
         "{which}: {}",
@@ -366,6 +377,63 @@ fn svg(n: u64, ours: &[(u64, u64)], small: &[(u64, u64)], theirs: &[(u64, u64)])
     s + "</svg>\n"
 }
 
+/// The median of `v` (the mean of the middle two for an even count); `v` nonempty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// `--rounds`: each table's median per row, and for each of ours the median and the range
+/// of its per-round ratios to hashbrown (hashbrown is the last of `names`).
+fn print_rounds(n: u64, names: &[&str], runs: &[Vec<Run>]) {
+    let rounds = runs[0].len();
+    println!("u64 -> u64, xxh3 for both, {n} keys (one process each), {rounds} rounds");
+    println!("offheap: RegionOptions::huge_pages(true); offheap_4k: 4 KiB pages (the default)");
+    println!("each table's median; ratio to hashbrown: median of the rounds' ratios [min-max]");
+    let value = |run: &Run, k: &str| run.rows.iter().find(|(k2, _)| k2 == k).map(|&(_, v)| v);
+    let mut head = format!("{:<20}", "row");
+    for t in names {
+        head += &format!(" {t:>12}");
+    }
+    for t in &names[..names.len() - 1] {
+        head += &format!(" {:>22}", format!("ratio {t}"));
+    }
+    println!("{head}");
+    let theirs = &runs[names.len() - 1];
+    for (k, _) in &runs[0][0].rows {
+        let mut line = format!("{k:<20}");
+        for t in runs {
+            let v: Vec<f64> = t.iter().filter_map(|r| value(r, k)).collect();
+            line += &if v.is_empty() {
+                format!(" {:>12}", "-")
+            } else {
+                format!(" {:>12.1}", median(v))
+            };
+        }
+        for t in &runs[..runs.len() - 1] {
+            let q: Vec<f64> = t
+                .iter()
+                .zip(theirs)
+                .filter_map(|(a, b)| Some(value(a, k)? / value(b, k)?))
+                .collect();
+            line += &if q.is_empty() {
+                format!(" {:>22}", "-")
+            } else {
+                let (lo, hi) = q
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+                format!(" {:>22}", format!("{:.2} [{lo:.2}-{hi:.2}]", median(q)))
+            };
+        }
+        println!("{line}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -383,10 +451,20 @@ fn main() {
     let mut svg_path = None;
     let mut csv_path = None;
     let mut no_4k = false;
+    let mut no_trace = false;
+    let mut rounds = 1usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--no-4k" => no_4k = true,
+            "--no-trace" => no_trace = true,
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .filter(|&r| r > 0)
+                    .expect("--rounds takes a positive count")
+            }
             "--svg" => svg_path = it.next().cloned(),
             "--csv" => csv_path = it.next().cloned(),
             s => {
@@ -403,9 +481,29 @@ fn main() {
         .to_path_buf();
     let svg_path = svg_path.map(|p| root.join(p));
     let csv_path = csv_path.map(|p| root.join(p));
-    let ours = spawn("offheap", n);
-    let small = (!no_4k).then(|| spawn("offheap_4k", n));
-    let theirs = spawn("hashbrown", n);
+    // Runs per table, in the order of `names`; round `r` starts with table `r % names.len()`.
+    let names: Vec<&str> = ["offheap", "offheap_4k", "hashbrown"]
+        .into_iter()
+        .filter(|&t| !(no_4k && t == "offheap_4k"))
+        .collect();
+    let mut runs: Vec<Vec<Run>> = names.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds {
+        for j in 0..names.len() {
+            let t = (r + j) % names.len();
+            runs[t].push(spawn(names[t], n, no_trace));
+        }
+    }
+    if rounds > 1 {
+        print_rounds(n, &names, &runs);
+        if svg_path.is_some() || csv_path.is_some() {
+            println!("no trace written: --svg and --csv take one round");
+        }
+        return;
+    }
+    let mut runs = runs.into_iter().map(|mut v| v.remove(0));
+    let ours = runs.next().unwrap();
+    let small = if no_4k { None } else { runs.next() };
+    let theirs = runs.next().unwrap();
     println!("u64 -> u64, xxh3 for both, {n} keys (one process each)");
     println!("offheap: RegionOptions::huge_pages(true); offheap_4k: 4 KiB pages (the default)");
     println!(
