@@ -1683,12 +1683,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             let hdr = seg.hdr();
             let c = seg.ctrl_at(i);
             let reuse = *c == DELETED;
-            // Room for one more: fewer full slots and tombstones than the 7/8 load (reusing
-            // a tombstone leaves their sum as it is). Saturating: a corrupt file's length can
-            // wrap below zero (see `erase_known`); then there is no room, and `make_room`
-            // rebuilds the segment from its control bytes.
-            if !reuse && (*hdr).len.saturating_add((*hdr).deleted) >= max_load(seg.groups()) as u64
-            {
+            // Reusing a tombstone leaves the room as it is. (A corrupt file's length can wrap
+            // below zero, see `erase_known`: `room` saturates to none then, and `make_room`
+            // rebuilds the segment from its control bytes.)
+            if !reuse && seg.room() == 0 {
                 return None;
             }
             let s = seg.slot(i);
