@@ -3,7 +3,7 @@
 use crate::group::GROUP_WIDTH;
 use crate::hash::{random_seed, SeededHash, Xxh3};
 use crate::memory::{DefaultMemory, TableMemory};
-use crate::raw::{find_in, key_eq, tag, RawTable, SegRef, Slot, MAX_GROUPS_LIMIT};
+use crate::raw::{find_in, key_eq, prefetch, tag, RawTable, SegRef, Slot, MAX_GROUPS_LIMIT};
 use crate::Error;
 use bytemuck::Pod;
 use core::fmt;
@@ -743,17 +743,6 @@ const ABSENT: usize = usize::MAX;
 #[inline(never)]
 fn grow_failed(e: Error) -> ! {
     panic!("offheap-swiss: out of memory while growing: {e}")
-}
-
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: prefetching never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = p;
 }
 
 impl<K, V, M: TableMemory, H> Drop for SwissTable<K, V, M, H> {
