@@ -271,6 +271,15 @@ fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
     Some((size, ctrl_off, align_of::<Slot<K, V>>().max(64)))
 }
 
+/// The size of table, in bytes of full-size segments over the whole directory, from which
+/// lookups, inserts and removals warm the slots' page ([`SegRef::warm_slots`]). In smaller
+/// tables the page walks are cheap (the page-table lines stay in the caches), and the line
+/// that the prefetch brings in is a waste for a miss: it doubled criterion's 1M-key miss
+/// row, which runs many misses at once. In tables of 20M keys (573 MiB) hits gained 20-25 %
+/// and misses lost nothing measurable (docs/swiss.md, "Warming the slots' page"). Unit tests
+/// lower it to 64 KiB, so that their small tables take both paths.
+const WARM_BYTES: usize = if cfg!(test) { 64 << 10 } else { 256 << 20 };
+
 /// The mirror's shift at global depth 0 (see `RawTable::shift`): the end of
 /// [`DIR_BITS`](crate::hash::DIR_BITS) less 4, 4 being log2 of the 16 bytes of a mirror entry.
 const DIR_SHIFT0: u32 = crate::hash::DIR_BITS.end - 4;
@@ -431,11 +440,11 @@ impl<K, V> SegRef<K, V> {
         (self.base.as_ptr() as usize - s as usize) / size_of::<Slot<K, V>>() - 1
     }
     /// Starts loading the first slots of `h`'s first group (the cache line of slots `pos` to
-    /// `pos + 3` for 16-byte slots), so that the address translation of the slot's page, and
-    /// for a quarter to a half of the keys the slot itself, overlaps the control group's
-    /// load instead of following it. In a table larger than the TLB's reach both loads take
-    /// a page walk; run one after the other they made our hits slower than hashbrown's, run
-    /// together they made them faster (docs/swiss.md, "Warming the slot's page").
+    /// `pos + 3` for 16-byte slots), so that the address translation of the slots' page, and
+    /// for some keys the slot itself, overlaps the control group's load instead of following
+    /// it. In a table far larger than the TLB's reach both loads take a page walk: one after
+    /// the other they made our hits slower than hashbrown's, side by side faster. Used only
+    /// from [`WARM_BYTES`] up (docs/swiss.md, "Warming the slots' page").
     #[inline(always)]
     pub(crate) fn warm_slots(&self, h: u64) {
         // SAFETY: `start(h) + 3 < capacity` (a group has 16 slots).
@@ -685,6 +694,10 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     shift: u32,
     /// `dir_mask(global_depth)`.
     dmask: usize,
+    /// Whether lookups, inserts and removals prefetch the slots of the key's first group
+    /// beside its control group ([`SegRef::warm_slots`]): whether the directory spans at
+    /// least [`WARM_BYTES`] of full-size segments. Set with the global depth.
+    warm: bool,
     pub(crate) seed: u64,
     /// `H::prepare(seed)`.
     prepared: u64,
@@ -1017,6 +1030,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             lone: None,
             shift: 0,
             dmask: 0,
+            warm: false,
             seed,
             prepared: H::prepare(seed),
             hdr,
@@ -1166,6 +1180,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             lone: None,
             shift: 0,
             dmask: 0,
+            warm: false,
             seed: h.seed,
             prepared: H::prepare(h.seed),
             hdr,
@@ -1582,6 +1597,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     fn set_global_depth(&mut self, gd: u32) {
         self.shift = DIR_SHIFT0 - gd;
         self.dmask = dir_mask::<K, V>(gd);
+        let seg_bytes = seg_layout::<K, V>(self.max_groups).map_or(usize::MAX, |l| l.0);
+        self.warm = seg_bytes.saturating_mul(1 << gd) >= WARM_BYTES;
     }
 
     /// The segment `h` belongs to.
@@ -1633,7 +1650,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             Some(seg) => f(&seg),
             None => {
                 let seg = self.seg_at(h);
-                seg.warm_slots(h);
+                if self.warm {
+                    seg.warm_slots(h);
+                }
                 f(&seg)
             }
         }
@@ -1699,7 +1718,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         value: V,
     ) -> Option<(*mut Slot<K, V>, bool)> {
         let seg = self.seg_at(h);
-        seg.warm_slots(h);
+        if self.warm {
+            seg.warm_slots(h);
+        }
         let i = match probe(&seg, h, &key) {
             // SAFETY: i < capacity.
             Probe::Found(i) => return Some((unsafe { seg.slot(i) }, true)),
@@ -2520,6 +2541,68 @@ mod tests {
                 assert_eq!(dir_prefix(hash_with_prefix(p, d), d), p);
                 assert_eq!(p, (t.dir_index(h) >> (gd - d)) as u64);
             }
+        }
+    }
+
+    /// A table turns to warming the slots' page ([`SegRef::warm_slots`]) once its directory
+    /// spans `WARM_BYTES` of segments (64 KiB in unit tests), back when it shrinks below, and
+    /// finds, inserts and removes the same keys either way. Under miri this also checks that
+    /// the prefetched slot's address stays inside its segment.
+    #[test]
+    fn a_table_warms_slot_pages_from_its_size_on_and_agrees_with_a_model() {
+        let region = Region::anonymous().unwrap();
+        // Segments of 4 groups of 64-byte slots: 4224 bytes, so 16 directory entries span
+        // 64 KiB: the table warms from global depth 4, which 600 keys pass.
+        type V = [u64; 7];
+        let mut t = RawTable::<u64, V, &Region, Xxh3>::new(&region, 7, 4).unwrap();
+        let seg_bytes = seg_layout::<u64, V>(4).unwrap().0;
+        assert_eq!(seg_bytes, 4224);
+        let check = |t: &RawTable<u64, V, &Region, Xxh3>| {
+            let expect = seg_bytes << t.global_depth() >= WARM_BYTES;
+            assert_eq!(t.warm, expect, "global depth {}", t.global_depth());
+        };
+        check(&t);
+        assert!(!t.warm);
+        let n = if cfg!(miri) { 600 } else { 2000 };
+        let mut model = std::collections::HashMap::new();
+        let mut seen_warm = false;
+        for k in 0..n {
+            let h = t.hash(&k);
+            assert!(!t.find_or_insert(h, k, [k * 3; 7]).unwrap().1);
+            model.insert(k, [k * 3; 7]);
+            check(&t);
+            seen_warm |= t.warm;
+        }
+        assert!(seen_warm, "global depth {}", t.global_depth());
+        for k in 0..2 * n {
+            let h = t.hash(&k);
+            // SAFETY: the slot is a full slot of the table, read before any change.
+            let got = t.find_slot(h, &k).map(|s| unsafe { (*s.as_ptr()).value });
+            assert_eq!(got, model.get(&k).copied(), "key {k}");
+            // Present keys again through the insert path: found, not inserted.
+            if k < n {
+                assert!(t.find_or_insert(h, k, [0; 7]).unwrap().1);
+            }
+        }
+        for k in (0..n).filter(|k| k % 256 != 0) {
+            let h = t.hash(&k);
+            let (seg, i, has_empty) = t.find_hit(h, &k).expect("present");
+            assert_eq!(t.remove_at(seg, i, h, has_empty), [k * 3; 7]);
+            model.remove(&k);
+            check(&t);
+        }
+        assert!(
+            !t.warm,
+            "global depth {} after the removals",
+            t.global_depth()
+        );
+        for k in 0..n {
+            let h = t.hash(&k);
+            assert_eq!(
+                t.find_hit(h, &k).is_some(),
+                model.contains_key(&k),
+                "key {k}"
+            );
         }
     }
 }
