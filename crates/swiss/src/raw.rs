@@ -272,12 +272,12 @@ fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
 }
 
 /// The size of table, in bytes of full-size segments over the whole directory, from which
-/// lookups, inserts and removals warm the slots' page ([`SegRef::warm_slots`]). In smaller
-/// tables the page walks are cheap (the page-table lines stay in the caches), and the line
-/// that the prefetch brings in is a waste for a miss: it doubled criterion's 1M-key miss
-/// row, which runs many misses at once. In tables of 20M keys (573 MiB) hits gained 20-25 %
-/// and misses lost nothing measurable (docs/swiss.md, "Warming the slots' page"). Unit tests
-/// lower it to 64 KiB, so that their small tables take both paths.
+/// lookups, inserts and removals warm the slots' page ([`SegRef::warm_slots`]). The line
+/// that the prefetch brings in is a waste for a miss. At 1M keys (35 MiB) that cost more
+/// than the hits gained: criterion's miss row, which runs many misses at once, doubled, and
+/// its hit row gained 15-24 %. At 20M keys (573 MiB) hits gained 14-26 % and misses lost
+/// nothing measurable (docs/swiss.md, "Warming the slots' page"). Unit tests lower it to
+/// 64 KiB, so that their small tables take both paths.
 const WARM_BYTES: usize = if cfg!(test) { 64 << 10 } else { 256 << 20 };
 
 /// The mirror's shift at global depth 0 (see `RawTable::shift`): the end of
