@@ -1620,6 +1620,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
     }
 
+    /// [`seg_at`](Self::seg_at) for an operation about to probe `h`'s segment: in a table
+    /// that [warms](Self::warm), also starts loading the slots of `h`'s first group.
+    #[inline(always)]
+    fn seg_to_probe(&self, h: u64) -> SegRef<K, V> {
+        let seg = self.seg_at(h);
+        if self.warm {
+            seg.warm_slots(h);
+        }
+        seg
+    }
+
     /// Adds `d` to the length (wrapping; see [`len`](Self::len)).
     #[inline(always)]
     pub(crate) fn add_len(&mut self, d: i64) {
@@ -1648,13 +1659,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         });
         match self.lone {
             Some(seg) => f(&seg),
-            None => {
-                let seg = self.seg_at(h);
-                if self.warm {
-                    seg.warm_slots(h);
-                }
-                f(&seg)
-            }
+            None => f(&self.seg_to_probe(h)),
         }
     }
 
@@ -1717,10 +1722,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         key: K,
         value: V,
     ) -> Option<(*mut Slot<K, V>, bool)> {
-        let seg = self.seg_at(h);
-        if self.warm {
-            seg.warm_slots(h);
-        }
+        let seg = self.seg_to_probe(h);
         let i = match probe(&seg, h, &key) {
             // SAFETY: i < capacity.
             Probe::Found(i) => return Some((unsafe { seg.slot(i) }, true)),
