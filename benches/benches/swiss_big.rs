@@ -16,7 +16,7 @@
 //!
 //! `--rounds R` runs every table `R` times, rotating which goes first in each round, and
 //! prints each table's median per row, and the median and range of the per-round ratios: on
-//! a shared host one run per table can rank two tables either way (docs/swiss.md, "Profiles
+//! a shared host one run per table can rank two tables either way (docs/swiss-log.md, "Profiles
 //! of large inserts"). `--no-trace` skips the second growth, the one that times every insert
 //! (no worst-insert rows and no trace then), which halves each run.
 

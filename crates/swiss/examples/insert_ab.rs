@@ -1,5 +1,5 @@
 //! Reserved inserts, ours against hashbrown in one process, alternating: the A/B used for the
-//! counter changes in docs/swiss.md ("Fewer counters per insert").
+//! counter changes in docs/swiss-log.md ("Fewer counters per insert").
 //!
 //! ```text
 //! cargo build --release -p offheap-swiss --example insert_ab

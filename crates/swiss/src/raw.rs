@@ -276,7 +276,7 @@ fn seg_layout<K, V>(groups: usize) -> Option<(usize, usize, usize)> {
 /// that the prefetch brings in is a waste for a miss. At 1M keys (35 MiB) that cost more
 /// than the hits gained: criterion's miss row, which runs many misses at once, doubled, and
 /// its hit row gained 15-24 %. At 20M keys (573 MiB) hits gained 14-26 % and misses lost
-/// nothing measurable (docs/swiss.md, "Warming the slots' page"). Unit tests lower it to
+/// nothing measurable (docs/swiss-log.md, "Warming the slots' page"). Unit tests lower it to
 /// 64 KiB, so that their small tables take both paths.
 const WARM_BYTES: usize = if cfg!(test) { 64 << 10 } else { 256 << 20 };
 
@@ -397,7 +397,7 @@ impl<K, V> SegRef<K, V> {
     /// its full slots and its tombstones, both from its header. Derived rather than kept, so
     /// that an insert or a removal updates one counter of the header, not two: on a large
     /// table each read-modify-write of a counter cost about 10 % of an insert
-    /// (docs/swiss.md, "Fewer counters per insert").
+    /// (docs/swiss-log.md, "Fewer counters per insert").
     #[inline(always)]
     pub(crate) fn room(&self) -> usize {
         // SAFETY: the header is valid while the segment is.
@@ -444,7 +444,7 @@ impl<K, V> SegRef<K, V> {
     /// for some keys the slot itself, overlaps the control group's load instead of following
     /// it. In a table far larger than the TLB's reach both loads take a page walk: one after
     /// the other they made our hits slower than hashbrown's, side by side faster. Used only
-    /// from [`WARM_BYTES`] up (docs/swiss.md, "Warming the slots' page").
+    /// from [`WARM_BYTES`] up (docs/swiss-log.md, "Warming the slots' page").
     #[inline(always)]
     pub(crate) fn warm_slots(&self, h: u64) {
         // SAFETY: `start(h) + 3 < capacity` (a group has 16 slots).
@@ -713,7 +713,7 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     at_global: usize,
     /// Entries in the table (the sum of the segments' lengths). Kept here, not in the stored
     /// header: an increment through the region on every insert cost 15-20 ns of a large
-    /// table's insert where the insert is inlined (docs/swiss.md, "Insert's hot path, and the
+    /// table's insert where the insert is inlined (docs/swiss-log.md, "Insert's hot path, and the
     /// length in the process"). `store_len` writes it to the header.
     len: usize,
     pub(crate) root: Option<String>,
@@ -1648,7 +1648,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// branch is on a loop-invariant field, so it costs a predicted jump, and LLVM often
     /// takes it out of a caller's loop), and once for a segment from the mirror. A branch
     /// that picked the segment, instead of the code that uses it, became a conditional
-    /// move, whose result waited for the mirror load anyway (docs/swiss.md, "A table of one
+    /// move, whose result waited for the mirror load anyway (docs/swiss-log.md, "A table of one
     /// segment").
     #[inline(always)]
     pub(crate) fn on_seg<R>(&self, h: u64, f: impl Fn(&SegRef<K, V>) -> R) -> R {
