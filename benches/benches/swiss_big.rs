@@ -51,17 +51,6 @@ fn rss() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// This thread's CPU time in ns (excludes time the scheduler gave to other processes).
-fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Best of `reps` runs of `f`, in ns per `per` operations.
 fn best(reps: usize, per: u64, mut f: impl FnMut()) -> f64 {
     (0..reps)
@@ -224,11 +213,11 @@ fn child<M: Map>(n: u64) {
     let (mut slice_worst, mut slice_cpu) = (0u64, 0u64);
     for i in 0..n {
         let k = key(i);
-        let c = cpu_ns();
+        let c = offheap_testkit::thread_cpu_ns();
         let t = Instant::now();
         m.ins(k, i);
         let d = t.elapsed().as_nanos() as u64;
-        let dc = cpu_ns() - c;
+        let dc = offheap_testkit::thread_cpu_ns() - c;
         slice_worst = slice_worst.max(d);
         slice_cpu = slice_cpu.max(dc);
         if (i as usize + 1) % per == 0 {

@@ -1,4 +1,4 @@
-//! Test support shared by the offheap crates' integration tests.
+//! Test support shared by the offheap crates' integration tests and benchmarks.
 //!
 //! A test that needs another process runs one of its own binary's tests as the child: an
 //! `#[ignore]`d test (the child's entry point) that does nothing unless an environment
@@ -92,4 +92,25 @@ impl XorShift {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// This thread's CPU time in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`; 0 if it cannot be
+/// read). Unlike wall time it leaves out the time the scheduler gave to other processes,
+/// which is what a benchmark on a shared machine wants of a single operation's latency.
+///
+/// ```
+/// let t0 = offheap_testkit::thread_cpu_ns();
+/// let v: u64 = (0..1000u64).sum();
+/// assert!(offheap_testkit::thread_cpu_ns() >= t0 && v > 0);
+/// ```
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
