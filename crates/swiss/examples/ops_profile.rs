@@ -36,6 +36,7 @@ use common::{key, region_options, table_options};
 use hashbrown::HashMap;
 use offheap_mmap::Region;
 use offheap_swiss::{SwissTable, TableMemory, TableOptions, Xxh3BuildHasher};
+use offheap_testkit::thread_cpu_ns;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -146,15 +147,6 @@ fn setup<T: Map>(t: &mut T, op: &str, keys: &[u64]) {
     if op != "insert" {
         keys.iter().for_each(|&k| t.ins(k));
     }
-}
-
-/// This thread's time on a CPU in ns (from `/proc/thread-self/schedstat`; 0 if unreadable):
-/// unlike wall time, it leaves out the time other processes had the CPU.
-fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Prints the measured phase's wall time per operation (noisy on a shared machine).
@@ -307,9 +299,9 @@ fn main() {
             let t0 = std::time::Instant::now();
             let mut best = f64::MAX;
             for _ in 0..reps {
-                let c1 = cpu_ns();
+                let c1 = thread_cpu_ns();
                 black_box(measured_ours(&mut t, op, &keys));
-                best = best.min((cpu_ns() - c1) as f64 / n as f64);
+                best = best.min((thread_cpu_ns() - c1) as f64 / n as f64);
             }
             report(t0, n, reps);
             if reps > 1 {
@@ -333,9 +325,9 @@ fn main() {
             let t0 = std::time::Instant::now();
             let mut best = f64::MAX;
             for _ in 0..reps {
-                let c1 = cpu_ns();
+                let c1 = thread_cpu_ns();
                 black_box(measured_hb(&mut t, op, &keys));
-                best = best.min((cpu_ns() - c1) as f64 / n as f64);
+                best = best.min((thread_cpu_ns() - c1) as f64 / n as f64);
             }
             report(t0, n, reps);
             if reps > 1 {
