@@ -679,6 +679,89 @@ fn find_unfilled<K, V>(seg: &SegRef<K, V>, h: u64, occ: &mut [u16; OCC_GROUPS]) 
     })
 }
 
+/// Smallest next mirror (in bytes) that [`DirSpare`] prepares: a page. Smaller buffers come
+/// from the allocator's pages already in use. Unit tests lower it to 128 bytes (8
+/// entries), so that their small tables prepare several doublings.
+const SPARE_MIN_BYTES: usize = if cfg!(test) { 128 } else { 4 << 10 };
+
+/// Memory for the mirror's next doubling, faulted in ahead of it. A doubling writes a new
+/// mirror twice the size of the old; into fresh memory, its page faults were most of its
+/// cost (at 16K entries, about 260 us of the new 256 KiB mirror against a copy of some tens).
+/// So after a doubling the table allocates the next mirror's buffer and each split writes
+/// one byte of one of its pages; a table makes about one split per entry of its mirror
+/// before the next doubling, and the buffer has one page per 128 entries of the mirror, so
+/// the pages are all there long before the doubling needs them (docs/swiss-log.md, "The
+/// directory's doubling"). In-process memory only: nothing of it is in the table's file.
+pub(crate) struct DirSpare<K, V> {
+    /// Capacity for twice the mirror's entries (or none yet), length 0.
+    buf: Vec<SegRef<K, V>>,
+    /// Bytes of `buf`'s capacity written so far, a page at a time.
+    touched: usize,
+    /// The mirror that the last doubling replaced, freed at the next split rather than in
+    /// the doubling (freeing a large one is an munmap).
+    retired: Vec<SegRef<K, V>>,
+}
+
+impl<K, V> DirSpare<K, V> {
+    fn new() -> Self {
+        DirSpare {
+            buf: Vec::new(),
+            touched: 0,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Takes the buffer for a mirror of `n` entries, if it has the room.
+    fn take(&mut self, n: usize) -> Option<Vec<SegRef<K, V>>> {
+        if self.buf.capacity() < n {
+            return None;
+        }
+        self.touched = 0;
+        Some(core::mem::take(&mut self.buf))
+    }
+
+    /// One step of the preparation for a mirror of `n` entries, after a split: frees the
+    /// retired mirror unless this split's own doubling retired it, allocates the buffer if it
+    /// has none of that size, and faults in one more of its pages.
+    fn step(&mut self, n: usize, doubled: bool) {
+        if !doubled {
+            self.retired = Vec::new();
+        }
+        let bytes = n.saturating_mul(size_of::<SegRef<K, V>>());
+        if bytes < SPARE_MIN_BYTES {
+            return;
+        }
+        if self.buf.capacity() < n {
+            let mut v = Vec::new();
+            if v.try_reserve_exact(n).is_err() {
+                // Only an optimization: the doubling will allocate (and report) instead.
+                return;
+            }
+            self.buf = v;
+            self.touched = 0;
+        }
+        let cap = self.buf.capacity() * size_of::<SegRef<K, V>>();
+        if self.touched < cap {
+            // SAFETY: `touched < cap`: a byte of the buffer's spare capacity, memory the Vec
+            // owns and does not read (its length is 0). Volatile, so that the store that
+            // faults the page in is not removed as dead.
+            unsafe {
+                self.buf
+                    .as_mut_ptr()
+                    .cast::<u8>()
+                    .add(self.touched)
+                    .write_volatile(0);
+            }
+            self.touched += 4096;
+        }
+    }
+
+    /// Drops the buffer (the mirror shrank: it is too large now).
+    fn reset(&mut self) {
+        *self = DirSpare::new();
+    }
+}
+
 /// The table's storage and bookkeeping.
 pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// In-process mirror of the stored directory: one resolved segment per entry.
@@ -688,6 +771,8 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// which the group's address would otherwise wait for (see [`on_seg`](Self::on_seg)).
     /// Kept by [`sync_lone`](Self::sync_lone) wherever the mirror changes.
     lone: Option<SegRef<K, V>>,
+    /// The next doubling's mirror, prepared a page per split.
+    spare: DirSpare<K, V>,
     /// `DIR_SHIFT0 - global_depth`: `(h >> shift) & dmask` is the directory index (the top
     /// `global_depth` bits of [`DIR_BITS`](crate::hash::DIR_BITS)) times 16, the byte offset
     /// of its entry in the mirror, in two instructions.
@@ -1028,6 +1113,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             dir: vec![seg],
             // Set from the depth and the mirror just below.
             lone: None,
+            spare: DirSpare::new(),
             shift: 0,
             dmask: 0,
             warm: false,
@@ -1178,6 +1264,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             dir,
             // Set from the depth and the mirror just below.
             lone: None,
+            spare: DirSpare::new(),
             shift: 0,
             dmask: 0,
             warm: false,
@@ -2046,10 +2133,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let start = idx & !(span - 1);
         // The directory names the segment only after everything written into it.
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        let word = seg.word();
         for j in start..start + span {
             self.dir[j] = seg;
             // SAFETY: j < dir.len() == the stored directory's length.
-            unsafe { self.dir_ptr.as_ptr().add(j).write(seg.word()) };
+            unsafe { self.dir_ptr.as_ptr().add(j).write(word) };
             kill_point!();
         }
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
@@ -2090,7 +2178,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // has, except `reserve_total` in a corrupt file whose segments exceed its header's
         // segment size.
         let groups = groups.max(old.groups());
-        if old.depth() == self.global_depth() {
+        let doubled = old.depth() == self.global_depth();
+        if doubled {
             self.double_dir()?;
             idx *= 2;
         }
@@ -2119,17 +2208,30 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // SAFETY: `old` is no longer referenced by the directory.
         unsafe { Self::free_segment(&self.mem, old) };
         self.pend(&[]);
+        self.spare.step(self.dir.len() * 2, doubled);
         Ok(start)
     }
 
-    /// Replaces the stored directory with one of `n` entries taken from `self.dir`.
-    fn store_dir(&mut self) -> Result<(), Error> {
+    /// Replaces the stored directory with one of `self.dir.len()` entries, entry `j` a copy of
+    /// the current stored directory's entry `src(j)`. The mirror has already been resized;
+    /// the words come from the old stored block, read in order, rather than from the
+    /// segments: a segment's word holds its handle, which is in its header, and reading the
+    /// header of every segment is a random access (a TLB miss) per segment, which made a
+    /// doubling at 16K entries take most of a millisecond (docs/swiss-log.md, "The
+    /// directory's doubling").
+    fn store_dir(&mut self, src: impl Fn(usize) -> usize) -> Result<(), Error> {
         let n = self.dir.len();
         let (h, p) = Self::alloc_dir(&self.mem, n)?;
-        for (j, s) in self.dir.iter().enumerate() {
-            // SAFETY: the block holds n u64s.
-            unsafe { p.as_ptr().add(j).write(s.word()) };
+        let old_ptr = self.dir_ptr.as_ptr();
+        for j in 0..n {
+            // SAFETY: the new block holds n u64s; `src(j)` is below the old block's length
+            // (the callers' maps halve or double the length), and the old block is live.
+            unsafe { p.as_ptr().add(j).write(old_ptr.add(src(j)).read()) };
         }
+        debug_assert!(self.dir.iter().enumerate().all(|(j, s)| {
+            // SAFETY: as above.
+            unsafe { p.as_ptr().add(j).read() == s.word() }
+        }));
         // Recorded once its words are written: `open` frees a pending directory block only
         // if its words are the directory's, doubled or halved (a block carries no magic).
         self.pend_words([h | PENDING_DIR, 0, 0]);
@@ -2153,28 +2255,34 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if self.global_depth() == MAX_DEPTH {
             return Err(Error::CapacityOverflow);
         }
-        let old = core::mem::take(&mut self.dir);
-        let mut new = Vec::new();
-        if let Err(e) = new.try_reserve_exact(old.len() * 2) {
-            self.dir = old;
-            return Err(Error::Alloc {
-                size: (self.dir.len() * 2 * size_of::<SegRef<K, V>>()) as u64,
-                align: 8,
-                source: Some(Box::new(e)),
-            });
-        }
-        for s in &old {
+        let n = self.dir.len() * 2;
+        let mut new = match self.spare.take(n) {
+            Some(v) => v,
+            None => {
+                let mut v = Vec::new();
+                if let Err(e) = v.try_reserve_exact(n) {
+                    return Err(Error::Alloc {
+                        size: (n * size_of::<SegRef<K, V>>()) as u64,
+                        align: 8,
+                        source: Some(Box::new(e)),
+                    });
+                }
+                v
+            }
+        };
+        for s in &self.dir {
             new.push(*s);
             new.push(*s);
         }
+        let old = core::mem::replace(&mut self.dir, new);
         let gd = self.global_depth();
-        self.dir = new;
         self.set_global_depth(gd + 1);
-        if let Err(e) = self.store_dir() {
+        if let Err(e) = self.store_dir(|j| j / 2) {
             self.dir = old;
             self.set_global_depth(gd);
             return Err(e);
         }
+        self.spare.retired = old;
         self.at_global = 0;
         self.sync_lone();
         Ok(())
@@ -2184,9 +2292,10 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         while self.at_global == 0 && self.global_depth() > 0 {
             let new: Vec<SegRef<K, V>> = self.dir.iter().step_by(2).copied().collect();
             let old = core::mem::replace(&mut self.dir, new);
+            self.spare.reset();
             let gd = self.global_depth();
             self.set_global_depth(gd - 1);
-            if self.store_dir().is_err() {
+            if self.store_dir(|j| j * 2).is_err() {
                 // Keep the larger directory; it is still correct.
                 self.dir = old;
                 self.set_global_depth(gd);
@@ -2544,6 +2653,73 @@ mod tests {
                 assert_eq!(p, (t.dir_index(h) >> (gd - d)) as u64);
             }
         }
+    }
+
+    /// A doubling of the directory's mirror takes the buffer that the splits since the last
+    /// one prepared ([`DirSpare`]), every page of it written beforehand; the stored
+    /// directory it writes is the old one's words, doubled (checked against the segments by
+    /// `store_dir`'s debug assertion); a shrink drops the buffer; and the table agrees with
+    /// a model all along.
+    #[test]
+    fn a_doubling_takes_the_mirror_that_the_splits_prepared() {
+        let region = Region::anonymous().unwrap();
+        // Segments of at most 4 groups (64 slots): the directory doubles every few dozen
+        // inserts; from 8 entries on (128 bytes in unit tests) the next mirror is prepared.
+        let mut t = RawTable::<u64, u64, &Region, Xxh3>::new(&region, 7, 4).unwrap();
+        let n = if cfg!(miri) { 1000 } else { 5000 };
+        let mut model = std::collections::HashMap::new();
+        let mut prepared = 0;
+        for k in 0..n {
+            let gd = t.global_depth();
+            let next_bytes = (2usize << gd) * size_of::<SegRef<u64, u64>>();
+            let (buf, touched) = (t.spare.buf.as_ptr(), t.spare.touched);
+            let ready = t.spare.buf.capacity() >= 2 << gd;
+            let h = t.hash(&k);
+            t.find_or_insert(h, k, k + 1).unwrap();
+            model.insert(k, k + 1);
+            if t.global_depth() > gd && next_bytes >= SPARE_MIN_BYTES {
+                assert!(ready, "no buffer prepared for depth {}", gd + 1);
+                assert!(
+                    touched >= next_bytes,
+                    "{touched} of {next_bytes} bytes written"
+                );
+                assert_eq!(
+                    t.dir.as_ptr(),
+                    buf,
+                    "the doubling to {} took another buffer",
+                    gd + 1
+                );
+                assert_eq!(
+                    t.spare.retired.len(),
+                    1 << gd,
+                    "the old mirror waits to be freed"
+                );
+                prepared += 1;
+            }
+        }
+        assert!(
+            prepared >= 2,
+            "{prepared} prepared doublings, depth {}",
+            t.global_depth()
+        );
+        for k in 0..n {
+            let h = t.hash(&k);
+            // SAFETY: a full slot of the table, read before any change.
+            let got = t.find_slot(h, &k).map(|s| unsafe { (*s.as_ptr()).value });
+            assert_eq!(got, model.get(&k).copied(), "key {k}");
+        }
+        let gd = t.global_depth();
+        for k in 0..n {
+            let h = t.hash(&k);
+            let (seg, i, has_empty) = t.find_hit(h, &k).expect("present");
+            assert_eq!(t.remove_at(seg, i, h, has_empty), k + 1);
+        }
+        assert!(t.global_depth() < gd, "depth {gd} after every removal");
+        assert_eq!(
+            t.spare.buf.capacity(),
+            0,
+            "a halving drops the prepared buffer"
+        );
     }
 
     /// A table turns to warming the slots' page ([`SegRef::warm_slots`]) once its directory
