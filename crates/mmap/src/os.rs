@@ -85,6 +85,30 @@ pub(crate) unsafe fn advise_huge(base: *mut u8, from: u64, to: u64) {
     };
 }
 
+/// Faults in `len` bytes at `p` writable without changing them
+/// (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14 and later; `Unsupported` elsewhere).
+///
+/// # Safety
+/// The range must be mapped read-write by the caller.
+pub(crate) unsafe fn populate_write(p: *mut u8, len: u64) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        // SAFETY: the caller guarantees the range is mapped read-write; populating changes
+        // no contents.
+        let r = unsafe { libc::madvise(p.cast(), len as usize, libc::MADV_POPULATE_WRITE) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(all(target_os = "linux", not(miri))))]
+    {
+        let _ = (p, len);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
 /// Unmaps a range previously returned by [`reserve`].
 ///
 /// # Safety

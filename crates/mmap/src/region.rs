@@ -342,6 +342,11 @@ pub struct Region {
     /// Opened with torn allocator bookkeeping, not yet recovered (see
     /// [`RegionOptions::open_torn`]).
     torn: Cell<bool>,
+    /// [`Region::prefault`]'s cursor: the offset up to which it has faulted pages in.
+    prefaulted: Cell<u64>,
+    /// Set once the kernel refused `MADV_POPULATE_WRITE` (before Linux 5.14): `prefault`
+    /// then does nothing.
+    no_populate: Cell<bool>,
     backing: Backing,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -457,6 +462,8 @@ impl Region {
             release_threshold: opts.release_threshold.max(2 * page),
             huge_pages,
             torn: Cell::new(false),
+            prefaulted: Cell::new(0),
+            no_populate: Cell::new(cfg!(miri) || !cfg!(target_os = "linux")),
             backing,
             _not_sync: PhantomData,
         }
@@ -674,6 +681,86 @@ impl Region {
     /// [`RegionOptions::huge_pages`]). `true` does not mean that the kernel gave any.
     pub fn huge_pages(&self) -> bool {
         self.huge_pages
+    }
+
+    /// Faults in, ahead of need, one more page of the memory that the allocator will hand
+    /// out fresh, and returns whether it did.
+    ///
+    /// Allocations that no other free block fits are carved from the region's last block
+    /// when it is free (growth extends that block). Its pages have never been touched, so
+    /// the first write to each costs a page fault, a few microseconds, and a structure that
+    /// allocates a large block at once (a hash table's new segment) takes all of that
+    /// block's faults in one operation. Calling `prefault` from its ordinary operations,
+    /// one page at a time, moves those faults out of the large one. Each call faults in
+    /// the next page of the last block that it has not faulted in yet, within the block's
+    /// first `ahead` bytes (so it keeps at most `ahead` bytes resident beyond what is in use),
+    /// with `madvise(MADV_POPULATE_WRITE)`, which changes no byte.
+    ///
+    /// A hint: it returns `false` and does nothing where it cannot help or is not
+    /// supported (the last block is allocated, the first `ahead` bytes are done, a region
+    /// with huge pages, whose faults are of 2 MiB pages, a kernel before Linux 5.14, miri).
+    /// It never fails. Like [`alloc`](Self::alloc), it reads the allocator's state: a
+    /// region that several processes share calls it under the lock that they take around
+    /// `alloc`.
+    ///
+    /// ```
+    /// use offheap_mmap::{Region, RegionOptions};
+    ///
+    /// let region = Region::anonymous_with(&RegionOptions::new().huge_pages(false))?;
+    /// // Each call faults in one more page, until the first 64 KiB of fresh memory are in.
+    /// let pages = std::iter::from_fn(|| region.prefault(64 << 10).then_some(())).count();
+    /// assert!(pages <= 16);
+    /// let off = region.alloc(60 << 10, 8)?; // most likely takes no page fault now
+    /// # region.free(off)?;
+    /// # Ok::<(), offheap_mmap::Error>(())
+    /// ```
+    pub fn prefault(&self, ahead: u64) -> bool {
+        if self.huge_pages || self.torn.get() || self.no_populate.get() {
+            return false;
+        }
+        let last = self.hget(F_LAST_BLOCK);
+        let Ok((size, true)) = self.block(last) else {
+            return false;
+        };
+        let page = self.page;
+        // The block's first page holds its header: written already.
+        let from = self.prefaulted.get().max((last + 1).next_multiple_of(page));
+        let end = (last + size).min(last.saturating_add(ahead));
+        if from.saturating_add(page) > end {
+            return false;
+        }
+        let done = match &self.backing {
+            Backing::Anon {
+                map: _map,
+                pad: _pad,
+            } => {
+                #[cfg(target_os = "linux")]
+                let r = _map.advise_range(
+                    memmap2::Advice::PopulateWrite,
+                    _pad + from as usize,
+                    page as usize,
+                );
+                #[cfg(not(target_os = "linux"))]
+                let r = Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+                r
+            }
+            // SAFETY: `from..from + page` lies inside the last block, inside this
+            // process's view of the file (`block` checked that the block ends inside it).
+            Backing::File { .. } => unsafe { os::populate_write(self.at(from).as_ptr(), page) },
+        };
+        match done {
+            Ok(()) => {
+                self.prefaulted.set(from + page);
+                true
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EINVAL) || e.kind() == io::ErrorKind::Unsupported
+                {
+                    self.no_populate.set(true);
+                }
+                false
+            }
+        }
     }
 
     /// Maps `file[from..to]` at `base + from` (with the huge-page advice if asked for).
