@@ -42,6 +42,15 @@ pub unsafe trait TableMemory {
     fn root(&self, name: &str) -> Option<u64>;
     /// Stores (or with `None`, removes) a root handle under `name`.
     fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error>;
+    /// Faults in, ahead of need, one more page of the memory that the next allocations will
+    /// take, keeping at most `ahead` bytes of it resident beyond what is in use; returns
+    /// whether it did anything. A hint: a table calls it from inserts into a segment that is
+    /// about to split, so that the split's new segment finds its pages there (see
+    /// [`offheap_mmap::Region::prefault`]). The default does nothing.
+    fn prefault(&self, ahead: u64) -> bool {
+        let _ = ahead;
+        false
+    }
 }
 
 /// Implements [`TableMemory`] for pointer types to a memory (`&T`, `Rc<T>`, `Box<T>`) by
@@ -70,6 +79,10 @@ macro_rules! forward_table_memory {
             #[inline]
             fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
                 (**self).set_root(name, handle)
+            }
+            #[inline]
+            fn prefault(&self, ahead: u64) -> bool {
+                (**self).prefault(ahead)
             }
         }
     )*};
@@ -286,5 +299,9 @@ unsafe impl TableMemory for offheap_mmap::Region {
             None => None,
         };
         offheap_mmap::Region::set_root(self, name, off).map_err(|e| Error::Memory(Box::new(e)))
+    }
+
+    fn prefault(&self, ahead: u64) -> bool {
+        offheap_mmap::Region::prefault(self, ahead)
     }
 }

@@ -404,6 +404,18 @@ impl<K, V> SegRef<K, V> {
         let (len, deleted) = unsafe { ((*self.hdr()).len, (*self.hdr()).deleted) };
         (max_load(self.groups()) as u64).saturating_sub(len.saturating_add(deleted)) as usize
     }
+    /// Whether the segment has no room, or is a full-size one within 1/128 of its load (28
+    /// inserts of the default 3584): the last inserts before its split go through the
+    /// out-of-line path, which prefaults a page of where its new segments will come from
+    /// ([`RawTable::prefault`]). In segments of under 128 entries' load it is
+    /// `room() == 0`. Two instructions more than that test.
+    #[inline(always)]
+    pub(crate) fn nearly_full(&self) -> bool {
+        // SAFETY: the header is valid while the segment is.
+        let (len, deleted) = unsafe { ((*self.hdr()).len, (*self.hdr()).deleted) };
+        let load = max_load(self.groups()) as u64;
+        len.saturating_add(deleted) >= load - (load >> 7)
+    }
     /// The block's handle (from the header).
     #[inline(always)]
     pub(crate) fn handle(&self) -> u64 {
@@ -678,6 +690,9 @@ fn find_unfilled<K, V>(seg: &SegRef<K, V>, h: u64, occ: &mut [u16; OCC_GROUPS]) 
         })
     })
 }
+
+/// How far ahead [`RawTable::prefault`] goes, in full-size segments: the two of a split.
+const PREFAULT_SEGMENTS: u64 = 2;
 
 /// Smallest next mirror (in bytes) that [`DirSpare`] prepares: a page. Smaller buffers come
 /// from the allocator's pages already in use. Unit tests lower it to 128 bytes (8
@@ -1793,17 +1808,39 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         value: V,
     ) -> Result<(*mut Slot<K, V>, bool), Error> {
         loop {
+            let seg = self.seg_at(h);
+            if seg.room() > 0 {
+                // Only nearly full (see `SegRef::nearly_full`): a page ahead of its split.
+                self.prefault(&seg);
+                if let Some(r) = self.insert_in_place::<false>(h, key, value) {
+                    return Ok(r);
+                }
+            }
             self.make_room(self.dir_index(h))?;
-            if let Some(r) = self.find_or_insert_in_place(h, key, value) {
+            if let Some(r) = self.insert_in_place::<false>(h, key, value) {
                 return Ok(r);
             }
         }
     }
 
     /// [`find_or_insert`](Self::find_or_insert) without growing: `None` if the key is absent
-    /// and its segment has no room for it (then nothing was changed).
+    /// and its segment has no room for it, or is [nearly full](SegRef::nearly_full) (then
+    /// nothing was changed, and [`find_or_insert_growing`](Self::find_or_insert_growing)
+    /// takes over).
     #[inline(always)]
     pub(crate) fn find_or_insert_in_place(
+        &mut self,
+        h: u64,
+        key: K,
+        value: V,
+    ) -> Option<(*mut Slot<K, V>, bool)> {
+        self.insert_in_place::<true>(h, key, value)
+    }
+
+    /// [`find_or_insert_in_place`](Self::find_or_insert_in_place); with `NEARLY` false, it
+    /// inserts into a nearly full segment too.
+    #[inline(always)]
+    fn insert_in_place<const NEARLY: bool>(
         &mut self,
         h: u64,
         key: K,
@@ -1825,7 +1862,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             // Reusing a tombstone leaves the room as it is. (A corrupt file's length can wrap
             // below zero, see `erase_known`: `room` saturates to none then, and `make_room`
             // rebuilds the segment from its control bytes.)
-            if !reuse && seg.room() == 0 {
+            if !reuse
+                && if NEARLY {
+                    seg.nearly_full()
+                } else {
+                    seg.room() == 0
+                }
+            {
                 return None;
             }
             let s = seg.slot(i);
@@ -1840,6 +1883,22 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.add_len(1);
             Some((s, false))
         }
+    }
+
+    /// Asks the memory to fault in one more page of where the next segments will come from
+    /// ([`TableMemory::prefault`]), up to [`PREFAULT_SEGMENTS`] full-size segments ahead,
+    /// if `seg` is of full size. Called by the last inserts into a segment before it splits
+    /// ([`SegRef::nearly_full`]): its split's new segments then find most of their pages
+    /// there. On fresh memory, page faults were half of a split's time (docs/swiss-log.md,
+    /// "Segment size at 50M keys", and "Page faults ahead of the split").
+    #[cold]
+    #[inline(never)]
+    fn prefault(&self, seg: &SegRef<K, V>) {
+        if seg.groups() != self.max_groups {
+            return;
+        }
+        let seg_bytes = seg_layout::<K, V>(self.max_groups).map_or(0, |l| l.0 as u64);
+        self.mem.prefault(PREFAULT_SEGMENTS * seg_bytes);
     }
 
     /// Replaces the value of the full slot `i` of `seg` with `value`, returning the old one,

@@ -683,3 +683,82 @@ fn a_segment_named_by_two_ranges_is_refused() {
     poke(&region, hdr, 64, |x| (x & !0xFFFF_FFFF) | 1);
     assert!(SwissTable::<u64, u64, &Region>::open_in(&region, "kv").is_err());
 }
+
+/// A region that counts the table's [`TableMemory::prefault`] requests, and those that
+/// faulted a page in.
+#[cfg(not(miri))]
+struct CountingPrefaults {
+    region: Region,
+    asked: std::cell::Cell<u64>,
+    done: std::cell::Cell<u64>,
+}
+
+// SAFETY: forwards every call to the region, which upholds the contract.
+#[cfg(not(miri))]
+unsafe impl offheap_swiss::TableMemory for CountingPrefaults {
+    fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
+        offheap_swiss::TableMemory::alloc(&self.region, size, align)
+    }
+    unsafe fn free(&self, handle: u64) {
+        // SAFETY: forwarded.
+        unsafe { offheap_swiss::TableMemory::free(&self.region, handle) }
+    }
+    fn ptr(&self, handle: u64, len: u64) -> Option<std::ptr::NonNull<u8>> {
+        offheap_swiss::TableMemory::ptr(&self.region, handle, len)
+    }
+    fn root(&self, name: &str) -> Option<u64> {
+        offheap_swiss::TableMemory::root(&self.region, name)
+    }
+    fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error> {
+        offheap_swiss::TableMemory::set_root(&self.region, name, handle)
+    }
+    fn prefault(&self, ahead: u64) -> bool {
+        self.asked.set(self.asked.get() + 1);
+        let did = self.region.prefault(ahead);
+        self.done.set(self.done.get() + u64::from(did));
+        did
+    }
+}
+
+/// The last 28 inserts into a full-size segment before it splits (1/128 of its load of
+/// 3584) each ask the memory to prefault a page; no other insert does. So over a growth,
+/// the requests are 28 per split, plus up to 28 per segment that has not split yet; and
+/// an anonymous region (without huge pages) faults pages in for them.
+#[cfg(not(miri))]
+#[test]
+fn inserts_before_a_split_ask_the_memory_to_prefault() {
+    let mem = CountingPrefaults {
+        region: Region::anonymous_with(&RegionOptions::new().huge_pages(false)).unwrap(),
+        asked: Default::default(),
+        done: Default::default(),
+    };
+    let mut t: SwissTable<u64, u64, &CountingPrefaults> =
+        SwissTable::with_options_in(TableOptions::new().seed(3), &mem).unwrap();
+    let n = 60_000u64;
+    for i in 0..n {
+        assert_eq!(t.insert(i, i * 5), None);
+    }
+    let segments = t.stats().segments as u64;
+    let splits = segments - 1;
+    assert!(splits >= 10, "{splits} splits");
+    let asked = mem.asked.get();
+    assert!(
+        (28 * splits..=28 * (splits + segments)).contains(&asked),
+        "{asked} requests for {splits} splits and {segments} segments"
+    );
+    let mut probe = memmap2::MmapMut::map_anon(4096).unwrap();
+    probe[0] = 1;
+    if probe.advise(memmap2::Advice::PopulateWrite).is_ok() {
+        assert!(
+            mem.done.get() > 0,
+            "no page faulted in for {asked} requests"
+        );
+    }
+    assert!(mem.done.get() <= asked);
+    assert!((0..n).all(|i| t.get(&i) == Some(&(i * 5))));
+    // Looking keys up and replacing values asks for nothing.
+    for i in 0..n {
+        assert_eq!(t.insert(i, i), Some(i * 5));
+    }
+    assert_eq!(mem.asked.get(), asked);
+}
