@@ -2725,7 +2725,7 @@ mod tests {
         // Segments of at most 4 groups (64 slots): the directory doubles every few dozen
         // inserts; from 8 entries on (128 bytes in unit tests) the next mirror is prepared.
         let mut t = RawTable::<u64, u64, &Region, Xxh3>::new(&region, 7, 4).unwrap();
-        let n = if cfg!(miri) { 1000 } else { 5000 };
+        let n = if cfg!(miri) { 700 } else { 5000 };
         let mut model = std::collections::HashMap::new();
         let mut prepared = 0;
         for k in 0..n {
