@@ -729,25 +729,10 @@ impl Region {
         if from.saturating_add(page) > end {
             return false;
         }
-        let done = match &self.backing {
-            Backing::Anon {
-                map: _map,
-                pad: _pad,
-            } => {
-                #[cfg(target_os = "linux")]
-                let r = _map.advise_range(
-                    memmap2::Advice::PopulateWrite,
-                    _pad + from as usize,
-                    page as usize,
-                );
-                #[cfg(not(target_os = "linux"))]
-                let r = Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
-                r
-            }
-            // SAFETY: `from..from + page` lies inside the last block, inside this
-            // process's view of the file (`block` checked that the block ends inside it).
-            Backing::File { .. } => unsafe { os::populate_write(self.at(from).as_ptr(), page) },
-        };
+        // Both backings map the region at `base`: one call for either.
+        // SAFETY: `from..from + page` lies inside the last block, inside this process's view
+        // (`block` checked that the block ends inside it), mapped read-write.
+        let done = unsafe { os::populate_write(self.at(from).as_ptr(), page) };
         match done {
             Ok(()) => {
                 self.prefaulted.set(from + page);
