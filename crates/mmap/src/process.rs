@@ -14,12 +14,33 @@
 //! assert!(owner_is_dead(0)); // no process has pid 0
 //! ```
 
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The last owner id [`owner_id`] read from `/proc` (0: none yet). It names the pid it belongs
+/// to in its top half, so a child forked after it was stored, whose pid differs, reads its
+/// own. One word, written whole, whose every value is a correct id of the pid it names: no
+/// ordering with other memory is needed.
+static OWNER_ID: AtomicU64 = AtomicU64::new(0);
+
 /// This process's owner id: `pid << 32 | start time` (the low 32 bits of the process's start
 /// time in clock ticks since boot, from `/proc/self/stat`; 0 where there is no `/proc`, and
 /// under miri).
+///
+/// Read from `/proc` once per process (a `getpid` after that): opening a table took about
+/// 20 us of system calls for it on each open.
 pub fn owner_id() -> u64 {
     let pid = std::process::id();
-    (u64::from(pid) << 32) | u64::from(start_time(pid).unwrap_or(0))
+    let cached = OWNER_ID.load(Relaxed);
+    if cached >> 32 == u64::from(pid) {
+        return cached;
+    }
+    let id = (u64::from(pid) << 32) | u64::from(start_time(pid).unwrap_or(0));
+    if id as u32 != 0 {
+        // Only a start time that was read: a failed read is tried again next time.
+        OWNER_ID.store(id, Relaxed);
+    }
+    id
 }
 
 fn start_time(pid: u32) -> Option<u32> {
@@ -27,7 +48,13 @@ fn start_time(pid: u32) -> Option<u32> {
         // Miri cannot model /proc; the pid alone identifies the owner there.
         return None;
     }
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read of up to 1 KiB: a stat line is a few hundred bytes (`read_to_string` would
+    // start from 32 bytes and read six times, /proc files having no size).
+    let mut buf = Vec::with_capacity(1024);
+    std::fs::File::open(format!("/proc/{pid}/stat"))
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .ok()?;
+    let s = std::str::from_utf8(&buf).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: skip past it.
     let rest = &s[s.rfind(')')? + 2..];
     // Field 22 (starttime) is the 20th after the name.
@@ -73,6 +100,21 @@ mod tests {
         assert!(owner_is_dead(5));
         assert!(owner_is_dead(u64::from(u32::MAX) << 32 | 7));
         assert!(owner_is_dead((1u64 << 31) << 32));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // no /proc under miri
+    fn the_remembered_id_is_the_one_proc_gives() {
+        let first = owner_id();
+        let pid = std::process::id();
+        let fresh = u64::from(pid) << 32 | u64::from(start_time(pid).unwrap());
+        assert_eq!(first, fresh);
+        assert_eq!(OWNER_ID.load(Relaxed), fresh, "remembered");
+        assert_eq!(owner_id(), fresh);
+        // A value remembered for another pid (a parent's, in a forked child) is not used.
+        OWNER_ID.store(u64::from(pid ^ 1) << 32 | 5, Relaxed);
+        assert_eq!(owner_id(), fresh);
+        assert_eq!(OWNER_ID.load(Relaxed), fresh);
     }
 
     #[test]
