@@ -8,6 +8,12 @@
 //! * `remove/N`: remove all N keys from a full table (setup not timed).
 //! * `get_many/N` (ours only; compare with `lookup_hit/N`): batched lookup of the N present
 //!   keys, 1024 at a time.
+//! * `reopen/N`: ours (`offheap_file`) maps a region file holding a table of N keys and
+//!   opens the table (`Region::open` + `SwissTable::open_in`, whose checks read every
+//!   segment's header); hashbrown, which cannot live in a file, reads a file of the N
+//!   key-value pairs and inserts them into a map sized for them, which is what a program
+//!   without a persistent table does at start-up. Both files are in `/dev/shm` where there
+//!   is one (else the temporary directory), so neither waits for a disk. Time per reopen.
 //!
 //! Ours runs twice per row: `offheap` in a region with `RegionOptions::huge_pages(true)`
 //! and `offheap_4k` in one with 4 KiB pages (the default of `SwissTable::new`).
@@ -221,11 +227,64 @@ fn remove(c: &mut Criterion) {
     g.finish();
 }
 
+/// A temporary directory in `/dev/shm` (memory) where there is one.
+fn memory_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap()
+}
+
+fn reopen(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reopen");
+    let dir = memory_dir();
+    for n in sizes() {
+        let table = dir.path().join(format!("table-{n}.region"));
+        let pairs = dir.path().join(format!("pairs-{n}"));
+        {
+            let region = Region::create(&table, &offheap_mmap::RegionOptions::new()).unwrap();
+            let mut t: SwissTable<u64, u64, &Region> =
+                SwissTable::create_in_with(&region, "kv", TableOptions::new().seed(SEED)).unwrap();
+            let mut bytes = Vec::with_capacity(16 * n);
+            for i in 0..n as u64 {
+                t.insert(key(i), i);
+                bytes.extend_from_slice(&key(i).to_le_bytes());
+                bytes.extend_from_slice(&i.to_le_bytes());
+            }
+            std::fs::write(&pairs, bytes).unwrap();
+        }
+        if n > 10_000 {
+            g.sample_size(20);
+        }
+        g.bench_with_input(BenchmarkId::new("offheap_file", n), &table, |b, path| {
+            b.iter(|| {
+                let region = Region::open(path).unwrap();
+                let t: SwissTable<u64, u64, &Region> = SwissTable::open_in(&region, "kv").unwrap();
+                assert_eq!(t.len(), n);
+                black_box(t.get(&key(0)).copied())
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("hashbrown", n), &pairs, |b, path| {
+            b.iter(|| {
+                let bytes = std::fs::read(path).unwrap();
+                let mut t: Theirs =
+                    HashMap::with_capacity_and_hasher(n, Xxh3BuildHasher::with_seed(SEED));
+                for p in bytes.chunks_exact(16) {
+                    let k = u64::from_le_bytes(p[..8].try_into().unwrap());
+                    t.insert(k, u64::from_le_bytes(p[8..].try_into().unwrap()));
+                }
+                assert_eq!(t.len(), n);
+                black_box(t.get(&key(0)).copied())
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = insert_empty, lookups, remove
+    targets = insert_empty, lookups, remove, reopen
 }
 criterion_main!(benches);
