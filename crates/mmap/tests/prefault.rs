@@ -28,13 +28,6 @@ fn resident(r: &Region, from: u64, len: u64) -> Vec<bool> {
     v.iter().map(|b| b & 1 == 1).collect()
 }
 
-/// Whether the kernel has `MADV_POPULATE_WRITE` (Linux 5.14): asked of a scratch map.
-fn kernel_populates() -> bool {
-    let mut m = memmap2::MmapMut::map_anon(PAGE as usize).unwrap();
-    m[0] = 1;
-    m.advise(memmap2::Advice::PopulateWrite).is_ok()
-}
-
 /// Runs the checks on a fresh region, whose last (free) block starts right after a small
 /// allocation.
 fn check_prefault(r: &Region, ahead: u64) {
@@ -91,7 +84,7 @@ fn check_prefault(r: &Region, ahead: u64) {
 #[test]
 fn anonymous_prefault_faults_in_the_next_fresh_pages_and_no_more() {
     let r = Region::anonymous_with(&RegionOptions::new().huge_pages(false)).unwrap();
-    if !kernel_populates() {
+    if !offheap_testkit::kernel_populates() {
         assert!(
             !r.prefault(64 << 10),
             "no MADV_POPULATE_WRITE, yet it did something"
@@ -106,7 +99,7 @@ fn file_prefault_faults_in_pages_without_changing_the_file() {
     let dir = scratch();
     let path = dir.path().join("r.region");
     let r = Region::create(&path, &RegionOptions::new().initial_size(1 << 20)).unwrap();
-    if !kernel_populates() {
+    if !offheap_testkit::kernel_populates() {
         assert!(!r.prefault(64 << 10));
         return;
     }

@@ -114,3 +114,42 @@ pub fn thread_cpu_ns() -> u64 {
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Whether this kernel has `madvise(MADV_POPULATE_WRITE)` (Linux 5.14 and later), asked of a
+/// scratch page: tests of prefaulting expect pages faulted in only where it does.
+///
+/// ```
+/// let yes = offheap_testkit::kernel_populates();
+/// assert!(!yes || cfg!(target_os = "linux"));
+/// ```
+pub fn kernel_populates() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        // SAFETY: a fresh private anonymous mapping of one page, which nothing else knows of.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        // SAFETY: `p` is the page just mapped read-write; populating changes no contents,
+        // and the page is unmapped once asked.
+        unsafe {
+            let ok = libc::madvise(p, PAGE, libc::MADV_POPULATE_WRITE) == 0;
+            libc::munmap(p, PAGE);
+            ok
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
