@@ -227,16 +227,9 @@ fn remove(c: &mut Criterion) {
     g.finish();
 }
 
-/// A temporary directory in `/dev/shm` (memory) where there is one.
-fn memory_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap()
-}
-
 fn reopen(c: &mut Criterion) {
     let mut g = c.benchmark_group("reopen");
-    let dir = memory_dir();
+    let dir = offheap_testkit::scratch_dir();
     for n in sizes() {
         let table = dir.path().join(format!("table-{n}.region"));
         let pairs = dir.path().join(format!("pairs-{n}"));

@@ -74,9 +74,7 @@ fn options() -> RegionOptions {
 /// Kills `ops`, run on the table that `setup` built, at every step; returns the number of
 /// kills and the sum of the repairs.
 fn kill_everywhere(setup: &[Op], ops: &[Op]) -> (u64, RepairReport) {
-    let dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap();
+    let dir = offheap_testkit::scratch_dir();
     let base = dir.path().join("base.region");
     {
         let r = Region::create(&base, &options()).unwrap();
@@ -252,9 +250,7 @@ fn killed_while_replacing_wide_values() {
     type W<'r> = SwissTable<u64, [u64; 3], &'r Region>;
     const N: u64 = 120;
     let v = |k: u64, r: u64| [k ^ r, r.wrapping_mul(0x0101_0101_0101_0101), !k ^ r];
-    let dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap();
+    let dir = offheap_testkit::scratch_dir();
     let base = dir.path().join("base.region");
     {
         let r = Region::create(&base, &options()).unwrap();

@@ -82,9 +82,7 @@ fn kill_child_entry() {
 
 #[test]
 fn sigkilled_table_reopens_whole() {
-    let dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap();
+    let dir = offheap_testkit::scratch_dir();
     let path = dir.path().join("kill.region");
     let r = Region::create(&path, &RegionOptions::new()).unwrap();
     drop(Table::create_in_with(&r, "kv", TableOptions::new().segment_slots(64)).unwrap());

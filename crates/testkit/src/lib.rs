@@ -153,3 +153,17 @@ pub fn kernel_populates() -> bool {
         false
     }
 }
+
+/// A scratch directory, removed when dropped: in `/dev/shm` (memory) where there is one, so
+/// that region files in it neither wait for a disk nor wear one; else in the system's
+/// temporary directory.
+///
+/// ```
+/// let dir = offheap_testkit::scratch_dir();
+/// std::fs::write(dir.path().join("f"), b"x").unwrap();
+/// ```
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("a temporary directory")
+}

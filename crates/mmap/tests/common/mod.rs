@@ -5,13 +5,7 @@ use offheap_mmap::{Offset, Region};
 
 /// A scratch directory on tmpfs when there is one (it punches holes and is fast).
 pub fn scratch() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::tempdir_in(shm) {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
+    offheap_testkit::scratch_dir()
 }
 
 /// Writes a deterministic pattern of `len` bytes seeded by `seed` at `off`.
