@@ -304,8 +304,9 @@ impl BytesMap {
         Self::create_in(region, opts)
     }
 
-    /// Opens the map file at `path`: O(1) in the number of entries (header and table
-    /// directory validation only).
+    /// Opens the map file at `path`: no entry is read or rehashed; the table's header,
+    /// directory and segment headers are validated (O(segments), one segment per 1800-3600
+    /// entries).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::open_in(Region::open(path)?)
     }
