@@ -408,7 +408,9 @@ impl<K, V> SegRef<K, V> {
     /// inserts of the default 3584): the last inserts before its split go through the
     /// out-of-line path, which prefaults a page of where its new segments will come from
     /// ([`RawTable::prefault`]). In segments of under 128 entries' load it is
-    /// `room() == 0`. Two instructions more than that test.
+    /// `room() == 0`. Two instructions more than that test. Written out rather than as
+    /// `room() <= max_load(groups) >> 7`, the same test, which ran two more instructions per
+    /// insert (callgrind, `ops_profile ours insert <n> 1`: 178.8 against 176.8 at 1K keys).
     #[inline(always)]
     pub(crate) fn nearly_full(&self) -> bool {
         // SAFETY: the header is valid while the segment is.
