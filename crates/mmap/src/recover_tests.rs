@@ -122,6 +122,7 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, mode: Mode<'_>) -> boo
         if step == kill_step {
             kill::arm(n);
         }
+        let mut freeing = None;
         let got = match op {
             Op::Alloc(size, align) => r.alloc(size, align).map(|off| {
                 assert_eq!(off.get() % align, 0);
@@ -129,6 +130,7 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, mode: Mode<'_>) -> boo
             }),
             Op::Free(i) => {
                 let (off, _, _) = live.swap_remove(i);
+                freeing = Some(off);
                 r.free(off).map(|()| None)
             }
         };
@@ -176,6 +178,16 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, mode: Mode<'_>) -> boo
         verify(&r, &live);
         let leaked = rep.allocations - live.len() as u64;
         assert!(leaked <= 1, "{leaked} blocks leaked by one killed op");
+        if let Some(off) = freeing {
+            // A free cut short either left its block allocated, or freed it: then its
+            // offset must not pass for a live allocation (a stale header inside a merged
+            // free block once did, after a kill between the merge's write and its own).
+            assert_eq!(
+                r.allocation_size(off).is_ok(),
+                leaked == 1,
+                "step {step} {op:?} killed after {n} writes: the freed offset's liveness"
+            );
+        }
     }
     verify(&r, &live);
     r.check().unwrap();

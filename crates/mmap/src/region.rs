@@ -1274,16 +1274,21 @@ impl Region {
             len += ps;
             merged -= 1;
         }
-        // Crash order: everything above touched derived state only (counters, lists);
-        // this single header write is the commit point of the free (and of the merge).
-        // A kill before it leaks the block (still allocated), never frees it twice.
-        self.set_block(start, len, true)?;
-        if start != b {
-            // The freed block's own header now lies inside the merged block, where nothing
-            // reads it but a stale offset: mark it free, so that `allocation_size` and
-            // `free` refuse such an offset instead of taking it for a live allocation
-            // (its next block's boundary tag may still agree with it).
-            self.set_block(b, size, true)?;
+        // Crash order: everything above touched derived state only (counters, lists).
+        // The freed block's own header first: it is the commit point of the free. Merged
+        // with its predecessor, that header then lies inside the merged block, where
+        // nothing reads it but a stale offset; marked free, it makes `allocation_size` and
+        // `free` refuse such an offset instead of taking it for a live allocation (the
+        // next block's boundary tag may still agree with it). Written after the merge's
+        // header, as it once was, a kill between the two left it saying "allocated"
+        // inside a free block, for good (`recover` walks the blocks, not their insides).
+        // A kill after this write and before the merge's leaves two adjacent free blocks,
+        // which `recover` merges; a kill before it leaks the block (still allocated),
+        // never frees it twice.
+        self.set_block(b, size, true)?;
+        if start != b || len != size {
+            // The merge: one header write.
+            self.set_block(start, len, true)?;
         }
         self.insert(start, len)?;
         let e = start + len;
