@@ -105,6 +105,9 @@ pub enum Error {
     /// bookkeeping is torn (a process died inside `alloc`, `free` or a growth): allocation
     /// and freeing wait for [`Region::recover`](crate::Region::recover).
     NeedsRecovery,
+    /// [`Region::alloc_into`](crate::Region::alloc_into) was given a record that is not a
+    /// word of a live allocation, or a mark with bits that an offset uses.
+    InvalidRecord(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -170,6 +173,7 @@ impl fmt::Display for Error {
             Error::NeedsRecovery => f.write_str(
                 "the region's allocator was torn by a process that died: run recover() first",
             ),
+            Error::InvalidRecord(what) => write!(f, "invalid allocation record: {what}"),
         }
     }
 }

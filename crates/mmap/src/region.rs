@@ -1059,6 +1059,79 @@ impl Region {
     /// and returns their offset. The bytes are not zeroed. O(1); grows the region by a
     /// bounded step when no free block fits.
     pub fn alloc(&self, size: u64, align: u64) -> Result<Offset, Error> {
+        self.alloc_recorded(size, align, None)
+    }
+
+    /// Allocates like [`alloc`](Self::alloc), and stores the new allocation's offset, or-ed
+    /// with `mark`, into the 8-byte word `at` bytes into the live allocation `record`. The
+    /// store comes right after the one write that makes the allocation, before the
+    /// allocator's derived state (boundary tag, counters).
+    ///
+    /// This is how a structure in a region that outlives processes takes a block with no
+    /// window in which a kill leaks it. With `alloc`, a process killed after that write and
+    /// before the caller has recorded the offset where a recovery looks leaves a block that
+    /// nothing names; with `alloc_into` the record follows the allocation by one store.
+    /// After a kill the record may also name a block that `alloc` never made (the kill came
+    /// before the allocation's write, and the record held an older value), so a recovery
+    /// checks it with [`allocation_size`](Self::allocation_size), and must not keep a
+    /// record across allocations by others.
+    ///
+    /// `mark` tags the record in bits that no offset uses (bits 48 to 63; offsets are below
+    /// 2^48), so that a record can be told from the other words that share its place; the
+    /// offset is `word & !mark`.
+    ///
+    /// # Errors
+    /// Those of `alloc`; [`Error::InvalidRecord`] when `record` is not a live allocation of
+    /// at least `at + 8` bytes, `at` is not a multiple of 8, or `mark` has low bits.
+    ///
+    /// ```
+    /// use offheap_mmap::{Offset, Region};
+    ///
+    /// let r = Region::anonymous()?;
+    /// let log = r.alloc(16, 8)?;
+    /// const MARK: u64 = 0xFD << 56;
+    /// let a = r.alloc_into(100, 8, log, 8, MARK)?;
+    /// // SAFETY: `log` is a live 16-byte allocation, 8-aligned.
+    /// let word = unsafe { r.ptr(log, 16)?.as_ptr().cast::<u64>().add(1).read() };
+    /// assert_eq!(Offset::new(word & !MARK), Some(a));
+    /// # Ok::<(), offheap_mmap::Error>(())
+    /// ```
+    pub fn alloc_into(
+        &self,
+        size: u64,
+        align: u64,
+        record: Offset,
+        at: u64,
+        mark: u64,
+    ) -> Result<Offset, Error> {
+        let bad = |what| Err(Error::InvalidRecord(what));
+        if at % 8 != 0 {
+            return bad("the record's place is not a multiple of 8 bytes into its block");
+        }
+        // No region is larger than the address space (2^47 bytes of user space on x86_64,
+        // 2^48 elsewhere), so no offset has a bit from 48 up, whatever process made it.
+        if mark & ((1 << 48) - 1) != 0 {
+            return bad("the mark has bits that an offset uses");
+        }
+        match self.allocation_size(record) {
+            Ok(n) if at.checked_add(8).is_some_and(|e| e <= n) => {}
+            Ok(_) => return bad("the record's place lies past its block"),
+            Err(Error::NotAllocated { .. }) => return bad("the record is not a live allocation"),
+            Err(e) => return Err(e),
+        }
+        self.alloc_recorded(size, align, Some((record.get() + at, mark)))
+    }
+
+    /// [`alloc`](Self::alloc), and with `into = Some((word, mark))` the store of
+    /// [`alloc_into`](Self::alloc_into) (`word`: the record's offset in the region, checked
+    /// by the caller).
+    #[inline(always)]
+    fn alloc_recorded(
+        &self,
+        size: u64,
+        align: u64,
+        into: Option<(u64, u64)>,
+    ) -> Result<Offset, Error> {
         if self.torn.get() {
             return Err(Error::NeedsRecovery);
         }
@@ -1098,13 +1171,22 @@ impl Region {
             }
         };
         let end = end.max(self.mapped.get());
-        self.carve(b, s, need, align, end)
+        self.carve(b, s, need, align, end, into)
     }
 
     /// Cuts an allocation of `need` bytes aligned for `align` out of free block `b`
-    /// (already unlinked), returning the rest to the free lists.
+    /// (already unlinked), returning the rest to the free lists; `into`: see
+    /// [`alloc_recorded`](Self::alloc_recorded).
     #[inline(always)]
-    fn carve(&self, b0: u64, s0: u64, need: u64, align: u64, end: u64) -> Result<Offset, Error> {
+    fn carve(
+        &self,
+        b0: u64,
+        s0: u64,
+        need: u64,
+        align: u64,
+        end: u64,
+        into: Option<(u64, u64)>,
+    ) -> Result<Offset, Error> {
         let (mut b, mut s) = (b0, s0);
         let mut new_free = 0i64;
         let hull = self.hull(b0, s0)?;
@@ -1150,6 +1232,10 @@ impl Region {
         // leaves the block free, a kill after it leaks it (allocated, never returned).
         // Everything after it (boundary tag, flags, counters) is derived state.
         self.wr(b + 8, s | if b != b0 { PREV_FREE } else { 0 })?;
+        if let Some((word, mark)) = into {
+            // The next store: `alloc_into`'s record of the block just made.
+            self.wr(word, (b + BLOCK_HEADER) | mark)?;
+        }
         let orig_end = b0 + s0;
         if orig_end < end {
             self.wr(orig_end, last_piece.1)?;
