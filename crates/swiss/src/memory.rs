@@ -42,6 +42,45 @@ pub unsafe trait TableMemory {
     fn root(&self, name: &str) -> Option<u64>;
     /// Stores (or with `None`, removes) a root handle under `name`.
     fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error>;
+    /// Allocates like [`alloc`](Self::alloc), and stores `handle | mark` into the 8-byte
+    /// word `at` bytes into the live block `record`. `mark` has no bit below bit 56 (no
+    /// handle that a table keeps has one there).
+    ///
+    /// A table records this way each block it allocates for a structural change, in its
+    /// header, so that a process killed before the block is filled leaves it to the next
+    /// open's repair instead of leaking it. The default allocates, then stores: a kill
+    /// between the two leaks the block. A region stores in the write after the one that
+    /// makes the allocation ([`offheap_mmap::Region::alloc_into`]).
+    fn alloc_recorded(
+        &self,
+        size: u64,
+        align: u64,
+        record: u64,
+        at: u64,
+        mark: u64,
+    ) -> Result<u64, Error> {
+        let handle = self.alloc(size, align)?;
+        let word = at
+            .checked_add(8)
+            .and_then(|end| self.ptr(record, end))
+            // SAFETY: `ptr` vouched for `at + 8` bytes.
+            .map(|p| unsafe { p.as_ptr().add(at as usize) })
+            .filter(|w| w.align_offset(8) == 0);
+        match word {
+            // SAFETY: an 8-aligned word inside a live block of this memory.
+            Some(w) => unsafe { w.cast::<u64>().write(handle | mark) },
+            None => {
+                // SAFETY: just allocated, never shared.
+                unsafe { self.free(handle) };
+                return Err(Error::Alloc {
+                    size,
+                    align,
+                    source: Some("the record is not a word of a live block".into()),
+                });
+            }
+        }
+        Ok(handle)
+    }
     /// Faults in, ahead of need, one more page of the memory that the next allocations will
     /// take, keeping at most `ahead` bytes of it resident beyond what is in use; returns
     /// whether it did anything. A hint: a table calls it from inserts into a segment that is
@@ -62,6 +101,17 @@ macro_rules! forward_table_memory {
             #[inline]
             fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
                 (**self).alloc(size, align)
+            }
+            #[inline]
+            fn alloc_recorded(
+                &self,
+                size: u64,
+                align: u64,
+                record: u64,
+                at: u64,
+                mark: u64,
+            ) -> Result<u64, Error> {
+                (**self).alloc_recorded(size, align, record, at, mark)
             }
             #[inline]
             unsafe fn free(&self, handle: u64) {
@@ -260,6 +310,24 @@ pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
 unsafe impl TableMemory for offheap_mmap::Region {
     fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
         offheap_mmap::Region::alloc(self, size, align)
+            .map(offheap_mmap::Offset::get)
+            .map_err(|e| Error::Alloc {
+                size,
+                align,
+                source: Some(Box::new(e)),
+            })
+    }
+
+    fn alloc_recorded(
+        &self,
+        size: u64,
+        align: u64,
+        record: u64,
+        at: u64,
+        mark: u64,
+    ) -> Result<u64, Error> {
+        let record = offheap_mmap::Offset::new(record).ok_or(Error::Corrupt("zero handle"))?;
+        offheap_mmap::Region::alloc_into(self, size, align, record, at, mark)
             .map(offheap_mmap::Offset::get)
             .map_err(|e| Error::Alloc {
                 size,

@@ -328,6 +328,12 @@ const PENDING_DIR: u64 = 0xFF << HANDLE_BITS;
 /// value is in the header block's undo area.
 const PENDING_UNDO: u64 = 0xFE << HANDLE_BITS;
 
+/// Top byte of a pending word that records a block a structural change has just allocated
+/// and not yet filled (see [`RawTable::alloc_fresh`]): a new segment before its header is
+/// written, a new directory block before its words are. The block carries nothing yet by
+/// which a repair could tell it is this table's, so the record is what says so.
+const PENDING_FRESH: u64 = 0xFD << HANDLE_BITS;
+
 /// The header's directory word: the directory's handle and the global depth.
 fn header_dir_word(handle: u64, global_depth: u32) -> u64 {
     handle | u64::from(global_depth) << HANDLE_BITS
@@ -985,6 +991,80 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         kill_point!();
     }
 
+    /// Allocates a block whose handle fits a directory word (below 2^56).
+    fn alloc_block(mem: &M, size: usize, align: usize) -> Result<u64, Error> {
+        let handle = mem.alloc(size as u64, align as u64)?;
+        if handle >> HANDLE_BITS != 0 {
+            // SAFETY: just allocated, never shared.
+            unsafe { mem.free(handle) };
+            return Err(Error::Alloc {
+                size: size as u64,
+                align: align as u64,
+                source: Some("memory returned a handle of 2^56 or more".into()),
+            });
+        }
+        Ok(handle)
+    }
+
+    /// Allocates a block for a structural change and records it in a free pending word as
+    /// fresh ([`PENDING_FRESH`]) as it is allocated ([`TableMemory::alloc_recorded`]): a
+    /// process killed between the allocation and the block's record as a segment or a
+    /// directory block leaves it to `open`'s repair, which frees a live block so recorded
+    /// that nothing names. (Before, a kill in that window leaked the block.) In a region the
+    /// record is the store after the allocation's own write; only a kill between those two
+    /// stores leaks the block.
+    fn alloc_fresh(&mut self, size: usize, align: usize) -> Result<u64, Error> {
+        use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
+        let hdr = self.hdr.as_ptr();
+        // SAFETY: the header block is valid while the table lives; `&mut self`.
+        let free = unsafe { (*hdr).pending.iter().position(|&w| w == 0) };
+        // Every caller has at most two words in use when it allocates.
+        debug_assert!(free.is_some());
+        let Some(i) = free else {
+            return Self::alloc_block(&self.mem, size, align);
+        };
+        let at = core::mem::offset_of!(TableHeader, pending) + 8 * i;
+        compiler_fence(SeqCst);
+        let handle = self.mem.alloc_recorded(
+            size as u64,
+            align as u64,
+            self.hdr_handle,
+            at as u64,
+            PENDING_FRESH,
+        )?;
+        compiler_fence(SeqCst);
+        kill_point!();
+        if handle >> HANDLE_BITS != 0 {
+            // SAFETY: as above.
+            unsafe { (*hdr).pending[i] = 0 };
+            compiler_fence(SeqCst);
+            // SAFETY: just allocated, never shared.
+            unsafe { self.mem.free(handle) };
+            return Err(Error::Alloc {
+                size: size as u64,
+                align: align as u64,
+                source: Some("memory returned a handle of 2^56 or more".into()),
+            });
+        }
+        Ok(handle)
+    }
+
+    /// Clears `handle`'s fresh record ([`alloc_fresh`](Self::alloc_fresh)), before the
+    /// block is freed on an error path.
+    fn unrecord_fresh(&mut self, handle: u64) {
+        use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
+        let hdr = self.hdr.as_ptr();
+        // SAFETY: the header block is valid while the table lives; `&mut self`.
+        unsafe {
+            for w in &mut (*hdr).pending {
+                if *w == handle | PENDING_FRESH {
+                    *w = 0;
+                }
+            }
+        }
+        compiler_fence(SeqCst);
+    }
+
     /// Claims a table just created for this process (`create_in` does, before it names the
     /// table), so that a kill leaves it marked open for the next `open` to repair.
     pub(crate) fn claim_new(&mut self) -> Result<(), Error> {
@@ -1485,12 +1565,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let pending = unsafe { (*self.hdr.as_ptr()).pending };
         let gd = self.global_depth();
         let mut dir_block = None;
+        let mut fresh = Vec::new();
         for w in pending.into_iter().filter(|&w| w != 0) {
             if w >> HANDLE_BITS == PENDING_DIR >> HANDLE_BITS {
                 let handle = word_handle(w);
                 if handle != self.dir_handle && self.is_old_or_new_dir(handle) {
                     dir_block = Some(handle);
                 }
+            } else if w >> HANDLE_BITS == PENDING_FRESH >> HANDLE_BITS {
+                fresh.push(word_handle(w));
             } else if let Ok((seg, _)) =
                 Self::check_segment(&self.mem, w, self.hdr_handle, gd, false, true)
             {
@@ -1505,6 +1588,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             unsafe { self.mem.free(handle) };
             report.freed += 1;
         }
+        report.freed += self.free_fresh(fresh, &pending, dir_block);
         losers.retain(|s| named.binary_search(&s.base).is_err());
         losers.sort_unstable_by_key(|s| s.base);
         losers.dedup_by_key(|s| s.base);
@@ -1546,6 +1630,52 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             i += self.span(seg.depth());
         }
         Ok(report)
+    }
+
+    /// Frees the blocks that the pending words record as fresh ([`PENDING_FRESH`]: allocated
+    /// by a structural change and not yet filled when the process died) if they are live
+    /// blocks that nothing else names: not the table's header or directory, no directory
+    /// entry, no other pending word, not `dir_block` (freed already). Returns how many it
+    /// freed. They are freed while the record still holds them (the caller rewrites the
+    /// pending words after), so a kill here leaves them to the next repair, which finds
+    /// them free and skips them.
+    fn free_fresh(
+        &mut self,
+        mut fresh: Vec<u64>,
+        pending: &[u64; 3],
+        dir_block: Option<u64>,
+    ) -> usize {
+        if fresh.is_empty() {
+            return 0;
+        }
+        fresh.sort_unstable();
+        fresh.dedup();
+        let n = self.dir.len();
+        let mut named: Vec<u64> = (0..n)
+            // SAFETY: the stored directory holds n words (checked on open).
+            .map(|j| word_handle(unsafe { self.dir_ptr.as_ptr().add(j).read() }))
+            .collect();
+        named.extend([self.dir_handle, self.hdr_handle]);
+        named.extend(dir_block);
+        named.extend(
+            pending
+                .iter()
+                .filter(|&&w| w >> HANDLE_BITS != PENDING_FRESH >> HANDLE_BITS)
+                .map(|&w| word_handle(w)),
+        );
+        named.sort_unstable();
+        let mut freed = 0;
+        for h in fresh {
+            if named.binary_search(&h).is_ok() || self.mem.ptr(h, 1).is_none() {
+                continue;
+            }
+            // SAFETY: a live block that this table allocated for a structural change cut
+            // short (the record says so; a record is as trusted as the rest of the file's
+            // table), and that nothing of the table names: no pointer into it exists.
+            unsafe { self.mem.free(h) };
+            freed += 1;
+        }
+        freed
     }
 
     /// Whether the live block `handle` holds this table's directory words doubled (each
@@ -1614,25 +1744,48 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
 
     /// A new empty segment of table `table` (its header's handle).
     fn new_segment(mem: &M, table: u64, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
-        let (size, ctrl_off, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
-        let handle = mem.alloc(size as u64, align as u64)?;
-        if handle >> HANDLE_BITS != 0 {
+        let (size, _, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
+        let handle = Self::alloc_block(mem, size, align)?;
+        Self::init_segment(mem, handle, table, groups, depth).inspect_err(|_| {
             // SAFETY: just allocated, never shared.
             unsafe { mem.free(handle) };
-            return Err(Error::Alloc {
-                size: size as u64,
-                align: align as u64,
-                source: Some("memory returned a handle of 2^56 or more".into()),
-            });
+        })
+    }
+
+    /// [`new_segment`](Self::new_segment) for a structural change of this table: the block
+    /// is recorded as fresh from its allocation until the caller records the segment
+    /// ([`alloc_fresh`](Self::alloc_fresh)).
+    fn new_segment_recorded(&mut self, groups: usize, depth: u32) -> Result<SegRef<K, V>, Error> {
+        let (size, _, align) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
+        let handle = self.alloc_fresh(size, align)?;
+        match Self::init_segment(&self.mem, handle, self.hdr_handle, groups, depth) {
+            Ok(seg) => Ok(seg),
+            Err(e) => {
+                self.unrecord_fresh(handle);
+                // SAFETY: just allocated, never shared.
+                unsafe { self.mem.free(handle) };
+                Err(e)
+            }
         }
-        let Some(base) = mem.ptr(handle, size as u64) else {
-            // SAFETY: just allocated, never shared.
-            unsafe { mem.free(handle) };
-            return Err(oob(handle, size));
-        };
+    }
+
+    /// Writes an empty segment of table `table` into block `handle`, just allocated with
+    /// [`seg_layout`]'s size and alignment for `groups`. The caller frees the block if this
+    /// fails.
+    fn init_segment(
+        mem: &M,
+        handle: u64,
+        table: u64,
+        groups: usize,
+        depth: u32,
+    ) -> Result<SegRef<K, V>, Error> {
+        let (size, ctrl_off, _) = seg_layout::<K, V>(groups).ok_or(Error::CapacityOverflow)?;
+        let base = mem
+            .ptr(handle, size as u64)
+            .ok_or_else(|| oob(handle, size))?;
         let cap = groups * GROUP_WIDTH;
-        // SAFETY: the block is `size` bytes aligned to `align` >= 64: the slots, the header and
-        // `cap` control bytes fit (seg_layout); the header is 16-aligned.
+        // SAFETY: the block is `size` bytes, aligned as seg_layout says (to 64 at least): the
+        // slots, the header and `cap` control bytes fit; the header is 16-aligned.
         unsafe {
             let hdr = base.as_ptr().add(ctrl_off - SEG_HEADER).cast::<SegHeader>();
             hdr.write(SegHeader {
@@ -1647,6 +1800,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 table,
                 _pad: 0,
             });
+            kill_point!();
             core::ptr::write_bytes(base.as_ptr().add(ctrl_off), EMPTY, cap);
             Ok(SegRef {
                 base: NonNull::new_unchecked(base.as_ptr().add(ctrl_off - SEG_HEADER)),
@@ -1657,18 +1811,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     }
 
     fn alloc_dir(mem: &M, n: usize) -> Result<(u64, NonNull<u64>), Error> {
-        let bytes = (n * 8) as u64;
-        let h = mem.alloc(bytes, 8)?;
-        if h >> HANDLE_BITS != 0 {
-            // SAFETY: just allocated, never shared.
-            unsafe { mem.free(h) };
-            return Err(Error::Alloc {
-                size: bytes,
-                align: 8,
-                source: Some("memory returned a handle of 2^56 or more".into()),
-            });
-        }
-        match mem.ptr(h, bytes) {
+        let h = Self::alloc_block(mem, n * 8, 8)?;
+        match mem.ptr(h, (n * 8) as u64) {
             Some(p) => Ok((h, p.cast())),
             None => {
                 // SAFETY: just allocated, never shared.
@@ -2220,7 +2364,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let old = self.dir[idx];
         let n = Self::count_full(&old);
         let groups = groups.max(groups_for(n, 1, 1));
-        let new = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth())?;
+        let new = self.new_segment_recorded(groups, old.depth())?;
         self.pend(&[new, old]);
         self.move_all(&old, &new);
         self.set_range(idx, old.depth(), new);
@@ -2244,9 +2388,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.double_dir()?;
             idx *= 2;
         }
-        let a = Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1)?;
+        let a = self.new_segment_recorded(groups, old.depth() + 1)?;
         self.pend(&[a]);
-        let b = match Self::new_segment(&self.mem, self.hdr_handle, groups, old.depth() + 1) {
+        let b = match self.new_segment_recorded(groups, old.depth() + 1) {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
@@ -2282,13 +2426,21 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// directory's doubling").
     fn store_dir(&mut self, src: impl Fn(usize) -> usize) -> Result<(), Error> {
         let n = self.dir.len();
-        let (h, p) = Self::alloc_dir(&self.mem, n)?;
+        let h = self.alloc_fresh(n * 8, 8)?;
+        let Some(p) = self.mem.ptr(h, (n * 8) as u64) else {
+            self.unrecord_fresh(h);
+            // SAFETY: just allocated, never shared.
+            unsafe { self.mem.free(h) };
+            return Err(oob(h, n * 8));
+        };
+        let p = p.cast::<u64>();
         let old_ptr = self.dir_ptr.as_ptr();
         for j in 0..n {
             // SAFETY: the new block holds n u64s; `src(j)` is below the old block's length
             // (the callers' maps halve or double the length), and the old block is live.
             unsafe { p.as_ptr().add(j).write(old_ptr.add(src(j)).read()) };
         }
+        kill_point!();
         debug_assert!(self.dir.iter().enumerate().all(|(j, s)| {
             // SAFETY: as above.
             unsafe { p.as_ptr().add(j).read() == s.word() }
@@ -2431,7 +2583,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             unsafe { Self::free_segment(&self.mem, src) };
             self.pend(&[]);
         } else {
-            let m = match Self::new_segment(&self.mem, self.hdr_handle, groups, depth) {
+            let m = match self.new_segment_recorded(groups, depth) {
                 Ok(m) => m,
                 Err(e) => {
                     if a.depth() == self.global_depth() {

@@ -142,8 +142,10 @@ fn sigkilled_table_reopens_whole() {
         }
         // The child redoes the in-flight operation (inserts and removes are idempotent).
     }
-    // Blocks a kill can leak: the one allocation in progress (inside the region's `alloc`,
-    // or before the table recorded the block as pending).
+    // Blocks a kill can leak: none. A structural change allocates through
+    // `Region::alloc_into`, which records the block in the table's pending words in the
+    // store after the allocation's own; only a kill between those two stores would leak it.
+    // (Before, kills inside `alloc` and before the record leaked 2-7 blocks per 100.)
     let t = Table::open_in(&r, "kv").unwrap();
     let leaked = r.stats().allocations - (t.stats().segments as u64 + 3);
     eprintln!(
@@ -152,7 +154,7 @@ fn sigkilled_table_reopens_whole() {
          {recounted} recounted segment counters; {leaked} blocks leaked"
     );
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(leaked <= u64::from(ROUNDS), "{leaked} blocks leaked");
+    assert_eq!(leaked, 0, "blocks leaked");
     // The test must reach what it tests: kills inside splits and merges (their segments,
     // allocated and not yet named or unnamed and not yet freed, are freed by the repair).
     // Kills at each single step are `crash_tests`' business (in the library).

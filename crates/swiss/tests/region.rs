@@ -643,6 +643,66 @@ fn a_merge_cut_short_is_finished_on_open() {
     region.check().unwrap();
 }
 
+/// A table found open (its process died) whose header's pending words record blocks as
+/// fresh (top byte `0xFD`: allocated by a structural change that the kill cut short before
+/// it filled them): `open_in` frees a live block so recorded that nothing names, and leaves
+/// alone a record of a block freed since, of the table's directory and of a live segment.
+/// Anonymous memory, so that miri runs the repair.
+#[test]
+fn a_fresh_record_frees_only_a_live_block_that_nothing_names() {
+    const FRESH: u64 = 0xFD << 56;
+    let region = Region::anonymous().unwrap();
+    let opts = TableOptions::new().segment_slots(32);
+    drop(SwissTable::<u64, u64, &Region>::create_in_with(&region, "t", opts).unwrap());
+    let mut t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
+    for i in 0..29 {
+        t.insert(i, i * 3);
+    }
+    drop(t);
+    let hdr = region.root("t").unwrap().get();
+    let mut dword = 0;
+    poke(&region, hdr, 72, |x| {
+        dword = x;
+        x
+    });
+    let dir = dword & ((1 << 56) - 1);
+    let mut seg0 = 0;
+    poke(&region, dir, 0, |x| {
+        seg0 = x & ((1 << 56) - 1);
+        x
+    });
+    // Header, directory, two segments; then a block the dead process had allocated, and
+    // one freed since.
+    assert_eq!(region.stats().allocations, 4);
+    let stray = region.alloc(600, 64).unwrap().get();
+    let gone = region.alloc(600, 64).unwrap();
+    region.free(gone).unwrap();
+    // Owner word at 64 (1: a process that is gone), pending words at 80, 88 and 96.
+    let left_open = |pending: [u64; 3]| {
+        poke(&region, hdr, 64, |_| 1);
+        for (j, w) in pending.into_iter().enumerate() {
+            poke(&region, hdr, 80 + 8 * j as u64, |_| w);
+        }
+    };
+    let check = |freed: usize, allocations: u64| {
+        let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
+        let rep = t.repair_report().expect("a table left open is repaired");
+        assert_eq!(rep.freed, freed, "{rep:?}");
+        assert_eq!(region.stats().allocations, allocations);
+        assert_eq!(t.len(), 29);
+        assert!((0..29).all(|i| t.get(&i) == Some(&(i * 3))));
+        region.check().unwrap();
+    };
+    left_open([gone.get() | FRESH, dir | FRESH, seg0 | FRESH]);
+    check(0, 5);
+    left_open([stray | FRESH, gone.get() | FRESH, 0]);
+    check(1, 4);
+    // Its record found it free the second time (the repair records its frees; a kill
+    // during one leaves the record for the next repair).
+    left_open([stray | FRESH, 0, 0]);
+    check(0, 4);
+}
+
 /// A segment named by two directory ranges (each consistent on its own) is refused: a split
 /// of one range would free the segment while the other still names it.
 #[cfg(not(miri))]
