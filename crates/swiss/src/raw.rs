@@ -2,7 +2,7 @@
 //! between segments (rebuild, split, merge). Everything here is bounded by one segment, except
 //! the directory copy when it doubles or halves.
 
-use crate::group::{is_full, Group, DELETED, EMPTY, GROUP_WIDTH};
+use crate::group::{is_full, BitMask, Group, DELETED, EMPTY, GROUP_WIDTH};
 use crate::hash::SeededHash;
 use crate::memory::TableMemory;
 use crate::table::RepairReport;
@@ -459,16 +459,18 @@ impl<K, V> SegRef<K, V> {
     pub(crate) fn index_of(&self, s: *const Slot<K, V>) -> usize {
         (self.base.as_ptr() as usize - s as usize) / size_of::<Slot<K, V>>() - 1
     }
-    /// Starts loading the first slots of `h`'s first group (the cache line of slots `pos` to
-    /// `pos + 3` for 16-byte slots), so that the address translation of the slots' page, and
-    /// for some keys the slot itself, overlaps the control group's load instead of following
-    /// it. In a table far larger than the TLB's reach both loads take a page walk: one after
-    /// the other they made our hits slower than hashbrown's, side by side faster. Used only
-    /// from [`WARM_BYTES`] up (docs/swiss-log.md, "Warming the slots' page").
+    /// Starts loading the slots of `h`'s preferred quarter of its first group (slots `4q` to
+    /// `4q + 3` of the group, one cache line for 16-byte slots; see [`first_slot`]), so that
+    /// the address translation of the slots' page, and for most keys the slot itself,
+    /// overlaps the control group's load instead of following it. In a table far larger
+    /// than the TLB's reach both loads take a page walk: one after the other they made our
+    /// hits slower than hashbrown's, side by side faster. Used only from [`WARM_BYTES`] up,
+    /// where inserts and moves put each key in its quarter when it has room
+    /// (docs/swiss-log.md, "Warming the slots' page" and "Each key's quarter of its group").
     #[inline(always)]
     pub(crate) fn warm_slots(&self, h: u64) {
         // SAFETY: `start(h) + 3 < capacity` (a group has 16 slots).
-        prefetch(unsafe { self.slot(self.start(h) + 3) }.cast());
+        prefetch(unsafe { self.slot(self.start(h) + first_slot(h, 3) as usize + 3) }.cast());
     }
     /// # Safety
     /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
@@ -616,7 +618,7 @@ pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<
 
 /// Like [`find_in`], also remembering the first free slot on the way.
 #[inline(always)]
-pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
+pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K, first: u32) -> Probe {
     let t = tag(h);
     let mut pos = seg.start(h);
     let mut stride = 0;
@@ -632,7 +634,7 @@ pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
             }
         }
         if free.is_none() {
-            if let Some(b) = grp.match_empty_or_deleted().lowest() {
+            if let Some(b) = pick_free(grp.match_empty_or_deleted(), first) {
                 free = Some(pos + b);
             }
         }
@@ -647,14 +649,37 @@ pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
     }
 }
 
+/// The slot of a group from which an insert or a move of a key of hash `h` looks for a free
+/// one ([`pick_free`]): in a table that warms (`qmask` 3), `4 * (h & 3)`, the start of the
+/// key's preferred quarter of the group (slots `4q..4q + 4`, one cache line of 16-byte
+/// slots), from hash bits `0..2`, which nothing else uses; lookups warm that quarter's line
+/// ([`SegRef::warm_slots`]), so most hits find their slot's line on its way in. Elsewhere
+/// (`qmask` 0) slot 0: a table of about L3's size is faster with its entries packed into
+/// the low slots of each group (fewer lines in use) than spread over all four quarters
+/// (docs/swiss-log.md, "Each key's quarter of its group").
+#[inline(always)]
+fn first_slot(h: u64, qmask: u32) -> u32 {
+    (h as u32 & qmask) * 4
+}
+
+/// The free slot (of those in `free`, a group's) that an insert or a move takes: the first
+/// at or after slot `s` ([`first_slot`]), wrapping around the group.
+#[inline(always)]
+fn pick_free(free: BitMask, s: u32) -> Option<usize> {
+    let r = free.0.rotate_right(s);
+    if r == 0 {
+        None
+    } else {
+        Some((r.trailing_zeros() + s) as usize % GROUP_WIDTH)
+    }
+}
+
 /// The first free slot on `h`'s probe sequence.
 #[inline(always)]
-fn find_free<K, V>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
+fn find_free<K, V>(seg: &SegRef<K, V>, h: u64, first: u32) -> Option<usize> {
     first_on_sequence(seg, h, |pos| {
         // SAFETY: pos <= pmask, a group's first byte.
-        unsafe { seg.group_at(pos) }
-            .match_empty_or_deleted()
-            .lowest()
+        pick_free(unsafe { seg.group_at(pos) }.match_empty_or_deleted(), first)
     })
 }
 
@@ -688,14 +713,17 @@ const OCC_GROUPS: usize = 256;
 /// does not mark as filled, marked now: [`find_free`] for a fresh segment whose only full
 /// slots are those marked in `occ`, without reading its control bytes.
 #[inline(always)]
-fn find_unfilled<K, V>(seg: &SegRef<K, V>, h: u64, occ: &mut [u16; OCC_GROUPS]) -> Option<usize> {
+fn find_unfilled<K, V>(
+    seg: &SegRef<K, V>,
+    h: u64,
+    occ: &mut [u16; OCC_GROUPS],
+    first: u32,
+) -> Option<usize> {
     first_on_sequence(seg, h, |pos| {
         let w = &mut occ[pos / GROUP_WIDTH % OCC_GROUPS];
-        (*w != u16::MAX).then(|| {
-            let b = (!*w).trailing_zeros() as usize;
-            *w |= 1 << b;
-            b
-        })
+        let b = pick_free(BitMask(!*w), first)?;
+        *w |= 1 << b;
+        Some(b)
     })
 }
 
@@ -806,6 +834,9 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// beside its control group ([`SegRef::warm_slots`]): whether the directory spans at
     /// least [`WARM_BYTES`] of full-size segments. Set with the global depth.
     warm: bool,
+    /// 3 in a table that warms, else 0: masks the hash bits that choose a key's preferred
+    /// quarter of its group ([`first_slot`]).
+    qmask: u32,
     pub(crate) seed: u64,
     /// `H::prepare(seed)`.
     prepared: u64,
@@ -1214,6 +1245,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             shift: 0,
             dmask: 0,
             warm: false,
+            qmask: 0,
             seed,
             prepared: H::prepare(seed),
             hdr,
@@ -1365,6 +1397,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             shift: 0,
             dmask: 0,
             warm: false,
+            qmask: 0,
             seed: h.seed,
             prepared: H::prepare(h.seed),
             hdr,
@@ -1728,7 +1761,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 if find_in(to, h, &key).is_some() {
                     continue;
                 }
-                let j = find_free(to, h)
+                let j = find_free(to, h, first_slot(h, self.qmask))
                     .ok_or(Error::Corrupt("no room to finish a merge left half done"))?;
                 // SAFETY: j < to.capacity(); distinct blocks (checked not to overlap); both
                 // segments are this table's.
@@ -1847,6 +1880,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         self.dmask = dir_mask::<K, V>(gd);
         let seg_bytes = seg_layout::<K, V>(self.max_groups).map_or(usize::MAX, |l| l.0);
         self.warm = seg_bytes.saturating_mul(1 << gd) >= WARM_BYTES;
+        self.qmask = if self.warm { 3 } else { 0 };
     }
 
     /// The segment `h` belongs to.
@@ -1993,7 +2027,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         value: V,
     ) -> Option<(*mut Slot<K, V>, bool)> {
         let seg = self.seg_to_probe(h);
-        let i = match probe(&seg, h, &key) {
+        let i = match probe(&seg, h, &key, first_slot(h, self.qmask)) {
             // SAFETY: i < capacity.
             Probe::Found(i) => return Some((unsafe { seg.slot(i) }, true)),
             Probe::Absent(Some(i)) => i,
@@ -2260,7 +2294,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let mut reused = [0u64; 2];
         // Kept in registers: the stores below could alias the table for all the compiler
         // knows.
-        let (seed, prepared) = (self.seed, self.prepared);
+        let (seed, prepared, qmask) = (self.seed, self.prepared, self.qmask);
         // Empty destinations of at most `OCC_GROUPS` groups: which of their slots this move
         // has filled, one bit per slot, so that finding a free slot reads these words instead
         // of the control bytes just written (a 16-byte load of a group right after a 1-byte
@@ -2286,14 +2320,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     H::hash_prepared(bytemuck::bytes_of(unsafe { &(*src).key }), seed, prepared);
                 let k = pick(h) & 1;
                 let dst = to[k];
+                let first = first_slot(h, qmask);
                 let free = if use_occ {
-                    let j = find_unfilled(dst, h, &mut occ[k]);
+                    let j = find_unfilled(dst, h, &mut occ[k], first);
                     // The same slot as the control bytes give (the layout does not depend
                     // on how the slot was found).
-                    debug_assert_eq!(j, find_free(dst, h));
+                    debug_assert_eq!(j, find_free(dst, h, first));
                     j
                 } else {
-                    find_free(dst, h)
+                    find_free(dst, h, first)
                 };
                 let Some(j) = free else {
                     // Callers make room in `to` for every entry, counted from the control
@@ -2939,6 +2974,59 @@ mod tests {
     /// spans `WARM_BYTES` of segments (64 KiB in unit tests), back when it shrinks below, and
     /// finds, inserts and removes the same keys either way. Under miri this also checks that
     /// the prefetched slot's address stays inside its segment.
+    /// A table that warms puts each key in its preferred quarter of its group when the
+    /// quarter has room (inserts, and the moves of the splits that grow it); one that does
+    /// not packs each group's entries into its lowest slots. Segments of 4 groups of 16-byte
+    /// slots (1152 bytes): the table warms from global depth 6 (64 KiB in tests).
+    #[test]
+    fn a_warm_table_keeps_keys_in_their_quarters_and_a_small_one_packs_them_low() {
+        let region = Region::anonymous().unwrap();
+        let mut t = RawTable::<u64, u64, &Region, Xxh3>::new(&region, 7, 4).unwrap();
+        assert_eq!(seg_layout::<u64, u64>(4).unwrap().0 << 6, 73728);
+        // (keys in their quarter, keys) and whether every group's full slots are a prefix.
+        let survey = |t: &RawTable<u64, u64, &Region, Xxh3>, n: u64| {
+            let mut inq = 0;
+            for k in 0..n {
+                let h = t.hash(&k);
+                let (_, i) = t.find(h, &k).expect("present");
+                inq += usize::from((i % GROUP_WIDTH) / 4 == (h & 3) as usize);
+            }
+            let packed = t.dir.iter().all(|seg| {
+                (0..=seg.mask()).all(|g| {
+                    // SAFETY: g <= mask.
+                    let full = unsafe { seg.group(g) }.match_full().0;
+                    full & full.wrapping_add(1) == 0
+                })
+            });
+            (inq as f64 / n as f64, packed)
+        };
+        let mut n = 0;
+        while t.global_depth() < 5 {
+            let h = t.hash(&n);
+            t.find_or_insert(h, n, n).unwrap();
+            n += 1;
+        }
+        assert!(!t.warm);
+        let (small, packed) = survey(&t, n);
+        assert!(packed, "a table that does not warm packs its groups");
+        // Grown to four times the size from which it warms: every segment has split twice
+        // since, so every key was moved by the warm table's rules.
+        let target = if cfg!(miri) { 7 } else { 8 };
+        while t.global_depth() < target {
+            let h = t.hash(&n);
+            t.find_or_insert(h, n, n).unwrap();
+            n += 1;
+        }
+        assert!(t.warm);
+        let (warm, packed) = survey(&t, n);
+        eprintln!("keys in their quarter: {warm:.3} warm ({n} keys), {small:.3} before");
+        assert!(!packed);
+        assert!(
+            warm > 0.7 && small < 0.5,
+            "keys in their quarter: {warm:.2} warm, {small:.2} before"
+        );
+    }
+
     #[test]
     fn a_table_warms_slot_pages_from_its_size_on_and_agrees_with_a_model() {
         let region = Region::anonymous().unwrap();
