@@ -460,7 +460,7 @@ impl<K, V> SegRef<K, V> {
         (self.base.as_ptr() as usize - s as usize) / size_of::<Slot<K, V>>() - 1
     }
     /// Starts loading the slots of `h`'s preferred quarter of its first group (slots `4q` to
-    /// `4q + 3` of the group, one cache line for 16-byte slots; see [`first_slot`]), so that
+    /// `4q + 3` of the group, one cache line for 16-byte slots; see [`pick_free`]), so that
     /// the address translation of the slots' page, and for most keys the slot itself,
     /// overlaps the control group's load instead of following it. In a table far larger
     /// than the TLB's reach both loads take a page walk: one after the other they made our
@@ -470,7 +470,7 @@ impl<K, V> SegRef<K, V> {
     #[inline(always)]
     pub(crate) fn warm_slots(&self, h: u64) {
         // SAFETY: `start(h) + 3 < capacity` (a group has 16 slots).
-        prefetch(unsafe { self.slot(self.start(h) + first_slot(h, 3) as usize + 3) }.cast());
+        prefetch(unsafe { self.slot(self.start(h) + quarter_start(h) as usize + 3) }.cast());
     }
     /// # Safety
     /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
@@ -618,7 +618,7 @@ pub(crate) fn find_in<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K) -> Option<
 
 /// Like [`find_in`], also remembering the first free slot on the way.
 #[inline(always)]
-pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K, first: u32) -> Probe {
+pub(crate) fn probe<K: Pod, V, const QUARTERS: bool>(seg: &SegRef<K, V>, h: u64, key: &K) -> Probe {
     let t = tag(h);
     let mut pos = seg.start(h);
     let mut stride = 0;
@@ -634,7 +634,7 @@ pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K, first: u32) 
             }
         }
         if free.is_none() {
-            if let Some(b) = pick_free(grp.match_empty_or_deleted(), first) {
+            if let Some(b) = pick_free::<QUARTERS>(grp.match_empty_or_deleted(), h) {
                 free = Some(pos + b);
             }
         }
@@ -649,23 +649,23 @@ pub(crate) fn probe<K: Pod, V>(seg: &SegRef<K, V>, h: u64, key: &K, first: u32) 
     }
 }
 
-/// The slot of a group from which an insert or a move of a key of hash `h` looks for a free
-/// one ([`pick_free`]): in a table that warms (`qmask` 3), `4 * (h & 3)`, the start of the
-/// key's preferred quarter of the group (slots `4q..4q + 4`, one cache line of 16-byte
-/// slots), from hash bits `0..2`, which nothing else uses; lookups warm that quarter's line
-/// ([`SegRef::warm_slots`]), so most hits find their slot's line on its way in. Elsewhere
-/// (`qmask` 0) slot 0: a table of about L3's size is faster with its entries packed into
-/// the low slots of each group (fewer lines in use) than spread over all four quarters
-/// (docs/swiss-log.md, "Each key's quarter of its group").
+/// The free slot (of those in `free`, a group's) that an insert or a move of a key of hash
+/// `h` takes. In a table that warms (`QUARTERS`, from [`WARM_BYTES`] up): the first free slot
+/// at or after slot `4 * (h & 3)`, wrapping around the group. So each key has a preferred
+/// quarter of its group (slots `4q..4q + 4`, one cache line of 16-byte slots), chosen by hash
+/// bits `0..2`, which nothing else uses; inserts and moves put it there when the quarter has
+/// room, and lookups prefetch that quarter's line ([`SegRef::warm_slots`]), so most hits
+/// find their slot's line on its way in (with the lowest free slot, only the keys in slots
+/// 0-3 did). Elsewhere the lowest free slot: a table of about L3's size was faster with its
+/// entries packed into the low slots of each group (fewer lines in use) than spread over the
+/// four quarters (docs/swiss-log.md, "Each key's quarter of its group"). A const parameter,
+/// so that the small table's code is what it was.
 #[inline(always)]
-fn first_slot(h: u64, qmask: u32) -> u32 {
-    (h as u32 & qmask) * 4
-}
-
-/// The free slot (of those in `free`, a group's) that an insert or a move takes: the first
-/// at or after slot `s` ([`first_slot`]), wrapping around the group.
-#[inline(always)]
-fn pick_free(free: BitMask, s: u32) -> Option<usize> {
+fn pick_free<const QUARTERS: bool>(free: BitMask, h: u64) -> Option<usize> {
+    if !QUARTERS {
+        return free.lowest();
+    }
+    let s = quarter_start(h);
     let r = free.0.rotate_right(s);
     if r == 0 {
         None
@@ -674,12 +674,18 @@ fn pick_free(free: BitMask, s: u32) -> Option<usize> {
     }
 }
 
+/// The first slot of `h`'s preferred quarter of a group (see [`pick_free`]).
+#[inline(always)]
+fn quarter_start(h: u64) -> u32 {
+    (h as u32 & 3) * 4
+}
+
 /// The first free slot on `h`'s probe sequence.
 #[inline(always)]
-fn find_free<K, V>(seg: &SegRef<K, V>, h: u64, first: u32) -> Option<usize> {
+fn find_free<K, V, const QUARTERS: bool>(seg: &SegRef<K, V>, h: u64) -> Option<usize> {
     first_on_sequence(seg, h, |pos| {
         // SAFETY: pos <= pmask, a group's first byte.
-        pick_free(unsafe { seg.group_at(pos) }.match_empty_or_deleted(), first)
+        pick_free::<QUARTERS>(unsafe { seg.group_at(pos) }.match_empty_or_deleted(), h)
     })
 }
 
@@ -713,15 +719,14 @@ const OCC_GROUPS: usize = 256;
 /// does not mark as filled, marked now: [`find_free`] for a fresh segment whose only full
 /// slots are those marked in `occ`, without reading its control bytes.
 #[inline(always)]
-fn find_unfilled<K, V>(
+fn find_unfilled<K, V, const QUARTERS: bool>(
     seg: &SegRef<K, V>,
     h: u64,
     occ: &mut [u16; OCC_GROUPS],
-    first: u32,
 ) -> Option<usize> {
     first_on_sequence(seg, h, |pos| {
         let w = &mut occ[pos / GROUP_WIDTH % OCC_GROUPS];
-        let b = pick_free(BitMask(!*w), first)?;
+        let b = pick_free::<QUARTERS>(BitMask(!*w), h)?;
         *w |= 1 << b;
         Some(b)
     })
@@ -834,9 +839,6 @@ pub(crate) struct RawTable<K, V, M: TableMemory, H> {
     /// beside its control group ([`SegRef::warm_slots`]): whether the directory spans at
     /// least [`WARM_BYTES`] of full-size segments. Set with the global depth.
     warm: bool,
-    /// 3 in a table that warms, else 0: masks the hash bits that choose a key's preferred
-    /// quarter of its group ([`first_slot`]).
-    qmask: u32,
     pub(crate) seed: u64,
     /// `H::prepare(seed)`.
     prepared: u64,
@@ -1245,7 +1247,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             shift: 0,
             dmask: 0,
             warm: false,
-            qmask: 0,
             seed,
             prepared: H::prepare(seed),
             hdr,
@@ -1397,7 +1398,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             shift: 0,
             dmask: 0,
             warm: false,
-            qmask: 0,
             seed: h.seed,
             prepared: H::prepare(h.seed),
             hdr,
@@ -1761,8 +1761,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                 if find_in(to, h, &key).is_some() {
                     continue;
                 }
-                let j = find_free(to, h, first_slot(h, self.qmask))
-                    .ok_or(Error::Corrupt("no room to finish a merge left half done"))?;
+                let j = if self.warm {
+                    find_free::<K, V, true>(to, h)
+                } else {
+                    find_free::<K, V, false>(to, h)
+                }
+                .ok_or(Error::Corrupt("no room to finish a merge left half done"))?;
                 // SAFETY: j < to.capacity(); distinct blocks (checked not to overlap); both
                 // segments are this table's.
                 unsafe {
@@ -1880,7 +1884,6 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         self.dmask = dir_mask::<K, V>(gd);
         let seg_bytes = seg_layout::<K, V>(self.max_groups).map_or(usize::MAX, |l| l.0);
         self.warm = seg_bytes.saturating_mul(1 << gd) >= WARM_BYTES;
-        self.qmask = if self.warm { 3 } else { 0 };
     }
 
     /// The segment `h` belongs to.
@@ -2026,8 +2029,27 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         key: K,
         value: V,
     ) -> Option<(*mut Slot<K, V>, bool)> {
-        let seg = self.seg_to_probe(h);
-        let i = match probe(&seg, h, &key, first_slot(h, self.qmask)) {
+        if self.warm {
+            self.insert_in::<NEARLY, true>(h, key, value)
+        } else {
+            self.insert_in::<NEARLY, false>(h, key, value)
+        }
+    }
+
+    /// [`insert_in_place`](Self::insert_in_place) in a table that warms (`WARM`: it warms
+    /// the slots and puts the key in its quarter, see [`pick_free`]) or not.
+    #[inline(always)]
+    fn insert_in<const NEARLY: bool, const WARM: bool>(
+        &mut self,
+        h: u64,
+        key: K,
+        value: V,
+    ) -> Option<(*mut Slot<K, V>, bool)> {
+        let seg = self.seg_at(h);
+        if WARM {
+            seg.warm_slots(h);
+        }
+        let i = match probe::<K, V, WARM>(&seg, h, &key) {
             // SAFETY: i < capacity.
             Probe::Found(i) => return Some((unsafe { seg.slot(i) }, true)),
             Probe::Absent(Some(i)) => i,
@@ -2289,12 +2311,28 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         to: [&SegRef<K, V>; 2],
         pick: impl Fn(u64) -> usize,
     ) {
+        if self.warm {
+            self.move_entries_in::<FRESH, true>(from, to, pick);
+        } else {
+            self.move_entries_in::<FRESH, false>(from, to, pick);
+        }
+    }
+
+    /// [`move_entries`](Self::move_entries); `QUARTERS`: each entry to its quarter of its
+    /// group (see [`pick_free`]), in a table that warms.
+    #[inline(always)]
+    fn move_entries_in<const FRESH: bool, const QUARTERS: bool>(
+        &self,
+        from: &SegRef<K, V>,
+        to: [&SegRef<K, V>; 2],
+        pick: impl Fn(u64) -> usize,
+    ) {
         let mut moved = [0u64; 2];
         // Tombstones of the destinations reused (only a merge into a live segment has any).
         let mut reused = [0u64; 2];
         // Kept in registers: the stores below could alias the table for all the compiler
         // knows.
-        let (seed, prepared, qmask) = (self.seed, self.prepared, self.qmask);
+        let (seed, prepared) = (self.seed, self.prepared);
         // Empty destinations of at most `OCC_GROUPS` groups: which of their slots this move
         // has filled, one bit per slot, so that finding a free slot reads these words instead
         // of the control bytes just written (a 16-byte load of a group right after a 1-byte
@@ -2320,15 +2358,14 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
                     H::hash_prepared(bytemuck::bytes_of(unsafe { &(*src).key }), seed, prepared);
                 let k = pick(h) & 1;
                 let dst = to[k];
-                let first = first_slot(h, qmask);
                 let free = if use_occ {
-                    let j = find_unfilled(dst, h, &mut occ[k], first);
+                    let j = find_unfilled::<K, V, QUARTERS>(dst, h, &mut occ[k]);
                     // The same slot as the control bytes give (the layout does not depend
                     // on how the slot was found).
-                    debug_assert_eq!(j, find_free(dst, h, first));
+                    debug_assert_eq!(j, find_free::<K, V, QUARTERS>(dst, h));
                     j
                 } else {
-                    find_free(dst, h, first)
+                    find_free::<K, V, QUARTERS>(dst, h)
                 };
                 let Some(j) = free else {
                     // Callers make room in `to` for every entry, counted from the control
