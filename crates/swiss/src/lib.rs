@@ -42,7 +42,7 @@ pub use hash::{
     random_seed, SeededHash, Xxh3, Xxh3BuildHasher, Xxh3Hasher, DIR_BITS, FREE_BITS, GROUP_BITS,
     TAG_BITS,
 };
-pub use memory::{default_region_options, DefaultMemory, Heap, TableMemory};
+pub use memory::{default_region_options, AllocRecord, DefaultMemory, Heap, TableMemory};
 pub use table::{
     Drain, Entry, Iter, IterMut, OccupiedEntry, RepairReport, SwissTable, TableOptions, TableStats,
     VacantEntry, DEFAULT_SEGMENT_SLOTS,

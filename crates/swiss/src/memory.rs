@@ -42,27 +42,20 @@ pub unsafe trait TableMemory {
     fn root(&self, name: &str) -> Option<u64>;
     /// Stores (or with `None`, removes) a root handle under `name`.
     fn set_root(&self, name: &str, handle: Option<u64>) -> Result<(), Error>;
-    /// Allocates like [`alloc`](Self::alloc), and stores `handle | mark` into the 8-byte
-    /// word `at` bytes into the live block `record`. `mark` has no bit below bit 56 (no
-    /// handle that a table keeps has one there).
+    /// Allocates like [`alloc`](Self::alloc), and stores `handle | record.mark` into the word
+    /// that `record` names.
     ///
     /// A table records this way each block it allocates for a structural change, in its
     /// header, so that a process killed before the block is filled leaves it to the next
     /// open's repair instead of leaking it. The default allocates, then stores: a kill
     /// between the two leaks the block. A region stores in the write after the one that
     /// makes the allocation ([`offheap_mmap::Region::alloc_into`]).
-    fn alloc_recorded(
-        &self,
-        size: u64,
-        align: u64,
-        record: u64,
-        at: u64,
-        mark: u64,
-    ) -> Result<u64, Error> {
+    fn alloc_recorded(&self, size: u64, align: u64, record: AllocRecord) -> Result<u64, Error> {
+        let AllocRecord { block, at, mark } = record;
         let handle = self.alloc(size, align)?;
         let word = at
             .checked_add(8)
-            .and_then(|end| self.ptr(record, end))
+            .and_then(|end| self.ptr(block, end))
             // SAFETY: `ptr` vouched for `at + 8` bytes.
             .map(|p| unsafe { p.as_ptr().add(at as usize) })
             .filter(|w| w.align_offset(8) == 0);
@@ -92,6 +85,19 @@ pub unsafe trait TableMemory {
     }
 }
 
+/// Where [`TableMemory::alloc_recorded`] records a new block: the 8-byte word `at` bytes into
+/// the live block `block`, which receives the new block's handle or-ed with `mark` (bits
+/// from 56 up, which no handle that a table keeps has).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocRecord {
+    /// The handle of the block that holds the word.
+    pub block: u64,
+    /// The word's offset in that block, a multiple of 8.
+    pub at: u64,
+    /// The tag or-ed into the recorded handle.
+    pub mark: u64,
+}
+
 /// Implements [`TableMemory`] for pointer types to a memory (`&T`, `Rc<T>`, `Box<T>`) by
 /// forwarding every call to the pointee.
 macro_rules! forward_table_memory {
@@ -103,15 +109,8 @@ macro_rules! forward_table_memory {
                 (**self).alloc(size, align)
             }
             #[inline]
-            fn alloc_recorded(
-                &self,
-                size: u64,
-                align: u64,
-                record: u64,
-                at: u64,
-                mark: u64,
-            ) -> Result<u64, Error> {
-                (**self).alloc_recorded(size, align, record, at, mark)
+            fn alloc_recorded(&self, size: u64, align: u64, r: AllocRecord) -> Result<u64, Error> {
+                (**self).alloc_recorded(size, align, r)
             }
             #[inline]
             unsafe fn free(&self, handle: u64) {
@@ -318,16 +317,9 @@ unsafe impl TableMemory for offheap_mmap::Region {
             })
     }
 
-    fn alloc_recorded(
-        &self,
-        size: u64,
-        align: u64,
-        record: u64,
-        at: u64,
-        mark: u64,
-    ) -> Result<u64, Error> {
-        let record = offheap_mmap::Offset::new(record).ok_or(Error::Corrupt("zero handle"))?;
-        offheap_mmap::Region::alloc_into(self, size, align, record, at, mark)
+    fn alloc_recorded(&self, size: u64, align: u64, r: AllocRecord) -> Result<u64, Error> {
+        let block = offheap_mmap::Offset::new(r.block).ok_or(Error::Corrupt("zero handle"))?;
+        offheap_mmap::Region::alloc_into(self, size, align, block, r.at, r.mark)
             .map(offheap_mmap::Offset::get)
             .map_err(|e| Error::Alloc {
                 size,

@@ -4,7 +4,7 @@
 
 use crate::group::{is_full, BitMask, Group, DELETED, EMPTY, GROUP_WIDTH};
 use crate::hash::SeededHash;
-use crate::memory::TableMemory;
+use crate::memory::{AllocRecord, TableMemory};
 use crate::table::RepairReport;
 use crate::Error;
 use bytemuck::Pod;
@@ -1058,13 +1058,12 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         };
         let at = core::mem::offset_of!(TableHeader, pending) + 8 * i;
         compiler_fence(SeqCst);
-        let handle = self.mem.alloc_recorded(
-            size as u64,
-            align as u64,
-            self.hdr_handle,
-            at as u64,
-            PENDING_FRESH,
-        )?;
+        let record = AllocRecord {
+            block: self.hdr_handle,
+            at: at as u64,
+            mark: PENDING_FRESH,
+        };
+        let handle = self.mem.alloc_recorded(size as u64, align as u64, record)?;
         compiler_fence(SeqCst);
         kill_point!();
         if handle >> HANDLE_BITS != 0 {
