@@ -459,8 +459,9 @@ impl<K, V> SegRef<K, V> {
     pub(crate) fn index_of(&self, s: *const Slot<K, V>) -> usize {
         (self.base.as_ptr() as usize - s as usize) / size_of::<Slot<K, V>>() - 1
     }
-    /// Starts loading the slots of `h`'s preferred quarter of its first group (slots `4q` to
-    /// `4q + 3` of the group, one cache line for 16-byte slots; see [`pick_free`]), so that
+    /// Starts loading the line of slot `4q` of `h`'s first group, the first slot of the key's
+    /// preferred quarter (slots `4q` to `4q + 3`, that one line for 16-byte slots; for larger
+    /// slots the line of the slot an insert tries first; see [`pick_free`]), so that
     /// the address translation of the slots' page, and for most keys the slot itself,
     /// overlaps the control group's load instead of following it. In a table far larger
     /// than the TLB's reach both loads take a page walk: one after the other they made our
@@ -469,8 +470,8 @@ impl<K, V> SegRef<K, V> {
     /// (docs/swiss-log.md, "Warming the slots' page" and "Each key's quarter of its group").
     #[inline(always)]
     pub(crate) fn warm_slots(&self, h: u64) {
-        // SAFETY: `start(h) + 3 < capacity` (a group has 16 slots).
-        prefetch(unsafe { self.slot(self.start(h) + quarter_start(h) as usize + 3) }.cast());
+        // SAFETY: `start(h) + 12 < capacity` (`start` is a group's first slot; a group has 16).
+        prefetch(unsafe { self.slot(self.start(h) + quarter_start(h) as usize) }.cast());
     }
     /// # Safety
     /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
