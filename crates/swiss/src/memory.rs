@@ -302,30 +302,33 @@ pub(crate) fn default_memory() -> Result<DefaultMemory, Error> {
         .map_err(|e| Error::Memory(Box::new(e)))
 }
 
+/// A region allocation of `size` bytes aligned to `align` as a table's handle or error.
+fn region_block(
+    got: Result<offheap_mmap::Offset, offheap_mmap::Error>,
+    size: u64,
+    align: u64,
+) -> Result<u64, Error> {
+    got.map(offheap_mmap::Offset::get)
+        .map_err(|e| Error::Alloc {
+            size,
+            align,
+            source: Some(Box::new(e)),
+        })
+}
+
 // SAFETY: a region's blocks come from its allocator (aligned, disjoint, never moving: the
 // base address is fixed for the region's life); `ptr` bounds-checks every handle against
 // the mapping (extending this process's view first if the region grew elsewhere) and returns
 // `None` outside it, so a handle read from a file never yields a pointer outside the map.
 unsafe impl TableMemory for offheap_mmap::Region {
     fn alloc(&self, size: u64, align: u64) -> Result<u64, Error> {
-        offheap_mmap::Region::alloc(self, size, align)
-            .map(offheap_mmap::Offset::get)
-            .map_err(|e| Error::Alloc {
-                size,
-                align,
-                source: Some(Box::new(e)),
-            })
+        region_block(offheap_mmap::Region::alloc(self, size, align), size, align)
     }
 
     fn alloc_recorded(&self, size: u64, align: u64, r: AllocRecord) -> Result<u64, Error> {
         let block = offheap_mmap::Offset::new(r.block).ok_or(Error::Corrupt("zero handle"))?;
-        offheap_mmap::Region::alloc_into(self, size, align, block, r.at, r.mark)
-            .map(offheap_mmap::Offset::get)
-            .map_err(|e| Error::Alloc {
-                size,
-                align,
-                source: Some(Box::new(e)),
-            })
+        let got = offheap_mmap::Region::alloc_into(self, size, align, block, r.at, r.mark);
+        region_block(got, size, align)
     }
 
     unsafe fn free(&self, handle: u64) {

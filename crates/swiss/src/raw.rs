@@ -1028,6 +1028,12 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
     /// Allocates a block whose handle fits a directory word (below 2^56).
     fn alloc_block(mem: &M, size: usize, align: usize) -> Result<u64, Error> {
         let handle = mem.alloc(size as u64, align as u64)?;
+        Self::fits_a_word(mem, handle, size, align)
+    }
+
+    /// `handle`, a block just allocated with `size` and `align`, if it is below 2^56 (it fits
+    /// a directory or pending word); else frees it and says so.
+    fn fits_a_word(mem: &M, handle: u64, size: usize, align: usize) -> Result<u64, Error> {
         if handle >> HANDLE_BITS != 0 {
             // SAFETY: just allocated, never shared.
             unsafe { mem.free(handle) };
@@ -1068,23 +1074,17 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         compiler_fence(SeqCst);
         kill_point!();
         if handle >> HANDLE_BITS != 0 {
+            // The record is no handle; it goes before the block does.
             // SAFETY: as above.
             unsafe { (*hdr).pending[i] = 0 };
             compiler_fence(SeqCst);
-            // SAFETY: just allocated, never shared.
-            unsafe { self.mem.free(handle) };
-            return Err(Error::Alloc {
-                size: size as u64,
-                align: align as u64,
-                source: Some("memory returned a handle of 2^56 or more".into()),
-            });
         }
-        Ok(handle)
+        Self::fits_a_word(&self.mem, handle, size, align)
     }
 
-    /// Clears `handle`'s fresh record ([`alloc_fresh`](Self::alloc_fresh)), before the
-    /// block is freed on an error path.
-    fn unrecord_fresh(&mut self, handle: u64) {
+    /// Frees `handle`, a block from [`alloc_fresh`](Self::alloc_fresh) that nothing else
+    /// has seen, on an error path: its fresh record first, then the block.
+    fn discard_fresh(&mut self, handle: u64) {
         use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
         let hdr = self.hdr.as_ptr();
         // SAFETY: the header block is valid while the table lives; `&mut self`.
@@ -1096,6 +1096,8 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
             }
         }
         compiler_fence(SeqCst);
+        // SAFETY: just allocated, never shared.
+        unsafe { self.mem.free(handle) };
     }
 
     /// Claims a table just created for this process (`create_in` does, before it names the
@@ -1798,9 +1800,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         match Self::init_segment(&self.mem, handle, self.hdr_handle, groups, depth) {
             Ok(seg) => Ok(seg),
             Err(e) => {
-                self.unrecord_fresh(handle);
-                // SAFETY: just allocated, never shared.
-                unsafe { self.mem.free(handle) };
+                self.discard_fresh(handle);
                 Err(e)
             }
         }
@@ -2500,9 +2500,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let n = self.dir.len();
         let h = self.alloc_fresh(n * 8, 8)?;
         let Some(p) = self.mem.ptr(h, (n * 8) as u64) else {
-            self.unrecord_fresh(h);
-            // SAFETY: just allocated, never shared.
-            unsafe { self.mem.free(h) };
+            self.discard_fresh(h);
             return Err(oob(h, n * 8));
         };
         let p = p.cast::<u64>();
@@ -3007,10 +3005,6 @@ mod tests {
         );
     }
 
-    /// A table turns to warming the slots' page ([`SegRef::warm_slots`]) once its directory
-    /// spans `WARM_BYTES` of segments (64 KiB in unit tests), back when it shrinks below, and
-    /// finds, inserts and removes the same keys either way. Under miri this also checks that
-    /// the prefetched slot's address stays inside its segment.
     /// A table that warms puts each key in its preferred quarter of its group when the
     /// quarter has room (inserts, and the moves of the splits that grow it); one that does
     /// not packs each group's entries into its lowest slots. Segments of 4 groups of 16-byte
@@ -3064,6 +3058,10 @@ mod tests {
         );
     }
 
+    /// A table turns to warming the slots' page ([`SegRef::warm_slots`]) once its directory
+    /// spans `WARM_BYTES` of segments (64 KiB in unit tests), back when it shrinks below, and
+    /// finds, inserts and removes the same keys either way. Under miri this also checks that
+    /// the prefetched slot's address stays inside its segment.
     #[test]
     fn a_table_warms_slot_pages_from_its_size_on_and_agrees_with_a_model() {
         let region = Region::anonymous().unwrap();
