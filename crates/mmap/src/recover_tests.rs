@@ -439,10 +439,12 @@ fn run_into(seed: u64, steps: usize, kill_step: usize, n: u64, into: bool) -> (b
     unreachable!("the kill step is one of the steps");
 }
 
-/// `alloc_into` leaves at most one kill point per allocation that leaks its block: the one
-/// between the allocation's write and the record's, the next store. `alloc` leaves one
-/// per write of its derived state (the boundary tag, the counters) as well, every one a
-/// block that nothing names.
+/// `alloc_into` leaves no kill point that leaks its block: the record is the store before
+/// the allocation's own, and a record of a block still free is refused by
+/// `allocation_size`. `alloc` leaves one per write after its commit (the boundary tag,
+/// the counters), every one a block that nothing names. (With the record the store after
+/// the commit, the kill point between the two leaked: 76 of them in these scenarios, and
+/// a real SIGKILL test in offheap-swiss caught it in debug builds.)
 #[test]
 fn alloc_into_records_the_block_before_a_kill_can_leak_it() {
     let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 40) };
@@ -461,7 +463,7 @@ fn alloc_into_records_the_block_before_a_kill_can_leak_it() {
                     n += 1;
                 }
                 if into {
-                    assert!(leaking <= 1, "step {kill_step}: {leaking} kill points leak");
+                    assert_eq!(leaking, 0, "step {kill_step}: kill points leak");
                     recorded += leaking;
                 } else {
                     plain += leaking;
@@ -470,10 +472,8 @@ fn alloc_into_records_the_block_before_a_kill_can_leak_it() {
         }
     }
     eprintln!("kill points that leak a block: alloc {plain}, alloc_into {recorded}");
-    assert!(
-        plain > 2 * recorded,
-        "alloc leaked at {plain} kill points, alloc_into at {recorded}"
-    );
+    // The scenarios reach kills that leak (else the zero above proves nothing).
+    assert!(plain > 0, "no kill point of alloc leaked a block");
 }
 
 #[test]

@@ -1064,17 +1064,18 @@ impl Region {
 
     /// Allocates like [`alloc`](Self::alloc), and stores the new allocation's offset, or-ed
     /// with `mark`, into the 8-byte word `at` bytes into the live allocation `record`. The
-    /// store comes right after the one write that makes the allocation, before the
-    /// allocator's derived state (boundary tag, counters).
+    /// store comes right before the one write that makes the allocation, after every check
+    /// that can fail.
     ///
     /// This is how a structure in a region that outlives processes takes a block with no
     /// window in which a kill leaks it. With `alloc`, a process killed after that write and
     /// before the caller has recorded the offset where a recovery looks leaves a block that
-    /// nothing names; with `alloc_into` the record follows the allocation by one store.
-    /// After a kill the record may also name a block that `alloc` never made (the kill came
-    /// before the allocation's write, and the record held an older value), so a recovery
-    /// checks it with [`allocation_size`](Self::allocation_size), and must not keep a
-    /// record across allocations by others.
+    /// nothing names; with `alloc_into` the record is already there when the block becomes
+    /// allocated. After a kill the record may name a block that was never allocated (the
+    /// kill came between the two stores: the block's header still says free, and
+    /// [`recover`](Self::recover) keeps it so), or hold an older value (the kill came before
+    /// both), so a recovery checks it with [`allocation_size`](Self::allocation_size), and
+    /// must not keep a record across allocations by others.
     ///
     /// `mark` tags the record in bits that no offset uses (bits 48 to 63; offsets are below
     /// 2^48), so that a record can be told from the other words that share its place; the
@@ -1227,15 +1228,20 @@ impl Region {
             s = need;
             last_piece = (t, ts);
         }
-        // Allocated; its predecessor is free only if a front gap was split off. This
-        // single header write is the commit point of the allocation: a kill before it
-        // leaves the block free, a kill after it leaks it (allocated, never returned).
-        // Everything after it (boundary tag, flags, counters) is derived state.
-        self.wr(b + 8, s | if b != b0 { PREV_FREE } else { 0 })?;
         if let Some((word, mark)) = into {
-            // The next store: `alloc_into`'s record of the block just made.
+            // `alloc_into`'s record of the block, the store before the one that makes it:
+            // a kill between the two leaves a record of a block whose header says free
+            // (the recovery merges free blocks by rewriting the first one's header only),
+            // which `allocation_size` refuses; a kill after both leaves the block
+            // recorded. No kill point leaks it.
             self.wr(word, (b + BLOCK_HEADER) | mark)?;
         }
+        // Allocated; its predecessor is free only if a front gap was split off. This
+        // single header write is the commit point of the allocation: a kill before it
+        // leaves the block free, a kill after it leaks it (allocated, never returned)
+        // unless `alloc_into` recorded it. Everything after it (boundary tag, flags,
+        // counters) is derived state.
+        self.wr(b + 8, s | if b != b0 { PREV_FREE } else { 0 })?;
         let orig_end = b0 + s0;
         if orig_end < end {
             self.wr(orig_end, last_piece.1)?;
