@@ -12,7 +12,7 @@ pub(crate) const ENDIAN_TAG: u32 = 0x0A0B_0C0D;
 /// Format major version: a reader refuses any other major.
 pub(crate) const VERSION_MAJOR: u16 = 1;
 /// Format minor version: a reader accepts any minor of its major.
-pub(crate) const VERSION_MINOR: u16 = 0;
+pub(crate) const VERSION_MINOR: u16 = 1;
 /// Incompatible feature bits this build understands (none defined in 1.0).
 pub(crate) const KNOWN_INCOMPAT: u64 = 0;
 
@@ -60,6 +60,15 @@ pub(crate) const F_IN_USE: usize = 144;
 pub(crate) const F_FREE: usize = 152;
 pub(crate) const F_ALLOCS: usize = 160;
 pub(crate) const F_FREE_BLOCKS: usize = 168;
+/// `Region::alloc_into`'s intent, set for the length of one allocation (format minor 1;
+/// reserved and 0 before): the offset of the record word (0: none in flight), the value it
+/// is to receive, the value it held before, and the offset of the live block it lies in. A recovery completes the record if the
+/// allocation was made, so that no kill between the allocation and its record leaks the
+/// block.
+pub(crate) const F_INTO_WORD: usize = 176;
+pub(crate) const F_INTO_VALUE: usize = 184;
+pub(crate) const F_INTO_OLD: usize = 192;
+pub(crate) const F_INTO_BLOCK: usize = 200;
 pub(crate) const F_BITMAP: usize = 256;
 pub(crate) const F_ROOTS: usize = 512;
 pub(crate) const ROOT_SLOT_LEN: usize = ROOT_NAME_LEN + 8;
@@ -260,6 +269,9 @@ fn derived_fields_torn(h: &[u8], data: u64, size: u64) -> Option<&'static str> {
     let (in_use, free) = (rd_u64(h, F_IN_USE), rd_u64(h, F_FREE));
     if in_use.checked_add(free) != Some(size - data) || in_use % GRANULE != 0 {
         return Some("block byte counts do not cover the region");
+    }
+    if rd_u64(h, F_INTO_WORD) != 0 {
+        return Some("an allocation's record is in flight (a process died inside alloc_into)");
     }
     let max_blocks = (size - data) / MIN_BLOCK;
     let (allocs, free_blocks) = (rd_u64(h, F_ALLOCS), rd_u64(h, F_FREE_BLOCKS));

@@ -4,7 +4,7 @@ use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{compiler_fence, AtomicU64, Ordering::SeqCst};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -296,6 +296,9 @@ pub struct RecoverReport {
     pub counters_fixed: bool,
     /// The new size when an interrupted growth was rolled forward.
     pub grown_to: Option<u64>,
+    /// `true` if an [`alloc_into`](Region::alloc_into) was cut short after its allocation
+    /// and before its record, and the record was stored now.
+    pub record_finished: bool,
 }
 
 enum Backing {
@@ -1120,7 +1123,7 @@ impl Region {
             Err(Error::NotAllocated { .. }) => return bad("the record is not a live allocation"),
             Err(e) => return Err(e),
         }
-        self.alloc_recorded(size, align, Some((record.get() + at, mark)))
+        self.alloc_recorded(size, align, Some((record.get(), record.get() + at, mark)))
     }
 
     /// [`alloc`](Self::alloc), and with `into = Some((word, mark))` the store of
@@ -1131,7 +1134,7 @@ impl Region {
         &self,
         size: u64,
         align: u64,
-        into: Option<(u64, u64)>,
+        into: Option<(u64, u64, u64)>,
     ) -> Result<Offset, Error> {
         if self.torn.get() {
             return Err(Error::NeedsRecovery);
@@ -1186,7 +1189,7 @@ impl Region {
         need: u64,
         align: u64,
         end: u64,
-        into: Option<(u64, u64)>,
+        into: Option<(u64, u64, u64)>,
     ) -> Result<Offset, Error> {
         let (mut b, mut s) = (b0, s0);
         let mut new_free = 0i64;
@@ -1228,20 +1231,36 @@ impl Region {
             s = need;
             last_piece = (t, ts);
         }
-        if let Some((word, mark)) = into {
-            // `alloc_into`'s record of the block, the store before the one that makes it:
-            // a kill between the two leaves a record of a block whose header says free
-            // (the recovery merges free blocks by rewriting the first one's header only),
-            // which `allocation_size` refuses; a kill after both leaves the block
-            // recorded. No kill point leaks it.
-            self.wr(word, (b + BLOCK_HEADER) | mark)?;
-        }
+        let record = match into {
+            Some((block, word, mark)) => {
+                // `alloc_into`'s intent, before the allocation's write: the record word, its
+                // value to be, and its value now; the word's offset last (it makes the
+                // other two count). A kill from here to the record's store leaves it to
+                // `recover`, which stores the record if the allocation was made
+                // (`finish_record`).
+                // The fences keep the compiler from moving the stores to distinct header
+                // fields across each other (the hardware keeps a thread's own order).
+                let value = (b + BLOCK_HEADER) | mark;
+                self.hset(F_INTO_OLD, self.rd(word)?);
+                self.hset(F_INTO_VALUE, value);
+                self.hset(F_INTO_BLOCK, block);
+                compiler_fence(SeqCst);
+                self.hset(F_INTO_WORD, word);
+                compiler_fence(SeqCst);
+                Some((word, value))
+            }
+            None => None,
+        };
         // Allocated; its predecessor is free only if a front gap was split off. This
         // single header write is the commit point of the allocation: a kill before it
         // leaves the block free, a kill after it leaks it (allocated, never returned)
         // unless `alloc_into` recorded it. Everything after it (boundary tag, flags,
         // counters) is derived state.
         self.wr(b + 8, s | if b != b0 { PREV_FREE } else { 0 })?;
+        if let Some((word, value)) = record {
+            // The next store: `alloc_into`'s record of the block just made.
+            self.wr(word, value)?;
+        }
         let orig_end = b0 + s0;
         if orig_end < end {
             self.wr(orig_end, last_piece.1)?;
@@ -1253,6 +1272,11 @@ impl Region {
         self.hadd(F_FREE, -(s as i64));
         self.hadd(F_ALLOCS, 1);
         self.hadd(F_FREE_BLOCKS, new_free - 1);
+        if record.is_some() {
+            // The intent is done with: the allocation and its record are made.
+            compiler_fence(SeqCst);
+            self.hset(F_INTO_WORD, 0);
+        }
         // b + BLOCK_HEADER >= data_start + 16 > 0.
         Offset::new(b + BLOCK_HEADER).ok_or(corrupt(b, "zero offset"))
     }
@@ -1669,9 +1693,45 @@ impl Region {
     ///
     /// [`needs_recovery`]: Self::needs_recovery
     pub fn recover(&self) -> Result<RecoverReport, Error> {
-        let report = self.rebuild_bookkeeping()?;
+        let mut report = self.rebuild_bookkeeping()?;
+        report.record_finished = self.finish_record()?;
         self.torn.set(false);
         Ok(report)
+    }
+
+    /// Completes or drops the intent of an [`alloc_into`](Self::alloc_into) that a dead
+    /// process left in flight, once the block headers are the truth again: if its block
+    /// is allocated (the allocation's write was made) and the record word still holds what
+    /// it held before, the record is stored; then the intent is cleared. Returns whether it
+    /// stored the record. The intent is untrusted like the rest of the file: the word
+    /// must lie in the live block that the intent names as the record's.
+    ///
+    /// The block is checked with [`allocation_size`](Self::allocation_size): before the
+    /// allocation's write its header says free, and `rebuild_bookkeeping` rewrites the
+    /// header of the first block of a run of free blocks only, as free. Nothing else can
+    /// have allocated it since: the intent makes the bookkeeping torn, so `alloc` and
+    /// `free` refuse to run until this has.
+    fn finish_record(&self) -> Result<bool, Error> {
+        let word = self.hget(F_INTO_WORD);
+        if word == 0 {
+            return Ok(false);
+        }
+        let (value, old) = (self.hget(F_INTO_VALUE), self.hget(F_INTO_OLD));
+        let made =
+            Offset::new(value & ((1 << 48) - 1)).is_some_and(|o| self.allocation_size(o).is_ok());
+        // The word must lie in the live block the caller named, as `alloc_into` checked:
+        // a file is untrusted, and a word elsewhere (a block header) is not the record's.
+        let in_record = Offset::new(self.hget(F_INTO_BLOCK)).is_some_and(|r| {
+            let n = self.allocation_size(r).unwrap_or(0);
+            word % 8 == 0 && word >= r.get() && word - r.get() + 8 <= n
+        });
+        let stored = made && in_record && self.rd(word)? == old;
+        if stored {
+            self.wr(word, value)?;
+        }
+        compiler_fence(SeqCst);
+        self.hset(F_INTO_WORD, 0);
+        Ok(stored)
     }
 
     /// [`recover`](Self::recover)'s work.
@@ -1812,10 +1872,17 @@ impl Region {
     /// Walks and validates every allocator structure: the block chain covers the region
     /// exactly, boundary tags agree, no two free blocks are adjacent, every free block is
     /// in exactly the right free list (and nothing else is), the bitmaps match the lists,
-    /// the header's counters match the walk, and the roots point inside the region.
-    /// Work is bounded by the region size (cycles are detected, never followed forever).
+    /// the header's counters match the walk, the roots point inside the region, and no
+    /// [`alloc_into`](Self::alloc_into) is in flight (a dead process's, which
+    /// [`recover`](Self::recover) completes). Work is bounded by the region size (cycles are detected, never followed forever).
     pub fn check(&self) -> Result<CheckReport, Error> {
         let end = self.sync_view()?;
+        if self.hget(F_INTO_WORD) != 0 {
+            return Err(corrupt(
+                F_INTO_WORD as u64,
+                "an allocation's record is in flight (a process died inside alloc_into)",
+            ));
+        }
         let mut r = CheckReport {
             size: end,
             ..CheckReport::default()

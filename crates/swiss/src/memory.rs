@@ -48,10 +48,10 @@ pub unsafe trait TableMemory {
     /// A table records this way each block it allocates for a structural change, in its
     /// header, so that a process killed before the block is filled leaves it to the next
     /// open's repair instead of leaking it. The default allocates, then stores: a kill
-    /// between the two leaks the block. A region stores in the write before the one that
-    /// makes the allocation ([`offheap_mmap::Region::alloc_into`]), so that no kill leaks it
-    /// (a kill between the two leaves a record of a block that is still free, which the
-    /// repair checks and skips).
+    /// between the two leaks the block. A region stores in the write after the one that
+    /// makes the allocation ([`offheap_mmap::Region::alloc_into`]), and its `recover`
+    /// stores the record of an allocation that a kill left without one, so that no kill
+    /// leaks the block.
     fn alloc_recorded(&self, size: u64, align: u64, record: AllocRecord) -> Result<u64, Error> {
         let AllocRecord { block, at, mark } = record;
         let handle = self.alloc(size, align)?;

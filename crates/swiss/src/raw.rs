@@ -1051,8 +1051,10 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
     /// process killed between the allocation and the block's record as a segment or a
     /// directory block leaves it to `open`'s repair, which frees a live block so recorded
     /// that nothing names. (Before, a kill in that window leaked the block.) In a region the
-    /// record is the store before the allocation's own write, so no kill leaks the block: a
-    /// kill between the two leaves a record of a free block, which the repair skips.
+    /// record is the store after the allocation's own write, and `Region::recover` (which
+    /// runs before the table is opened again) stores the record of an allocation that a
+    /// kill left without one: no kill leaks the block, and a record names only a block
+    /// that was allocated for it.
     fn alloc_fresh(&mut self, size: usize, align: usize) -> Result<u64, Error> {
         use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
         let hdr = self.hdr.as_ptr();
@@ -1070,17 +1072,7 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
             at: at as u64,
             mark: PENDING_FRESH,
         };
-        let handle = match self.mem.alloc_recorded(size as u64, align as u64, record) {
-            Ok(h) => h,
-            Err(e) => {
-                // A region that fails after the record's store (only a corrupt one can)
-                // leaves a record of a block it did not allocate: cleared, so that no later
-                // allocation by others can be taken for this one.
-                // SAFETY: as above.
-                unsafe { (*hdr).pending[i] = 0 };
-                return Err(e);
-            }
-        };
+        let handle = self.mem.alloc_recorded(size as u64, align as u64, record)?;
         compiler_fence(SeqCst);
         kill_point!();
         if handle >> HANDLE_BITS != 0 {

@@ -96,12 +96,14 @@ fn sigkilled_table_reopens_whole() {
     // Totals of the repairs, and how many kills needed each kind.
     let mut total = RepairReport::default();
     let (mut torn, mut recounted) = (0, 0);
+    // Kills between an allocation and its record, whose record the region's recovery stored.
+    let mut finished = 0;
     const ROUNDS: u32 = 100;
     for round in 0..ROUNDS {
         let mut child = spawn_ready(child("kill_child_entry").env(ROLE, &path));
         std::thread::sleep(Duration::from_micros(1_000 + rng.below(20_000)));
         child.kill(); // SIGKILL
-        r.recover().unwrap();
+        finished += usize::from(r.recover().unwrap().record_finished);
         r.check().unwrap();
         let n = progress(&r).load(Ordering::Acquire);
         let t = match Table::open_in(&r, "kv") {
@@ -144,15 +146,17 @@ fn sigkilled_table_reopens_whole() {
     }
     // Blocks a kill can leak: none. A structural change allocates through
     // `Region::alloc_into`, which records the block in the table's pending words in the
-    // store before the allocation's own. (Before, kills inside `alloc` and before the record
-    // leaked 2-7 blocks per 100; with the record the store after the allocation's, debug
-    // builds leaked a block in 4 runs of 30.)
+    // store after the allocation's own, and `r.recover()` above stores the record of an
+    // allocation that a kill cut short between the two. (Before, kills inside `alloc` and
+    // before the record leaked 2-7 blocks per 100; without the recovery's part, debug
+    // builds leaked a block in 4 runs of 30: the kill point between the two stores.)
     let t = Table::open_in(&r, "kv").unwrap();
     let leaked = r.stats().allocations - (t.stats().segments as u64 + 3);
     eprintln!(
         "{ROUNDS} kills: the in-flight operation was applied {in_flight_applied} times; \
          {torn} opens repaired a structural change cut short ({total:?}), \
-         {recounted} recounted segment counters; {leaked} blocks leaked"
+         {recounted} recounted segment counters; {finished} allocation records stored by \
+         the region's recovery; {leaked} blocks leaked"
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(leaked, 0, "blocks leaked");
