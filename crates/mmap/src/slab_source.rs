@@ -82,4 +82,24 @@ unsafe impl SlabSource for Region {
         }
         Region::ptr_raw(self, off, len as u64).map(|p| p.as_ptr())
     }
+
+    /// [`Region::alloc_into`] with no mark: no kill leaks the block once
+    /// [`Region::recover`] has run.
+    fn alloc_recorded(&mut self, size: usize, align: usize, record: u64, at: usize) -> Option<u64> {
+        Region::alloc_into(
+            self,
+            size as u64,
+            align as u64,
+            Offset::new(record)?,
+            at as u64,
+            0,
+        )
+        .ok()
+        .map(Offset::get)
+    }
+
+    /// The region's O(1) check ([`Region::allocation_size`]).
+    fn is_block(&self, off: u64) -> Option<bool> {
+        Some(Offset::new(off).is_some_and(|o| self.allocation_size(o).is_ok()))
+    }
 }

@@ -124,6 +124,33 @@ impl SharedRegion {
         let o = Offset::new(off).ok_or(Error::Corrupt("free of offset 0"))?;
         self.with_alloc_lock(|r| Ok(r.free(o)?))
     }
+
+    /// [`Region::alloc_into`] under the allocator lock, with no mark.
+    pub(crate) fn alloc_into(
+        &self,
+        size: u64,
+        align: u64,
+        record: u64,
+        at: u64,
+    ) -> Result<u64, Error> {
+        let rec = Offset::new(record).ok_or(Error::Corrupt("record at offset 0"))?;
+        self.with_alloc_lock(|r| Ok(r.alloc_into(size, align, rec, at, 0)?.get()))
+    }
+
+    /// Whether `off` is a live block of the region, under the allocator lock.
+    pub(crate) fn is_block(&self, off: u64) -> Result<bool, Error> {
+        let Some(o) = Offset::new(off) else {
+            return Ok(false);
+        };
+        self.with_alloc_lock(|r| Ok(r.allocation_size(o).is_ok()))
+    }
+
+    /// Takes the allocator lock once: if its holder died, this recovers the allocator,
+    /// which also stores the record of an `alloc_into` that the death cut short. A shard's
+    /// recovery does this before it repairs its arena, whose repair reads those records.
+    pub(crate) fn settle(&self) -> Result<(), Error> {
+        self.with_alloc_lock(|_| Ok(()))
+    }
 }
 
 /// A shard arena's slab source: the shared region, through the allocator lock.
@@ -142,6 +169,16 @@ unsafe impl SlabSource for ShardSource {
 
     unsafe fn free(&mut self, off: u64, _size: usize, _align: usize) {
         let _ = self.0.free(off);
+    }
+
+    fn alloc_recorded(&mut self, size: usize, align: usize, record: u64, at: usize) -> Option<u64> {
+        self.0
+            .alloc_into(size as u64, align as u64, record, at as u64)
+            .ok()
+    }
+
+    fn is_block(&self, off: u64) -> Option<bool> {
+        self.0.is_block(off).ok()
     }
 
     #[inline]

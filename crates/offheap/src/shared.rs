@@ -1549,9 +1549,14 @@ impl Ctx<'_> {
     /// its intent records, frees the arena chunks that nothing references any more, then
     /// recounts the shard.
     fn recover(&mut self) -> Result<(), Error> {
+        // The region's allocator first, if its lock's holder died too: its recovery stores
+        // the record of a slab or table block whose allocation the death cut short, which
+        // the arena's repair reads.
+        self.map.region.settle()?;
         // The arena's derived state (free lists, counters) from its truth; this also moves
         // its epoch on, so the cached `Arena` objects of every process drop what they
-        // resolved before.
+        // resolved before. It gives back the slab or table block that an arena operation
+        // cut short had taken or unnamed (its header records it).
         self.arena_mut()?.repair()?;
         let it = self.get_intent();
         let blob = |w: u64| w != NONE_W && is_handle(w);

@@ -60,4 +60,22 @@ unsafe impl SlabSource for RegionSource {
         }
         self.0.ptr_raw(off, len as u64).map(|p| p.as_ptr())
     }
+
+    fn alloc_recorded(&mut self, size: usize, align: usize, record: u64, at: usize) -> Option<u64> {
+        self.0
+            .alloc_into(
+                size as u64,
+                align as u64,
+                Offset::new(record)?,
+                at as u64,
+                0,
+            )
+            .ok()
+            .map(Offset::get)
+    }
+
+    fn is_block(&self, off: u64) -> Option<bool> {
+        // offheap-mmap's check (`Region::allocation_size`), through its `&self` method.
+        SlabSource::is_block(&*self.0, off)
+    }
 }

@@ -6,7 +6,7 @@ use std::ptr;
 use crate::config::next_chunk_size;
 use crate::layout::{
     param_check, stat, ClassRec, Header, Meta, SlabRec, BLOCK_ALIGN, CLASS_REC, HEADER_SIZE, MAGIC,
-    META, NONE, NSTATS, SLAB_REC, VERSION,
+    META, NONE, NSTATS, PENDING_NEW, PENDING_OLD, SLAB_REC, VERSION,
 };
 use crate::stats::{CheckReport, ClassStats, CollectReport, ErrorCounts, RepairReport, Stats};
 use crate::{Config, Error, Handle, HeapSource, ReleasePolicy, SlabSource};
@@ -304,6 +304,7 @@ impl<S: SlabSource> Arena<S> {
             total_chunks: 0,
             epoch: 0,
             stats: [0; NSTATS],
+            pending: [0; 4],
         };
         // SAFETY: `root` is a fresh block of HEADER_SIZE bytes aligned to 64 (>= Header's align).
         unsafe { hdr.write(header) };
@@ -1455,10 +1456,15 @@ impl<S: SlabSource> Arena<S> {
     /// Moves the class or slab table (`cap` records at `off`, `used` of them in use) to a new
     /// block of `new_cap` records and points the header at it. On error nothing changed.
     ///
-    /// Crash order: the new block is allocated and filled; the epoch moves on (every cache of
-    /// the old table is dropped); the header's table offset (the commit point), then its
-    /// capacity (a kill between the two leaves the new table with the old capacity, which it
-    /// holds); the old block goes back to the source last (a kill before that leaks it).
+    /// Crash order: the new block is allocated, recorded in the header's pending words as it
+    /// is ([`take_block`](Self::take_block)), and filled; the old block is recorded as
+    /// being given back; the epoch moves on (every cache of the old table is dropped); the
+    /// header's table offset (the commit point), then its capacity (a kill between the two
+    /// leaves the new table with the old capacity, which it holds); the record is cleared,
+    /// and the old block goes back to the source. A kill before the commit leaves the new
+    /// block to `repair`, after it the old one; only a kill between the record's clearing
+    /// and the source's free leaks the old block. (The record is cleared first because a
+    /// record of a block already given back could name, by then, another user's block.)
     #[cold]
     fn grow_table(
         &mut self,
@@ -1482,10 +1488,7 @@ impl<S: SlabSource> Arena<S> {
         let bytes = (new_cap as usize)
             .checked_mul(rec)
             .ok_or(Error::OutOfMemory)?;
-        let new = self
-            .src
-            .alloc(bytes, BLOCK_ALIGN)
-            .ok_or(Error::OutOfMemory)?;
+        let new = self.take_block(bytes)?;
         let dst = self.src.ptr(new);
         if used > 0 {
             #[cfg(test)]
@@ -1493,6 +1496,9 @@ impl<S: SlabSource> Arena<S> {
             // SAFETY: `old` is valid for `cap * rec >= used * rec` bytes, `dst` for
             // `new_cap * rec` bytes (`new_cap > cap`), and blocks do not overlap.
             unsafe { ptr::copy_nonoverlapping(old, dst, used as usize * rec) };
+        }
+        if cap > 0 {
+            self.pend_old(off, cap as usize * rec);
         }
         self.restructure();
         // SAFETY: the validated header.
@@ -1511,6 +1517,7 @@ impl<S: SlabSource> Arena<S> {
             }
         }
         order();
+        self.clear_pending();
         if cap > 0 {
             // SAFETY: the old table is a live block of exactly these size and alignment
             // (validated above; see the trait's note on corrupt memory); nothing refers to it
@@ -1523,8 +1530,9 @@ impl<S: SlabSource> Arena<S> {
 
     /// Adds a slab to `class` at the head of its partial list; returns its index.
     ///
-    /// Crash order: the table grows if needed; the slab's block is allocated (a kill from
-    /// here to the commit leaks it); a slot that is new is written whole (free: block 0),
+    /// Crash order: the table grows if needed; the slab's block is allocated and recorded in
+    /// the header's pending words as it is ([`take_block`](Self::take_block): a kill from
+    /// here to the commit leaves it to `repair`); a slot that is new is written whole (free: block 0),
     /// then the slab count (it now exists, as a free slot); the slot's class, frontier 0 and
     /// generations, then its block (the commit point: the slab is live, with no chunk handed
     /// out). Lists and counters come after, derived.
@@ -1562,11 +1570,14 @@ impl<S: SlabSource> Arena<S> {
         if old_head != NONE && self.slab_rec(old_head).is_none() {
             return Err(corrupt("partial list head out of range"));
         }
-        let block = self
-            .src
-            .alloc(ci.block_size, BLOCK_ALIGN)
-            .ok_or(Error::OutOfMemory)?;
-        let (tab, _) = self.slab_table()?;
+        let block = self.take_block(ci.block_size)?;
+        let (tab, _) = match self.slab_table() {
+            Ok(t) => t,
+            Err(e) => {
+                self.give_back_fresh(block, ci.block_size);
+                return Err(e);
+            }
+        };
         // SAFETY: header, table and records validated above; `slot < slab_len (+1) <= cap`.
         unsafe {
             let (slot, next_free) = if free_slot != NONE {
@@ -1598,6 +1609,7 @@ impl<S: SlabSource> Arena<S> {
             order();
             st!((*r).block, block);
             order();
+            self.clear_pending();
             st!((*self.hdr).free_slot, next_free);
             st!((*r).in_use, 0);
             st!((*r).free_head, NONE);
@@ -1785,7 +1797,10 @@ impl<S: SlabSource> Arena<S> {
                 (*self.hdr).total_chunks.saturating_sub(ci.cps as u64)
             );
             // The rest of the slot (derived) after `retire`, and the block back to the
-            // source last (a kill before that leaks the block).
+            // source last. It is recorded as being given back from before `retire` unnames
+            // it until just before the free (a kill in between leaves it to `repair`; one
+            // between the record's clearing and the free leaks it).
+            self.pend_old((*rec).block, ci.block_size);
             let block = self.retire(rec);
             st!((*rec).class, 0);
             st!((*rec).in_use, 0);
@@ -1794,12 +1809,72 @@ impl<S: SlabSource> Arena<S> {
             st!((*rec).prev, NONE);
             st!((*rec).next, (*self.hdr).free_slot);
             st!((*self.hdr).free_slot, loc.slab);
-            order();
+            self.clear_pending();
             // The block was resolved with exactly this size when `loc` was validated.
             self.src.free(block, ci.block_size, BLOCK_ALIGN);
             self.bump(stat::SLAB_FREES);
         }
         Ok(())
+    }
+
+    /// The header's class and slab table offsets (0: none yet), for the tests' count of the
+    /// blocks the arena names.
+    #[cfg(test)]
+    pub(crate) fn table_offsets(&self) -> (u64, u64) {
+        // SAFETY: the validated header.
+        unsafe { ((*self.hdr).class_table, (*self.hdr).slab_table) }
+    }
+
+    /// A new block of `size` bytes for a slab or a table, recorded in the header's pending
+    /// words as it is allocated ([`SlabSource::alloc_recorded`]): its size first, then its
+    /// offset, stored by the source. Until the operation names the block and clears the
+    /// record, a kill leaves it to [`repair`](Arena::repair), which gives it back.
+    fn take_block(&mut self, size: usize) -> Result<u64, Error> {
+        let at = core::mem::offset_of!(Header, pending) + 8 * PENDING_NEW;
+        // SAFETY: the validated header.
+        unsafe { st!((*self.hdr).pending[PENDING_NEW + 1], size as u64) };
+        order();
+        self.src
+            .alloc_recorded(size, BLOCK_ALIGN, self.root, at)
+            .ok_or(Error::OutOfMemory)
+    }
+
+    /// Gives back a block from [`take_block`](Self::take_block) that nothing has seen, on an
+    /// error path: the record first, then the block.
+    fn give_back_fresh(&mut self, block: u64, size: usize) {
+        self.clear_pending();
+        // SAFETY: just allocated with this size and alignment, never handed out.
+        unsafe { self.src.free(block, size, BLOCK_ALIGN) };
+    }
+
+    /// Records `block` (`size` bytes) as being given back by the operation in progress,
+    /// before the header or slot that names it stops naming it. The caller clears the record
+    /// before it frees the block: once freed, the block may go to another user of the
+    /// source (another process's arena in a shared region), which a record left behind would
+    /// have `repair` free.
+    fn pend_old(&mut self, block: u64, size: usize) {
+        // SAFETY: the validated header.
+        unsafe {
+            st!((*self.hdr).pending[PENDING_OLD + 1], size as u64);
+            order();
+            st!((*self.hdr).pending[PENDING_OLD], block);
+        }
+        order();
+    }
+
+    /// Clears the pending words: the operation named what it took and gave back what it
+    /// gave back.
+    fn clear_pending(&mut self) {
+        order();
+        // SAFETY: the validated header.
+        unsafe {
+            for i in [PENDING_NEW, PENDING_OLD] {
+                if (*self.hdr).pending[i] != 0 {
+                    st!((*self.hdr).pending[i], 0);
+                }
+            }
+        }
+        order();
     }
 
     /// The truth writes of a slab's release, in crash order: the epoch first (every cache of

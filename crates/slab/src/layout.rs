@@ -11,7 +11,11 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// Alignment of every block the arena asks for.
 pub(crate) const BLOCK_ALIGN: usize = 64;
 /// Number of `u64` statistics counters in the header (some reserved for later versions).
-pub(crate) const NSTATS: usize = 24;
+pub(crate) const NSTATS: usize = 20;
+/// Indices of [`Header::pending`]: a block being taken (offset, then size) and a block being
+/// given back (offset, then size) by an operation in progress.
+pub(crate) const PENDING_NEW: usize = 0;
+pub(crate) const PENDING_OLD: usize = 2;
 
 /// Indices of the counters in [`Header::stats`].
 pub(crate) mod stat {
@@ -69,6 +73,14 @@ pub(crate) struct Header {
     /// value is the one it saw when it resolved them.
     pub epoch: u64,
     pub stats: [u64; NSTATS],
+    /// The blocks an operation in progress takes from or gives back to the source (0: none):
+    /// `[new offset, new size, old offset, old size]`. The new block's offset is stored by
+    /// [`SlabSource::alloc_recorded`](crate::SlabSource::alloc_recorded) as the block is
+    /// allocated; the old one before the header or slot stops naming it. Cleared when the
+    /// operation is done. After a process died in between, `repair` gives back the ones
+    /// that nothing names and that the source confirms are live blocks. (These were the
+    /// last four of 24 reserved statistics words, always 0, in arenas of earlier builds.)
+    pub pending: [u64; 4],
 }
 
 /// One size class.
@@ -122,7 +134,7 @@ pub(crate) const SLAB_REC: usize = std::mem::size_of::<SlabRec>();
 pub(crate) const META: usize = std::mem::size_of::<Meta>();
 
 const _: () = {
-    assert!(HEADER_SIZE == 112 + 8 * NSTATS);
+    assert!(HEADER_SIZE == 112 + 8 * NSTATS + 32);
     assert!(CLASS_REC == 32);
     assert!(SLAB_REC == 40);
     assert!(META == 20);

@@ -42,6 +42,10 @@ unsafe impl SlabSource for Shared {
         // SAFETY: as above.
         unsafe { (*self.0).contains(off, len) }
     }
+    fn is_block(&self, off: u64) -> Option<bool> {
+        // SAFETY: as above.
+        unsafe { (*self.0).is_block(off) }
+    }
 }
 
 struct Rng(u64);
@@ -202,6 +206,17 @@ fn quiet_kills() {
     });
 }
 
+std::thread_local! {
+    /// Blocks that repairs gave back (an operation cut short had taken or unnamed them).
+    static GIVEN_BACK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The source blocks `a` names: its header, its class and slab tables, its live slabs.
+fn named_blocks<S: SlabSource>(a: &Arena<S>) -> usize {
+    let (ct, st) = a.table_offsets();
+    1 + usize::from(ct != 0) + usize::from(st != 0) + a.check().unwrap().slabs
+}
+
 /// Runs `steps` ops of scenario `seed`; op `kill_step` is killed after `n` stores. Returns
 /// whether the kill happened (`false`: the op completed in fewer than `n` stores).
 fn run(seed: u64, steps: usize, kill_step: usize, n: u64, release: ReleasePolicy) -> bool {
@@ -292,6 +307,15 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, release: ReleasePolicy
         let c = repairer.collect(&m.roots).unwrap();
         assert_eq!(c.chunks_in_use, m.reachable().len());
         verify(&repairer, &m);
+        // No block of the source leaked: it holds exactly the blocks the arena names.
+        // SAFETY: the heap source outlives the test's arenas, used one at a time.
+        let held = unsafe { (*heap).live_blocks() };
+        assert_eq!(
+            held,
+            named_blocks(&repairer),
+            "step {step} {op:?} killed after {n}: source blocks leaked ({rep:?})"
+        );
+        GIVEN_BACK.with(|g| g.set(g.get() + rep.blocks_given_back));
         drop(repairer);
         // The bystander, with caches from before the kill, carries on.
         victim = bystander;
@@ -334,10 +358,19 @@ fn kill_everywhere(seed: u64, steps: usize, release: ReleasePolicy) -> u64 {
 fn kill_scenarios(base_seed: u64, release: ReleasePolicy) {
     let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 60) };
     let mut kills = 0;
+    GIVEN_BACK.with(|g| g.set(0));
     for seed in 0..seeds {
         kills += kill_everywhere(base_seed + seed, steps, release);
     }
+    let given = GIVEN_BACK.with(|g| g.get());
+    eprintln!("{release:?}: {kills} kills, {given} blocks given back by repairs");
     assert!(kills >= steps as u64, "only {kills} kills simulated");
+    // The scenarios reach kills inside a slab's or table's taking (else the leak check
+    // above proves nothing about the records).
+    assert!(
+        given > 0,
+        "no kill fell between a block's taking and its naming"
+    );
 }
 
 /// Under miri only the test with `Always` runs (it covers every path of this one, and slab

@@ -82,6 +82,48 @@ pub unsafe trait SlabSource {
             None
         }
     }
+
+    /// Allocates like [`alloc`](SlabSource::alloc), and stores the new block's offset (a
+    /// native-endian `u64`) at byte `at` of the live block `record` of this source.
+    ///
+    /// The arena takes every slab and table block this way, recording it in its header, so
+    /// that a process killed before the block is named by the arena's tables leaves it to
+    /// [`Arena::repair`](crate::Arena::repair), which gives it back (with
+    /// [`is_block`](SlabSource::is_block)'s word that it is one) instead of leaking it.
+    ///
+    /// The default allocates, then stores: a kill between the two leaks the block. A source
+    /// whose memory outlives processes should make the two one step for a recovery, as
+    /// `offheap_mmap::Region` does with `alloc_into`. Returns `None`, with nothing
+    /// allocated, when `record + at` does not resolve to 8 bytes of this source.
+    fn alloc_recorded(&mut self, size: usize, align: usize, record: u64, at: usize) -> Option<u64> {
+        let word = record.checked_add(at as u64)?;
+        self.resolve(word, 8)?;
+        let off = self.alloc(size, align)?;
+        match self.resolve(word, 8) {
+            Some(p) => {
+                // SAFETY: `resolve` vouched for 8 bytes at `p`; unaligned store.
+                unsafe { p.cast::<u64>().write_unaligned(off) };
+                Some(off)
+            }
+            None => {
+                // SAFETY: just allocated with these arguments, never handed out.
+                unsafe { self.free(off, size, align) };
+                None
+            }
+        }
+    }
+
+    /// Whether `off` is the offset of a live block of this source (one that `alloc`
+    /// returned and that was not freed since), if the source can tell; `None` if it cannot
+    /// (the default).
+    ///
+    /// [`Arena::repair`](crate::Arena::repair) gives back a block that its header records
+    /// as being taken or given back by an operation cut short only if this says `Some(true)`:
+    /// the record may name a block that was never allocated, or freed already.
+    fn is_block(&self, off: u64) -> Option<bool> {
+        let _ = off;
+        None
+    }
 }
 
 // SAFETY: every method forwards to `S`, which upholds the contract; a `&mut S` gives exclusive
@@ -107,6 +149,14 @@ unsafe impl<S: SlabSource + ?Sized> SlabSource for &mut S {
     #[inline]
     fn resolve(&self, off: u64, len: usize) -> Option<*mut u8> {
         (**self).resolve(off, len)
+    }
+    #[inline]
+    fn alloc_recorded(&mut self, size: usize, align: usize, record: u64, at: usize) -> Option<u64> {
+        (**self).alloc_recorded(size, align, record, at)
+    }
+    #[inline]
+    fn is_block(&self, off: u64) -> Option<bool> {
+        (**self).is_block(off)
     }
 }
 
@@ -246,6 +296,10 @@ unsafe impl SlabSource for HeapSource {
     #[inline]
     fn contains(&self, off: u64, len: usize) -> bool {
         self.resolve(off, len).is_some()
+    }
+
+    fn is_block(&self, off: u64) -> Option<bool> {
+        Some(off & HEAP_POS_MASK == 0 && self.block(off).is_some())
     }
 
     #[inline]

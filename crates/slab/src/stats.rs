@@ -183,6 +183,10 @@ pub struct RepairReport {
     pub refcounts_raised: usize,
     /// Empty slabs given back to the source beyond what the release policy keeps.
     pub slabs_released: usize,
+    /// Blocks given back to the source that an operation cut short had taken and not yet
+    /// named (a new slab's or table's block), or had stopped naming and not yet given back
+    /// (a released slab's, a moved table's old block).
+    pub blocks_given_back: usize,
 }
 
 /// What [`Arena::collect`](crate::Arena::collect) freed and corrected.

@@ -63,6 +63,9 @@ impl<S: SlabSource> Arena<S> {
     pub fn repair(&mut self) -> Result<RepairReport, Error> {
         // The epoch first: whatever happens next, no cache of this memory survives.
         self.restructure();
+        // The blocks an operation cut short was taking or giving back (the truth is whole
+        // either way: nothing names a block before its commit, or after its release's).
+        let blocks_given_back = self.settle_pending()?;
         // A consistent arena (the kill came between operations, or inside one at a point
         // that leaves nothing derived out of step) is left as it is.
         if let Ok(c) = self.check() {
@@ -70,10 +73,14 @@ impl<S: SlabSource> Arena<S> {
                 slabs: c.slabs,
                 chunks_in_use: c.chunks_in_use,
                 chunks_free: c.chunks_free,
+                blocks_given_back,
                 ..RepairReport::default()
             });
         }
-        let mut rep = RepairReport::default();
+        let mut rep = RepairReport {
+            blocks_given_back,
+            ..RepairReport::default()
+        };
         let (ctab, ccount) = self.class_table()?;
         for cl in 0..ccount as usize {
             // SAFETY: `cl < class_count <= class_cap`, validated by `class_table`.
@@ -281,11 +288,52 @@ impl<S: SlabSource> Arena<S> {
         let ci = self.classes[class as usize];
         // SAFETY: `s < slab_len`, a live slab validated by `repair`'s first pass.
         unsafe {
+            self.pend_old((*tab.add(s)).block, ci.block_size);
             let block = self.retire(tab.add(s));
+            self.clear_pending();
             self.src.free(block, ci.block_size, BLOCK_ALIGN);
         }
         self.bump(stat::SLAB_FREES);
         Ok(())
+    }
+
+    /// Gives back the blocks that the header's pending words record (a slab or table block
+    /// that an operation cut short had taken and not yet named, or had unnamed and not yet
+    /// given back) if nothing names them (the header, its tables, a slab slot) and the
+    /// source says they are live blocks ([`SlabSource::is_block`]; a source that cannot
+    /// tell keeps them, as before the records). The record is cleared before the frees (see
+    /// [`pend_old`](Arena::pend_old)). Returns how many it gave back.
+    fn settle_pending(&mut self) -> Result<usize, Error> {
+        // SAFETY: the validated header.
+        let p = unsafe { (*self.hdr).pending };
+        let recorded = [
+            (p[PENDING_NEW], p[PENDING_NEW + 1]),
+            (p[PENDING_OLD], p[PENDING_OLD + 1]),
+        ];
+        if recorded.iter().all(|&(off, _)| off == 0) {
+            return Ok(0);
+        }
+        // SAFETY: the validated header.
+        let mut named = unsafe { vec![self.root, (*self.hdr).class_table, (*self.hdr).slab_table] };
+        let (tab, len) = self.slab_table()?;
+        // SAFETY: `s < slab_len <= slab_cap`, validated by `slab_table`.
+        named.extend((0..len as usize).map(|s| unsafe { (*tab.add(s)).block }));
+        let give: Vec<(u64, usize)> = recorded
+            .into_iter()
+            .filter(|&(off, _)| {
+                off != 0 && !named.contains(&off) && self.src.is_block(off) == Some(true)
+            })
+            .filter_map(|(off, size)| Some((off, usize::try_from(size).ok()?)))
+            .collect();
+        self.clear_pending();
+        for &(off, size) in &give {
+            // SAFETY: a live block of the source that this arena took (the record says so;
+            // it is as trusted as the rest of the arena's memory) and that nothing of the
+            // arena names, so nothing refers to it. A wrong size (corrupt memory) makes a
+            // source that checks `free`'s arguments ignore the call (see the trait).
+            unsafe { self.src.free(off, size, BLOCK_ALIGN) };
+        }
+        Ok(give.len())
     }
 
     /// Frees every live chunk that `roots` do not reach, and sets the refcount of every chunk
