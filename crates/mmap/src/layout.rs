@@ -60,15 +60,20 @@ pub(crate) const F_IN_USE: usize = 144;
 pub(crate) const F_FREE: usize = 152;
 pub(crate) const F_ALLOCS: usize = 160;
 pub(crate) const F_FREE_BLOCKS: usize = 168;
-/// `Region::alloc_into`'s intent, set for the length of one allocation (format minor 1;
-/// reserved and 0 before): the offset of the record word (0: none in flight), the value it
-/// is to receive, the value it held before, and the offset of the live block it lies in. A recovery completes the record if the
-/// allocation was made, so that no kill between the allocation and its record leaks the
-/// block.
+/// The intent of `Region::alloc_into` or `Region::free_recorded`, set for the length of one
+/// allocation or free (format minor 1; reserved and 0 before): the offset of the record
+/// word (0: none in flight), the value it is to receive, the value it held before, the
+/// offset of the live block it lies in, and the block whose header write commits the
+/// operation ([`INTO_FREEING`] set for a free). A recovery completes the record if the
+/// operation was committed, so that no kill between the two leaks the block or leaves a
+/// record of a freed one.
 pub(crate) const F_INTO_WORD: usize = 176;
 pub(crate) const F_INTO_VALUE: usize = 184;
 pub(crate) const F_INTO_OLD: usize = 192;
 pub(crate) const F_INTO_BLOCK: usize = 200;
+pub(crate) const F_INTO_TARGET: usize = 208;
+/// Bit of [`F_INTO_TARGET`]: the operation frees its target (else it allocates it).
+pub(crate) const INTO_FREEING: u64 = 1 << 63;
 pub(crate) const F_BITMAP: usize = 256;
 pub(crate) const F_ROOTS: usize = 512;
 pub(crate) const ROOT_SLOT_LEN: usize = ROOT_NAME_LEN + 8;

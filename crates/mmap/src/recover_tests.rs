@@ -373,8 +373,9 @@ fn recover_refuses_headers_that_do_not_tile() {
 /// The mark of the record in `alloc_into`'s test.
 const MARK: u64 = 0xFD << 56;
 
-/// One scenario of `steps` ops (those of `gen`) in anonymous memory whose allocations go
-/// through `alloc_into` (with `into`) or `alloc`; op `kill_step` is killed after `n`
+/// One scenario of `steps` ops (those of `gen`) in anonymous memory whose allocations and
+/// frees go through `alloc_into` and `free_recorded` (with `into`) or `alloc` and `free`
+/// (a free's record names its block before the op); op `kill_step` is killed after `n`
 /// writes and the region recovered. With `into`, the op's record is cleared after each op
 /// that completes (its owner took the block), and after the kill a record that names a
 /// live allocation counts as owned. Returns whether the kill happened, and how many
@@ -396,6 +397,14 @@ fn run_into(seed: u64, steps: usize, kill_step: usize, n: u64, into: bool) -> (b
         let got = match op {
             Op::Alloc(size, align) if into => r.alloc_into(size, align, record, 0, MARK),
             Op::Alloc(size, align) => r.alloc(size, align),
+            Op::Free(i) if into => {
+                let (off, _, _) = live.swap_remove(i);
+                freeing = Some(off);
+                // The record names the block being given back; the free clears it.
+                // SAFETY: as above.
+                unsafe { word.write(off.get() | MARK) };
+                r.free_recorded(off, record, 0).map(|()| off)
+            }
             Op::Free(i) => {
                 let (off, _, _) = live.swap_remove(i);
                 freeing = Some(off);
@@ -423,10 +432,19 @@ fn run_into(seed: u64, steps: usize, kill_step: usize, n: u64, into: bool) -> (b
         // SAFETY: as above.
         let w = unsafe { word.read() };
         // A free cut short before its write leaves the block with its owner.
-        if let Some(off) = freeing.filter(|&o| r.allocation_size(o).is_ok()) {
-            live.push((off, 0, 0));
-        }
-        if into && w != 0 {
+        if let Some(off) = freeing {
+            let allocated = r.allocation_size(off).is_ok();
+            if allocated {
+                live.push((off, 0, 0));
+            }
+            if into {
+                // The record names the block exactly while it is allocated: cleared by the
+                // free (or by the recovery, which finishes what the free left in flight),
+                // never before it (a leak) or after it (a record of a freed block).
+                let want = if allocated { off.get() | MARK } else { 0 };
+                assert_eq!(w, want, "a free's record disagrees with its block");
+            }
+        } else if into && w != 0 {
             // The record is the allocation's: it was 0 before the op, and it is stored only
             // once the block is allocated (by the op, or by the recovery, which finishes
             // what the op left in flight). A record of a block that is not allocated could
@@ -448,15 +466,16 @@ fn run_into(seed: u64, steps: usize, kill_step: usize, n: u64, into: bool) -> (b
 
 /// `alloc_into` leaves no kill point that leaks its block, and no record of a block that is
 /// not allocated: the recovery stores the record of an allocation that was made and not
-/// yet recorded. `alloc` leaks at each write after its commit (the boundary tag, the
+/// yet recorded. `free_recorded` leaves its record naming the block exactly while the block
+/// is allocated (the recovery clears the record of a free that was made). `alloc` leaks at each write after its commit (the boundary tag, the
 /// counters), every one a block that nothing names. (Before the recovery finished the
 /// record, the kill point between the allocation's write and the record's leaked: 76 of
 /// them in these scenarios, and a real SIGKILL test in offheap-swiss caught it in a debug
 /// build. Storing the record before the allocation's write closed the leak, but left a
 /// record of a free block, which the assertion in `run_into` refuses.)
 #[test]
-fn alloc_into_records_the_block_before_a_kill_can_leak_it() {
-    let (seeds, steps) = if cfg!(miri) { (1, 4) } else { (3, 40) };
+fn records_of_alloc_into_and_free_recorded_survive_a_kill_at_every_write() {
+    let (seeds, steps) = if cfg!(miri) { (1, 6) } else { (3, 40) };
     let (mut plain, mut recorded) = (0, 0);
     for seed in 0..seeds {
         for kill_step in 0..steps {
@@ -601,6 +620,7 @@ fn recover_ignores_an_intent_that_does_not_check_out() {
     let word = rec.get() + 8;
     r.wr(word, 7).unwrap();
     let intent = |word: u64, value: u64, block: u64| {
+        r.hset(F_INTO_TARGET, value & !MARK);
         r.hset(F_INTO_VALUE, value);
         r.hset(F_INTO_OLD, r.rd(word).unwrap());
         r.hset(F_INTO_BLOCK, block);
@@ -625,5 +645,20 @@ fn recover_ignores_an_intent_that_does_not_check_out() {
     assert!(r.recover().unwrap().record_finished);
     assert_eq!(r.rd(word).unwrap(), made.get() | MARK);
     assert_eq!(r.hget(F_INTO_WORD), 0);
+    r.check().unwrap();
+    // A free's intent: its record is cleared only if the block it frees is free.
+    let free_intent = |target: Offset| {
+        r.hset(F_INTO_TARGET, target.get() | INTO_FREEING);
+        r.hset(F_INTO_VALUE, 0);
+        r.hset(F_INTO_OLD, r.rd(word).unwrap());
+        r.hset(F_INTO_BLOCK, rec.get());
+        r.hset(F_INTO_WORD, word);
+    };
+    free_intent(made);
+    assert!(!r.recover().unwrap().record_finished, "a live block's free finished");
+    assert_eq!(r.rd(word).unwrap(), made.get() | MARK);
+    free_intent(gone);
+    assert!(r.recover().unwrap().record_finished);
+    assert_eq!(r.rd(word).unwrap(), 0);
     r.check().unwrap();
 }

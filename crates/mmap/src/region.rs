@@ -1108,21 +1108,7 @@ impl Region {
         at: u64,
         mark: u64,
     ) -> Result<Offset, Error> {
-        let bad = |what| Err(Error::InvalidRecord(what));
-        if at % 8 != 0 {
-            return bad("the record's place is not a multiple of 8 bytes into its block");
-        }
-        // No region is larger than the address space (2^47 bytes of user space on x86_64,
-        // 2^48 elsewhere), so no offset has a bit from 48 up, whatever process made it.
-        if mark & ((1 << 48) - 1) != 0 {
-            return bad("the mark has bits that an offset uses");
-        }
-        match self.allocation_size(record) {
-            Ok(n) if at.checked_add(8).is_some_and(|e| e <= n) => {}
-            Ok(_) => return bad("the record's place lies past its block"),
-            Err(Error::NotAllocated { .. }) => return bad("the record is not a live allocation"),
-            Err(e) => return Err(e),
-        }
+        self.check_record(record, at, mark)?;
         self.alloc_recorded(size, align, Some((record.get(), record.get() + at, mark)))
     }
 
@@ -1233,20 +1219,11 @@ impl Region {
         }
         let record = match into {
             Some((block, word, mark)) => {
-                // `alloc_into`'s intent, before the allocation's write: the record word, its
-                // value to be, and its value now; the word's offset last (it makes the
-                // other two count). A kill from here to the record's store leaves it to
-                // `recover`, which stores the record if the allocation was made
-                // (`finish_record`).
-                // The fences keep the compiler from moving the stores to distinct header
-                // fields across each other (the hardware keeps a thread's own order).
+                // `alloc_into`'s intent, before the allocation's write. A kill from here to
+                // the record's store leaves it to `recover`, which stores the record if
+                // the allocation was made (`finish_record`).
                 let value = (b + BLOCK_HEADER) | mark;
-                self.hset(F_INTO_OLD, self.rd(word)?);
-                self.hset(F_INTO_VALUE, value);
-                self.hset(F_INTO_BLOCK, block);
-                compiler_fence(SeqCst);
-                self.hset(F_INTO_WORD, word);
-                compiler_fence(SeqCst);
+                self.set_intent(block, word, value, b + BLOCK_HEADER)?;
                 Some((word, value))
             }
             None => None,
@@ -1274,8 +1251,7 @@ impl Region {
         self.hadd(F_FREE_BLOCKS, new_free - 1);
         if record.is_some() {
             // The intent is done with: the allocation and its record are made.
-            compiler_fence(SeqCst);
-            self.hset(F_INTO_WORD, 0);
+            self.clear_intent();
         }
         // b + BLOCK_HEADER >= data_start + 16 > 0.
         Offset::new(b + BLOCK_HEADER).ok_or(corrupt(b, "zero offset"))
@@ -1338,6 +1314,89 @@ impl Region {
     /// where the O(1) boundary-tag checks can tell; [`check`](Self::check) is thorough.
     /// Coalesces with free neighbours (O(1)) and gives large free runs back to the OS.
     pub fn free(&self, off: Offset) -> Result<(), Error> {
+        self.free_inner(off, None)
+    }
+
+    /// Frees like [`free`](Self::free), and stores 0 into the 8-byte word `at` bytes into
+    /// the live allocation `record`: the store right after the one write that makes the
+    /// free (the block's header), with an intent in the region header that
+    /// [`recover`](Self::recover) completes if a kill falls between the two.
+    ///
+    /// This is [`alloc_into`](Self::alloc_into)'s other half: a structure that records a
+    /// block it is giving back (so that a kill before the free leaves it to the structure's
+    /// own recovery, which frees it) loses the record exactly when the block is freed. With
+    /// `free` it must clear the record first (a kill before the free then leaks the block)
+    /// or after (a kill before the clear leaves a record of a freed block, which by the
+    /// structure's recovery may be another user's).
+    ///
+    /// # Errors
+    /// Those of `free`; [`Error::InvalidRecord`] as for `alloc_into`, or when `record` is
+    /// `off` itself.
+    ///
+    /// ```
+    /// use offheap_mmap::Region;
+    ///
+    /// let r = Region::anonymous()?;
+    /// let log = r.alloc(8, 8)?;
+    /// let a = r.alloc_into(100, 8, log, 0, 0)?;
+    /// r.free_recorded(a, log, 0)?;
+    /// // SAFETY: `log` is a live 8-byte allocation, 8-aligned.
+    /// assert_eq!(unsafe { r.ptr(log, 8)?.as_ptr().cast::<u64>().read() }, 0);
+    /// # Ok::<(), offheap_mmap::Error>(())
+    /// ```
+    pub fn free_recorded(&self, off: Offset, record: Offset, at: u64) -> Result<(), Error> {
+        if record == off {
+            return Err(Error::InvalidRecord(
+                "the record lies in the block being freed",
+            ));
+        }
+        self.check_record(record, at, 0)?;
+        self.free_inner(off, Some((record.get(), record.get() + at)))
+    }
+
+    /// The checks of a record's place that `alloc_into` and `free_recorded` make.
+    fn check_record(&self, record: Offset, at: u64, mark: u64) -> Result<(), Error> {
+        let bad = |what| Err(Error::InvalidRecord(what));
+        if at % 8 != 0 {
+            return bad("the record's place is not a multiple of 8 bytes into its block");
+        }
+        // No region is larger than the address space (2^47 bytes of user space on x86_64,
+        // 2^48 elsewhere), so no offset has a bit from 48 up, whatever process made it.
+        if mark & ((1 << 48) - 1) != 0 {
+            return bad("the mark has bits that an offset uses");
+        }
+        match self.allocation_size(record) {
+            Ok(n) if at.checked_add(8).is_some_and(|e| e <= n) => Ok(()),
+            Ok(_) => bad("the record's place lies past its block"),
+            Err(Error::NotAllocated { .. }) => bad("the record is not a live allocation"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the intent of an `alloc_into` or a `free_recorded` (see `F_INTO_WORD`), before
+    /// the operation's commit write: the record word's offset last, which makes the rest
+    /// count. The fences keep the compiler from moving the stores to distinct header
+    /// fields across each other (the hardware keeps a thread's own order).
+    fn set_intent(&self, block: u64, word: u64, value: u64, target: u64) -> Result<(), Error> {
+        self.hset(F_INTO_OLD, self.rd(word)?);
+        self.hset(F_INTO_VALUE, value);
+        self.hset(F_INTO_BLOCK, block);
+        self.hset(F_INTO_TARGET, target);
+        compiler_fence(SeqCst);
+        self.hset(F_INTO_WORD, word);
+        compiler_fence(SeqCst);
+        Ok(())
+    }
+
+    /// Clears the intent, once the operation and its record are made.
+    fn clear_intent(&self) {
+        compiler_fence(SeqCst);
+        self.hset(F_INTO_WORD, 0);
+    }
+
+    /// [`free`](Self::free), and with `into = Some((record block, word))` the record's
+    /// clearing of [`free_recorded`](Self::free_recorded).
+    fn free_inner(&self, off: Offset, into: Option<(u64, u64)>) -> Result<(), Error> {
         if self.torn.get() {
             return Err(Error::NeedsRecovery);
         }
@@ -1401,7 +1460,14 @@ impl Region {
         // A kill after this write and before the merge's leaves two adjacent free blocks,
         // which `recover` merges; a kill before it leaks the block (still allocated),
         // never frees it twice.
+        if let Some((block, word)) = into {
+            self.set_intent(block, word, 0, o | INTO_FREEING)?;
+        }
         self.set_block(b, size, true)?;
+        if let Some((_, word)) = into {
+            // The next store: the record of the block, cleared.
+            self.wr(word, 0)?;
+        }
         if start != b || len != size {
             // The merge: one header write.
             self.set_block(start, len, true)?;
@@ -1428,6 +1494,9 @@ impl Region {
             }
         }
         self.set_hull(start, len, hull)?;
+        if into.is_some() {
+            self.clear_intent();
+        }
         Ok(())
     }
 
@@ -1699,10 +1768,11 @@ impl Region {
         Ok(report)
     }
 
-    /// Completes or drops the intent of an [`alloc_into`](Self::alloc_into) that a dead
-    /// process left in flight, once the block headers are the truth again: if its block
-    /// is allocated (the allocation's write was made) and the record word still holds what
-    /// it held before, the record is stored; then the intent is cleared. Returns whether it
+    /// Completes or drops the intent of an [`alloc_into`](Self::alloc_into) or a
+    /// [`free_recorded`](Self::free_recorded) that a dead process left in flight, once the
+    /// block headers are the truth again: if its block is allocated (freed, for a free: the
+    /// operation's write was made) and the record word still holds what it held before, the
+    /// record is stored (cleared, for a free); then the intent is cleared. Returns whether it
     /// stored the record. The intent is untrusted like the rest of the file: the word
     /// must lie in the live block that the intent names as the record's.
     ///
@@ -1717,8 +1787,12 @@ impl Region {
             return Ok(false);
         }
         let (value, old) = (self.hget(F_INTO_VALUE), self.hget(F_INTO_OLD));
-        let made =
-            Offset::new(value & ((1 << 48) - 1)).is_some_and(|o| self.allocation_size(o).is_ok());
+        // The operation's target: the block allocated, or freed (the high bit). Committed
+        // when its header says so.
+        let target = self.hget(F_INTO_TARGET);
+        let live =
+            Offset::new(target & ((1 << 48) - 1)).is_some_and(|o| self.allocation_size(o).is_ok());
+        let made = live == (target & INTO_FREEING == 0);
         // The word must lie in the live block the caller named, as `alloc_into` checked:
         // a file is untrusted, and a word elsewhere (a block header) is not the record's.
         let in_record = Offset::new(self.hget(F_INTO_BLOCK)).is_some_and(|r| {

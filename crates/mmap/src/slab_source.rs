@@ -98,6 +98,22 @@ unsafe impl SlabSource for Region {
         .map(Offset::get)
     }
 
+    /// [`Region::free_recorded`]: the record goes exactly when the block does, once
+    /// [`Region::recover`] has run.
+    unsafe fn free_recorded(
+        &mut self,
+        off: u64,
+        _size: usize,
+        _align: usize,
+        record: u64,
+        at: usize,
+    ) {
+        if let (Some(o), Some(r)) = (Offset::new(off), Offset::new(record)) {
+            // As for `free`: a call that matches no live block is refused and ignored.
+            let _ = Region::free_recorded(self, o, r, at as u64);
+        }
+    }
+
     /// The region's O(1) check ([`Region::allocation_size`]).
     fn is_block(&self, off: u64) -> Option<bool> {
         Some(Offset::new(off).is_some_and(|o| self.allocation_size(o).is_ok()))

@@ -137,12 +137,24 @@ impl SharedRegion {
         self.with_alloc_lock(|r| Ok(r.alloc_into(size, align, rec, at, 0)?.get()))
     }
 
+    /// [`Region::free_recorded`] under the allocator lock.
+    pub(crate) fn free_recorded(&self, off: u64, record: u64, at: u64) -> Result<(), Error> {
+        let o = Offset::new(off).ok_or(Error::Corrupt("free of offset 0"))?;
+        let rec = Offset::new(record).ok_or(Error::Corrupt("record at offset 0"))?;
+        self.with_alloc_lock(|r| Ok(r.free_recorded(o, rec, at)?))
+    }
+
     /// Whether `off` is a live block of the region, under the allocator lock.
     pub(crate) fn is_block(&self, off: u64) -> Result<bool, Error> {
         let Some(o) = Offset::new(off) else {
             return Ok(false);
         };
         self.with_alloc_lock(|r| Ok(r.allocation_size(o).is_ok()))
+    }
+
+    /// The region's allocated blocks, read under the allocator lock.
+    pub(crate) fn allocations(&self) -> Result<u64, Error> {
+        self.with_alloc_lock(|r| Ok(r.stats().allocations))
     }
 
     /// Takes the allocator lock once: if its holder died, this recovers the allocator,
@@ -179,6 +191,17 @@ unsafe impl SlabSource for ShardSource {
 
     fn is_block(&self, off: u64) -> Option<bool> {
         self.0.is_block(off).ok()
+    }
+
+    unsafe fn free_recorded(
+        &mut self,
+        off: u64,
+        _size: usize,
+        _align: usize,
+        record: u64,
+        at: usize,
+    ) {
+        let _ = self.0.free_recorded(off, record, at as u64);
     }
 
     #[inline]

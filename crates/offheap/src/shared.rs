@@ -127,8 +127,12 @@ struct Intent {
 struct Shard {
     /// 0, or the write lock holder's owner id.
     state: AtomicU64,
-    /// Unused, zero (kept so that the table word stays where format 2 put it).
-    _reserved: AtomicU64,
+    /// The offset of a slot table that a rebuild in progress has allocated
+    /// (`Region::alloc_into` stores it as the allocation is made), 0 when none: a recovery
+    /// of a rebuild cut short before its intent named the new table frees it. Cleared at the
+    /// start of every rebuild and by the recovery. (Unused and zero before; it keeps the
+    /// table word where format 2 put it.)
+    fresh_table: AtomicU64,
     /// Slot array offset / 64 | capacity << 36 (one word: published atomically).
     table: AtomicU64,
     len: AtomicU64,
@@ -1026,11 +1030,39 @@ impl SharedMap {
         }
         self.region.check()
     }
+
+    /// Region blocks that nothing of the map names: the region's allocations minus the
+    /// map's header and shard array, each shard's slot table, and the blocks each shard's
+    /// arena holds ([`Arena::blocks_held`](offheap_slab::Arena::blocks_held)). What a
+    /// process killed at an unlucky instruction can leave behind (docs/concurrency.md names
+    /// the one window left). Each shard is counted under its read lock, which repairs a
+    /// shard a dead writer left first; the result is exact only while no other process
+    /// writes to the map.
+    ///
+    /// ```
+    /// let m = offheap::SharedMap::anonymous()?;
+    /// m.put(b"key", b"value")?;
+    /// assert_eq!(m.unnamed_blocks()?, 0);
+    /// # Ok::<(), offheap::Error>(())
+    /// ```
+    pub fn unnamed_blocks(&self) -> Result<u64, Error> {
+        let mut named = 2u64;
+        for i in 0..self.nshards {
+            named += self.read(i, |c| Ok(c.arena()?.blocks_held()? as u64 + 1))?;
+        }
+        let allocations = self.region.allocations()?;
+        Ok(allocations.saturating_sub(named))
+    }
 }
 
 /// Allocates a table of `cap` slots, all EMPTY; returns its offset.
 fn new_table(r: &SharedRegion, cap: u64) -> Result<u64, Error> {
     let t = r.alloc(cap * SLOT, 64)?;
+    init_table(r, t, cap)
+}
+
+/// Sets the `cap` slots of the fresh table at `t` to EMPTY; returns `t`.
+fn init_table(r: &SharedRegion, t: u64, cap: u64) -> Result<u64, Error> {
     let p = r.ptr(t, cap * SLOT).ok_or(Error::Corrupt("new table"))?;
     // SAFETY: a fresh block of `cap` slots (16 bytes each, aligned to 64) that only this
     // writer (holding the shard's write lock) reaches until the table word publishes it.
@@ -1503,6 +1535,8 @@ impl Ctx<'_> {
         }
         let old = self.table()?;
         let old_desc = self.shard.table.load(Ordering::Relaxed);
+        // A record left by the last rebuild names the live table: cleared before the op.
+        self.shard.fresh_table.store(0, Ordering::Relaxed);
         self.set_intent(|it| {
             it.old_table = old_desc;
             it.new_table = 0;
@@ -1511,7 +1545,12 @@ impl Ctx<'_> {
         // The op last: recovery must never see it with stale fields.
         self.set_intent(|it| it.op = OP_REBUILD);
         let region = &self.map.region;
-        let t = new_table(region, cap)?;
+        // The new table's offset goes into `fresh_table` as it is allocated, so that a kill
+        // while its slots are cleared (O(cap) stores) or before the intent names it leaves
+        // it to the recovery instead of leaking it.
+        let (shards, at) = self.shard_word((&self.shard.fresh_table as *const AtomicU64).cast());
+        let t = region.alloc_into(cap * SLOT, 64, shards, at)?;
+        let t = init_table(region, t, cap)?;
         let desc = table_desc(t, cap);
         self.set_intent(|it| it.new_table = desc);
         let new = self.map.slots(desc).ok_or(Error::Corrupt("new table"))?;
@@ -1539,9 +1578,32 @@ impl Ctx<'_> {
         self.shard.table.store(desc, Ordering::Release);
         self.shard.used.store(n, Ordering::Relaxed);
         self.set_intent(|it| it.step = 2);
-        let _ = region.free(desc_parts(old_desc).0);
+        self.free_old_table(old_desc);
         self.set_intent(|it| it.op = OP_NONE);
         Ok(())
+    }
+
+    /// The shard array's block and the byte offset in it of the word at `p`, a word of this
+    /// shard: the record place of `Region::alloc_into` and `Region::free_recorded`.
+    fn shard_word(&self, p: *const u8) -> (u64, u64) {
+        let region = &self.map.region;
+        let shards = region.offset_of(self.map.shards.cast());
+        (shards, region.offset_of(p) - shards)
+    }
+
+    /// Frees a rebuild's old table (`desc`) with its record in the intent, `old_table`,
+    /// which `Region::free_recorded` clears in the store after the free's own (the region's
+    /// recovery finishes it if a death falls between the two): so at step 2 a recovery
+    /// frees the old table exactly when the intent still names it, never twice, never leaks.
+    fn free_old_table(&self, desc: u64) {
+        // SAFETY: a field of this shard's intent (only its place is taken).
+        let word = unsafe { std::ptr::addr_of!((*self.shard.intent.get()).old_table) };
+        let (shards, at) = self.shard_word(word.cast());
+        // A table the region does not recognise (only in a corrupt file) is refused and left.
+        let _ = self
+            .map
+            .region
+            .free_recorded(desc_parts(desc).0, shards, at);
     }
 
     /// Repairs the shard after its previous writer died: repairs its arena (the writer may
@@ -1597,17 +1659,39 @@ impl Ctx<'_> {
                 }
             }
             (OP_REBUILD, 0) => {
-                if it.new_table != 0 {
-                    let _ = self.map.region.free(desc_parts(it.new_table).0);
+                // The new table, named by the intent, or only by the fresh record (the
+                // death came while its slots were cleared). Both records are cleared before
+                // the free: a record of a freed block could name another shard's block by
+                // the next recovery. (The fresh record is checked not to name a table in
+                // use; the region refuses a free of anything but a live block.)
+                let fresh = self.shard.fresh_table.load(Ordering::Relaxed);
+                let in_use = [it.old_table, self.shard.table.load(Ordering::Relaxed)]
+                    .map(|d| desc_parts(d).0);
+                let new = if it.new_table != 0 {
+                    Some(desc_parts(it.new_table).0)
+                } else {
+                    (fresh != 0 && !in_use.contains(&fresh)).then_some(fresh)
+                };
+                self.shard.fresh_table.store(0, Ordering::Relaxed);
+                self.set_intent(|it| it.new_table = 0);
+                if let Some(t) = new {
+                    let _ = self.map.region.free(t);
                 }
             }
             (OP_REBUILD, 1) => {
-                // The new table was complete: publish it (again) and free the old one.
+                // The new table was complete: publish it (again), then free the old one
+                // (step 2 first, as the rebuild does).
                 self.shard.table.store(it.new_table, Ordering::Release);
-                let _ = self.map.region.free(desc_parts(it.old_table).0);
+                self.set_intent(|it| it.step = 2);
+                self.free_old_table(it.old_table);
             }
-            // Step 2: the old table may already be freed; leaking it is the safe choice.
-            (OP_REBUILD, _) => {}
+            // Step 2: the intent names the old table until it is freed (see
+            // `free_old_table`).
+            (OP_REBUILD, _) => {
+                if it.old_table != 0 {
+                    self.free_old_table(it.old_table);
+                }
+            }
             _ => return Err(Error::Corrupt("unknown intent")),
         }
         self.set_intent(|it| it.op = OP_NONE);

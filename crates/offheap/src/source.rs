@@ -74,6 +74,19 @@ unsafe impl SlabSource for RegionSource {
             .map(Offset::get)
     }
 
+    unsafe fn free_recorded(
+        &mut self,
+        off: u64,
+        _size: usize,
+        _align: usize,
+        record: u64,
+        at: usize,
+    ) {
+        if let (Some(o), Some(r)) = (Offset::new(off), Offset::new(record)) {
+            let _ = self.0.free_recorded(o, r, at as u64);
+        }
+    }
+
     fn is_block(&self, off: u64) -> Option<bool> {
         // offheap-mmap's check (`Region::allocation_size`), through its `&self` method.
         SlabSource::is_block(&*self.0, off)

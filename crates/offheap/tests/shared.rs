@@ -392,6 +392,12 @@ fn sigkilled_writer_is_recovered() {
         }
         assert_eq!(m.len(), 0, "round {round}");
         m.check().unwrap();
+        // No region block leaked (new slabs, slab-table growth, rebuilds).
+        assert_eq!(
+            m.unnamed_blocks().unwrap(),
+            0,
+            "round {round}: region blocks leaked"
+        );
     }
     // Kills land inside operations most of the time (the child does nothing else).
     eprintln!("shards repaired after kills: {}", m.recoveries());
@@ -442,6 +448,10 @@ fn sigkilled_grower_is_recovered() {
         }
         assert_eq!(m.len(), 0, "round {round}");
         m.check().unwrap();
+        // No region block leaked: the kills land in table rebuilds (whose new table is
+        // recorded as it is allocated) and in the arenas' slab and table growth.
+        let leaked = m.unnamed_blocks().unwrap();
+        assert_eq!(leaked, 0, "round {round}: region blocks leaked");
     }
     eprintln!("shards repaired after kills: {}", m.recoveries());
 }

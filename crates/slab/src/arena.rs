@@ -406,6 +406,35 @@ impl<S: SlabSource> Arena<S> {
         self.root
     }
 
+    /// How many blocks of its source the arena holds: its header, its class and slab tables
+    /// (once it has them), and one per live slab. With a source that the arena does not
+    /// share, the source's live blocks minus this are the blocks a crash leaked (none, once
+    /// [`repair`](Arena::repair) has run, but for the window docs/concurrency.md names).
+    ///
+    /// Errors: [`Error::Corrupt`] if the slab table does not check out.
+    ///
+    /// ```
+    /// use offheap_slab::{Arena, Config, HeapSource};
+    ///
+    /// let mut a = Arena::create_in(HeapSource::new(), Config::new(16, 4096, 2.0))?;
+    /// assert_eq!(a.blocks_held()?, 1); // the header
+    /// a.alloc(10)?;
+    /// assert_eq!(a.blocks_held()?, 4); // + class table, slab table, one slab
+    /// # Ok::<(), offheap_slab::Error>(())
+    /// ```
+    pub fn blocks_held(&self) -> Result<usize, Error> {
+        // SAFETY: the validated header.
+        let (ct, st, live) = unsafe {
+            (
+                (*self.hdr).class_table,
+                (*self.hdr).slab_table,
+                (*self.hdr).live_slabs,
+            )
+        };
+        let _ = self.slab_table()?;
+        Ok(1 + usize::from(ct != 0) + usize::from(st != 0) + live as usize)
+    }
+
     /// The arena's parameters.
     pub fn config(&self) -> &Config {
         &self.config
@@ -1517,12 +1546,12 @@ impl<S: SlabSource> Arena<S> {
             }
         }
         order();
-        self.clear_pending();
+        self.clear_pending(PENDING_NEW);
         if cap > 0 {
             // SAFETY: the old table is a live block of exactly these size and alignment
             // (validated above; see the trait's note on corrupt memory); nothing refers to it
             // any more (the header names the new one and the caches were dropped).
-            unsafe { self.src.free(off, cap as usize * rec, BLOCK_ALIGN) };
+            unsafe { self.give_back(off, cap as usize * rec, PENDING_OLD) };
         }
         self.bump(stat::TABLE_GROWS);
         Ok(())
@@ -1609,7 +1638,7 @@ impl<S: SlabSource> Arena<S> {
             order();
             st!((*r).block, block);
             order();
-            self.clear_pending();
+            self.clear_pending(PENDING_NEW);
             st!((*self.hdr).free_slot, next_free);
             st!((*r).in_use, 0);
             st!((*r).free_head, NONE);
@@ -1798,8 +1827,7 @@ impl<S: SlabSource> Arena<S> {
             );
             // The rest of the slot (derived) after `retire`, and the block back to the
             // source last. It is recorded as being given back from before `retire` unnames
-            // it until just before the free (a kill in between leaves it to `repair`; one
-            // between the record's clearing and the free leaks it).
+            // it until the free (a kill in between leaves it to `repair`).
             self.pend_old((*rec).block, ci.block_size);
             let block = self.retire(rec);
             st!((*rec).class, 0);
@@ -1809,20 +1837,11 @@ impl<S: SlabSource> Arena<S> {
             st!((*rec).prev, NONE);
             st!((*rec).next, (*self.hdr).free_slot);
             st!((*self.hdr).free_slot, loc.slab);
-            self.clear_pending();
             // The block was resolved with exactly this size when `loc` was validated.
-            self.src.free(block, ci.block_size, BLOCK_ALIGN);
+            self.give_back(block, ci.block_size, PENDING_OLD);
             self.bump(stat::SLAB_FREES);
         }
         Ok(())
-    }
-
-    /// The header's class and slab table offsets (0: none yet), for the tests' count of the
-    /// blocks the arena names.
-    #[cfg(test)]
-    pub(crate) fn table_offsets(&self) -> (u64, u64) {
-        // SAFETY: the validated header.
-        unsafe { ((*self.hdr).class_table, (*self.hdr).slab_table) }
     }
 
     /// A new block of `size` bytes for a slab or a table, recorded in the header's pending
@@ -1840,18 +1859,37 @@ impl<S: SlabSource> Arena<S> {
     }
 
     /// Gives back a block from [`take_block`](Self::take_block) that nothing has seen, on an
-    /// error path: the record first, then the block.
+    /// error path.
     fn give_back_fresh(&mut self, block: u64, size: usize) {
-        self.clear_pending();
         // SAFETY: just allocated with this size and alignment, never handed out.
-        unsafe { self.src.free(block, size, BLOCK_ALIGN) };
+        unsafe { self.give_back(block, size, PENDING_NEW) };
+    }
+
+    /// Gives `block` (`size` bytes) back to the source, and with it its record in pending
+    /// word `which` ([`SlabSource::free_recorded`]: a region clears the record in the store
+    /// after the free's own, and its recovery finishes a free that a kill left in between;
+    /// the default clears the record, then frees). A record that outlived its block could
+    /// name another user's block by the next repair (another process's arena in a shared
+    /// region).
+    ///
+    /// # Safety
+    /// As for [`SlabSource::free`]; nothing of the arena refers to the block any more.
+    unsafe fn give_back(&mut self, block: u64, size: usize, which: usize) {
+        let at = core::mem::offset_of!(Header, pending) + 8 * which;
+        order();
+        #[cfg(test)]
+        crate::kill::write();
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            self.src
+                .free_recorded(block, size, BLOCK_ALIGN, self.root, at)
+        };
+        order();
     }
 
     /// Records `block` (`size` bytes) as being given back by the operation in progress,
-    /// before the header or slot that names it stops naming it. The caller clears the record
-    /// before it frees the block: once freed, the block may go to another user of the
-    /// source (another process's arena in a shared region), which a record left behind would
-    /// have `repair` free.
+    /// before the header or slot that names it stops naming it; [`give_back`](Self::give_back)
+    /// frees it with its record.
     fn pend_old(&mut self, block: u64, size: usize) {
         // SAFETY: the validated header.
         unsafe {
@@ -1862,16 +1900,14 @@ impl<S: SlabSource> Arena<S> {
         order();
     }
 
-    /// Clears the pending words: the operation named what it took and gave back what it
-    /// gave back.
-    fn clear_pending(&mut self) {
+    /// Clears pending word `which` (the block it recorded is named now, or was not
+    /// allocated).
+    fn clear_pending(&mut self, which: usize) {
         order();
         // SAFETY: the validated header.
         unsafe {
-            for i in [PENDING_NEW, PENDING_OLD] {
-                if (*self.hdr).pending[i] != 0 {
-                    st!((*self.hdr).pending[i], 0);
-                }
+            if (*self.hdr).pending[which] != 0 {
+                st!((*self.hdr).pending[which], 0);
             }
         }
         order();

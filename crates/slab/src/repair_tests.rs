@@ -211,12 +211,6 @@ std::thread_local! {
     static GIVEN_BACK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The source blocks `a` names: its header, its class and slab tables, its live slabs.
-fn named_blocks<S: SlabSource>(a: &Arena<S>) -> usize {
-    let (ct, st) = a.table_offsets();
-    1 + usize::from(ct != 0) + usize::from(st != 0) + a.check().unwrap().slabs
-}
-
 /// Runs `steps` ops of scenario `seed`; op `kill_step` is killed after `n` stores. Returns
 /// whether the kill happened (`false`: the op completed in fewer than `n` stores).
 fn run(seed: u64, steps: usize, kill_step: usize, n: u64, release: ReleasePolicy) -> bool {
@@ -312,7 +306,7 @@ fn run(seed: u64, steps: usize, kill_step: usize, n: u64, release: ReleasePolicy
         let held = unsafe { (*heap).live_blocks() };
         assert_eq!(
             held,
-            named_blocks(&repairer),
+            repairer.blocks_held().unwrap(),
             "step {step} {op:?} killed after {n}: source blocks leaked ({rep:?})"
         );
         GIVEN_BACK.with(|g| g.set(g.get() + rep.blocks_given_back));

@@ -113,6 +113,37 @@ pub unsafe trait SlabSource {
         }
     }
 
+    /// Frees like [`free`](SlabSource::free), and stores 0 into the `u64` at byte `at` of
+    /// the live block `record` (which holds the record of the block being freed).
+    ///
+    /// The arena gives back every block it recorded as being given back this way, so that
+    /// the record goes when the block does. The default clears the record, then frees: a
+    /// kill between the two leaks the block (the other order would leave a record of a
+    /// freed block, which another user of a shared source could be handed before the
+    /// arena's repair frees it again). A source whose memory outlives processes should make
+    /// the two one step for a recovery, as `offheap_mmap::Region::free_recorded` does.
+    ///
+    /// # Safety
+    /// As for [`free`](SlabSource::free).
+    unsafe fn free_recorded(
+        &mut self,
+        off: u64,
+        size: usize,
+        align: usize,
+        record: u64,
+        at: usize,
+    ) {
+        if let Some(p) = record
+            .checked_add(at as u64)
+            .and_then(|w| self.resolve(w, 8))
+        {
+            // SAFETY: `resolve` vouched for 8 bytes at `p`; unaligned store.
+            unsafe { p.cast::<u64>().write_unaligned(0) };
+        }
+        // SAFETY: the caller's guarantee.
+        unsafe { self.free(off, size, align) };
+    }
+
     /// Whether `off` is the offset of a live block of this source (one that `alloc`
     /// returned and that was not freed since), if the source can tell; `None` if it cannot
     /// (the default).
@@ -157,6 +188,18 @@ unsafe impl<S: SlabSource + ?Sized> SlabSource for &mut S {
     #[inline]
     fn is_block(&self, off: u64) -> Option<bool> {
         (**self).is_block(off)
+    }
+    #[inline]
+    unsafe fn free_recorded(
+        &mut self,
+        off: u64,
+        size: usize,
+        align: usize,
+        record: u64,
+        at: usize,
+    ) {
+        // SAFETY: the caller's guarantee is forwarded unchanged.
+        unsafe { (**self).free_recorded(off, size, align, record, at) }
     }
 }
 

@@ -290,8 +290,7 @@ impl<S: SlabSource> Arena<S> {
         unsafe {
             self.pend_old((*tab.add(s)).block, ci.block_size);
             let block = self.retire(tab.add(s));
-            self.clear_pending();
-            self.src.free(block, ci.block_size, BLOCK_ALIGN);
+            self.give_back(block, ci.block_size, PENDING_OLD);
         }
         self.bump(stat::SLAB_FREES);
         Ok(())
@@ -301,16 +300,14 @@ impl<S: SlabSource> Arena<S> {
     /// that an operation cut short had taken and not yet named, or had unnamed and not yet
     /// given back) if nothing names them (the header, its tables, a slab slot) and the
     /// source says they are live blocks ([`SlabSource::is_block`]; a source that cannot
-    /// tell keeps them, as before the records). The record is cleared before the frees (see
-    /// [`pend_old`](Arena::pend_old)). Returns how many it gave back.
+    /// tell keeps them, as before the records), each with its record
+    /// ([`give_back`](Arena::give_back)); the other records are cleared. Returns how many it
+    /// gave back.
     fn settle_pending(&mut self) -> Result<usize, Error> {
         // SAFETY: the validated header.
         let p = unsafe { (*self.hdr).pending };
-        let recorded = [
-            (p[PENDING_NEW], p[PENDING_NEW + 1]),
-            (p[PENDING_OLD], p[PENDING_OLD + 1]),
-        ];
-        if recorded.iter().all(|&(off, _)| off == 0) {
+        let recorded = [PENDING_NEW, PENDING_OLD].map(|i| (i, p[i], p[i + 1]));
+        if recorded.iter().all(|&(_, off, _)| off == 0) {
             return Ok(0);
         }
         // SAFETY: the validated header.
@@ -318,22 +315,27 @@ impl<S: SlabSource> Arena<S> {
         let (tab, len) = self.slab_table()?;
         // SAFETY: `s < slab_len <= slab_cap`, validated by `slab_table`.
         named.extend((0..len as usize).map(|s| unsafe { (*tab.add(s)).block }));
-        let give: Vec<(u64, usize)> = recorded
-            .into_iter()
-            .filter(|&(off, _)| {
-                off != 0 && !named.contains(&off) && self.src.is_block(off) == Some(true)
-            })
-            .filter_map(|(off, size)| Some((off, usize::try_from(size).ok()?)))
-            .collect();
-        self.clear_pending();
-        for &(off, size) in &give {
-            // SAFETY: a live block of the source that this arena took (the record says so;
-            // it is as trusted as the rest of the arena's memory) and that nothing of the
-            // arena names, so nothing refers to it. A wrong size (corrupt memory) makes a
-            // source that checks `free`'s arguments ignore the call (see the trait).
-            unsafe { self.src.free(off, size, BLOCK_ALIGN) };
+        let mut given = 0;
+        for (which, off, size) in recorded {
+            let size = usize::try_from(size).ok();
+            match size {
+                Some(size)
+                    if off != 0
+                        && !named.contains(&off)
+                        && self.src.is_block(off) == Some(true) =>
+                {
+                    // SAFETY: a live block of the source that this arena took (the record
+                    // says so; it is as trusted as the rest of the arena's memory) and that
+                    // nothing of the arena names, so nothing refers to it. A wrong size
+                    // (corrupt memory) makes a source that checks `free`'s arguments ignore
+                    // the call (see the trait).
+                    unsafe { self.give_back(off, size, which) };
+                    given += 1;
+                }
+                _ => self.clear_pending(which),
+            }
         }
-        Ok(give.len())
+        Ok(given)
     }
 
     /// Frees every live chunk that `roots` do not reach, and sets the refcount of every chunk
