@@ -655,7 +655,10 @@ fn recover_ignores_an_intent_that_does_not_check_out() {
         r.hset(F_INTO_WORD, word);
     };
     free_intent(made);
-    assert!(!r.recover().unwrap().record_finished, "a live block's free finished");
+    assert!(
+        !r.recover().unwrap().record_finished,
+        "a live block's free finished"
+    );
     assert_eq!(r.rd(word).unwrap(), made.get() | MARK);
     free_intent(gone);
     assert!(r.recover().unwrap().record_finished);
