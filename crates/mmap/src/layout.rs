@@ -276,7 +276,9 @@ fn derived_fields_torn(h: &[u8], data: u64, size: u64) -> Option<&'static str> {
         return Some("block byte counts do not cover the region");
     }
     if rd_u64(h, F_INTO_WORD) != 0 {
-        return Some("an allocation's record is in flight (a process died inside alloc_into)");
+        return Some(
+            "a block's record is in flight (a process died inside alloc_into or free_recorded)",
+        );
     }
     let max_blocks = (size - data) / MIN_BLOCK;
     let (allocs, free_blocks) = (rd_u64(h, F_ALLOCS), rd_u64(h, F_FREE_BLOCKS));

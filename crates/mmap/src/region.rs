@@ -23,7 +23,33 @@ const NEXT: u64 = 16;
 const PREV: u64 = 24;
 /// Dirty-hull fields of a free block of at least [`FREE_HEADER`] bytes.
 const HULL_LO: u64 = 32;
+/// Holds the hull's end minus 1 (see [`hull_hi_word`]).
 const HULL_HI: u64 = 40;
+
+/// The stored form of a hull's end `hi` (0: no hull): `hi - 1`, an odd number. A free
+/// block that starts with what was a 32-byte block has its `HULL_HI` word where the next
+/// old block's header was (`start + 40`); stored as the offset itself, it could look like an
+/// allocated header there, and an offset freed into such a merge passed `free`'s and
+/// `allocation_size`'s O(1) checks again (a double free the model test found). Odd, its
+/// [`FREE`] bit is set, so such a header reads as a free block's. Readers of earlier
+/// builds, which stored `hi` itself (always a multiple of 16), take the word for a hull
+/// one byte shorter, which is still inside its block.
+#[inline(always)]
+const fn hull_hi_word(hi: u64) -> u64 {
+    hi.saturating_sub(1)
+}
+
+/// The hull end that a stored `HULL_HI` word means (either form). Wrapping: the word is
+/// untrusted, and the end it yields is checked against its block where it is used.
+#[inline(always)]
+const fn hull_hi(word: u64) -> u64 {
+    if word & 1 == 1 {
+        word.wrapping_add(1)
+    } else {
+        word
+    }
+}
+
 /// Bytes at the start of a free block that hold its header, links and hull.
 const FREE_HEADER: u64 = 48;
 
@@ -296,8 +322,9 @@ pub struct RecoverReport {
     pub counters_fixed: bool,
     /// The new size when an interrupted growth was rolled forward.
     pub grown_to: Option<u64>,
-    /// `true` if an [`alloc_into`](Region::alloc_into) was cut short after its allocation
-    /// and before its record, and the record was stored now.
+    /// `true` if an [`alloc_into`](Region::alloc_into) or a
+    /// [`free_recorded`](Region::free_recorded) was cut short after its allocation or free
+    /// and before its record's store, and the record was stored now.
     pub record_finished: bool,
 }
 
@@ -917,7 +944,7 @@ impl Region {
         if size < FREE_HEADER {
             return Ok(Some((b, b + size)));
         }
-        let (lo, hi) = (self.rd(b + HULL_LO)?, self.rd(b + HULL_HI)?);
+        let (lo, hi) = (self.rd(b + HULL_LO)?, hull_hi(self.rd(b + HULL_HI)?));
         Ok(match (lo, hi) {
             (0, 0) => None,
             (lo, hi) if b <= lo && lo < hi && hi <= b + size => Some((lo, hi)),
@@ -930,7 +957,7 @@ impl Region {
         if size >= FREE_HEADER {
             let (lo, hi) = hull.unwrap_or((0, 0));
             self.wr(b + HULL_LO, lo)?;
-            self.wr(b + HULL_HI, hi)?;
+            self.wr(b + HULL_HI, hull_hi_word(hi))?;
         }
         Ok(())
     }
@@ -1067,18 +1094,20 @@ impl Region {
 
     /// Allocates like [`alloc`](Self::alloc), and stores the new allocation's offset, or-ed
     /// with `mark`, into the 8-byte word `at` bytes into the live allocation `record`. The
-    /// store comes right before the one write that makes the allocation, after every check
-    /// that can fail.
+    /// store comes right after the one write that makes the allocation, and before it an
+    /// intent in the region header names the record: a kill between the two leaves the
+    /// bookkeeping torn (a plain open refuses the file, `alloc` and `free` wait), and
+    /// [`recover`](Self::recover) stores the record if the allocation was made.
     ///
     /// This is how a structure in a region that outlives processes takes a block with no
     /// window in which a kill leaks it. With `alloc`, a process killed after that write and
     /// before the caller has recorded the offset where a recovery looks leaves a block that
-    /// nothing names; with `alloc_into` the record is already there when the block becomes
-    /// allocated. After a kill the record may name a block that was never allocated (the
-    /// kill came between the two stores: the block's header still says free, and
-    /// [`recover`](Self::recover) keeps it so), or hold an older value (the kill came before
-    /// both), so a recovery checks it with [`allocation_size`](Self::allocation_size), and
-    /// must not keep a record across allocations by others.
+    /// nothing names; with `alloc_into` (and `recover` after a kill) the record names the
+    /// block exactly when it was allocated, and never a block that was not. A kill before the
+    /// allocation leaves the word as it was, so a caller that keeps records of several kinds
+    /// there (the mark tells them apart) checks a record with
+    /// [`allocation_size`](Self::allocation_size) before it trusts it.
+    /// [`free_recorded`](Self::free_recorded) is the other half.
     ///
     /// `mark` tags the record in bits that no offset uses (bits 48 to 63; offsets are below
     /// 2^48), so that a record can be told from the other words that share its place; the
@@ -1112,9 +1141,9 @@ impl Region {
         self.alloc_recorded(size, align, Some((record.get(), record.get() + at, mark)))
     }
 
-    /// [`alloc`](Self::alloc), and with `into = Some((word, mark))` the store of
-    /// [`alloc_into`](Self::alloc_into) (`word`: the record's offset in the region, checked
-    /// by the caller).
+    /// [`alloc`](Self::alloc), and with `into = Some((record block, word, mark))` the intent
+    /// and the store of [`alloc_into`](Self::alloc_into) (`word`: the record's offset in the
+    /// region, checked by the caller).
     #[inline(always)]
     fn alloc_recorded(
         &self,
@@ -1776,11 +1805,12 @@ impl Region {
     /// stored the record. The intent is untrusted like the rest of the file: the word
     /// must lie in the live block that the intent names as the record's.
     ///
-    /// The block is checked with [`allocation_size`](Self::allocation_size): before the
-    /// allocation's write its header says free, and `rebuild_bookkeeping` rewrites the
-    /// header of the first block of a run of free blocks only, as free. Nothing else can
-    /// have allocated it since: the intent makes the bookkeeping torn, so `alloc` and
-    /// `free` refuse to run until this has.
+    /// The block is checked with [`allocation_size`](Self::allocation_size): before an
+    /// allocation's write its header says free (and `rebuild_bookkeeping` rewrites the
+    /// header of the first block of a run of free blocks only, as free); after a free's, it
+    /// says free too, and before, allocated. Nothing else can have allocated or freed it
+    /// since: the intent makes the bookkeeping torn, so `alloc` and `free` refuse to run
+    /// until this has.
     fn finish_record(&self) -> Result<bool, Error> {
         let word = self.hget(F_INTO_WORD);
         if word == 0 {
@@ -1947,14 +1977,15 @@ impl Region {
     /// exactly, boundary tags agree, no two free blocks are adjacent, every free block is
     /// in exactly the right free list (and nothing else is), the bitmaps match the lists,
     /// the header's counters match the walk, the roots point inside the region, and no
-    /// [`alloc_into`](Self::alloc_into) is in flight (a dead process's, which
-    /// [`recover`](Self::recover) completes). Work is bounded by the region size (cycles are detected, never followed forever).
+    /// [`alloc_into`](Self::alloc_into) or [`free_recorded`](Self::free_recorded) is in
+    /// flight (a dead process's, which [`recover`](Self::recover) completes). Work is
+    /// bounded by the region size (cycles are detected, never followed forever).
     pub fn check(&self) -> Result<CheckReport, Error> {
         let end = self.sync_view()?;
         if self.hget(F_INTO_WORD) != 0 {
             return Err(corrupt(
                 F_INTO_WORD as u64,
-                "an allocation's record is in flight (a process died inside alloc_into)",
+                "a block's record is in flight (a process died inside alloc_into or free_recorded)",
             ));
         }
         let mut r = CheckReport {
@@ -1980,7 +2011,7 @@ impl Region {
             }
             r.blocks += 1;
             if free && size >= FREE_HEADER {
-                let (lo, hi) = (self.rd(b + HULL_LO)?, self.rd(b + HULL_HI)?);
+                let (lo, hi) = (self.rd(b + HULL_LO)?, hull_hi(self.rd(b + HULL_HI)?));
                 if (lo, hi) != (0, 0) && !(b <= lo && lo < hi && hi <= b + size) {
                     return Err(corrupt(b, "dirty hull outside its free block"));
                 }

@@ -247,3 +247,60 @@ fn an_inflated_free_block_is_not_handed_out_or_merged() {
     );
     assert!(holds(&r, z, 4000, 0x5C), "the live block was overwritten");
 }
+
+/// The case the model test found: an allocation aligned to 64 leaves a 32-byte free block
+/// in front of it; freeing it merges the two, and the merged block's hull end is stored
+/// where the freed block's header was. Stored as the offset itself, it read as an allocated
+/// header of a block ending at the region's end, and a second free of the same offset
+/// passed. Now the hull end is stored odd (its free bit set), and the second free fails.
+#[test]
+fn a_free_merged_behind_a_32_byte_block_cannot_be_repeated() {
+    let opts = RegionOptions::new()
+        .initial_size(64 << 10)
+        .release_threshold(16 << 10);
+    let r = Region::anonymous_with(&opts).unwrap();
+    let mut live = std::collections::BTreeMap::new();
+    // (size, align) allocations, or a free of the `pick`-th live allocation (model order).
+    let ops: [(u64, u64); 10] = [
+        (22593, 32),
+        (529, 1),
+        (49, 1),
+        (0, 3587729848090221724),
+        (225, 1),
+        (10625, 64),
+        (289, 1),
+        (129, 128),
+        (289, 1),
+        (0, 9323248206266154009),
+    ];
+    let mut merged_behind_a_small_block = false;
+    for (size, x) in ops {
+        if size != 0 {
+            let off = r.alloc(size, x).unwrap();
+            live.insert(off.get(), size);
+            continue;
+        }
+        let o = *live.keys().nth((x % live.len() as u64) as usize).unwrap();
+        live.remove(&o);
+        let off = Offset::new(o).unwrap();
+        let block = r.allocation_size(off).unwrap() + 16;
+        r.free(off).unwrap();
+        // SAFETY: the freed block's header word, inside the mapping.
+        let header = unsafe { r.base().add(o as usize - 8).cast::<u64>().read() };
+        // A free block's header says free (bit 0); so does a hull end stored there.
+        assert_eq!(
+            header & 1,
+            1,
+            "the freed block's header word reads as allocated"
+        );
+        // Not its own free header (its size): a word of the merged block's header.
+        merged_behind_a_small_block |= header & !15 != block;
+        assert!(r.free(off).is_err(), "double free accepted");
+        assert!(r.allocation_size(off).is_err());
+    }
+    assert!(
+        merged_behind_a_small_block,
+        "the scenario did not put a hull word over a freed header"
+    );
+    r.check().unwrap();
+}

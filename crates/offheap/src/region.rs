@@ -158,8 +158,9 @@ impl SharedRegion {
     }
 
     /// Takes the allocator lock once: if its holder died, this recovers the allocator,
-    /// which also stores the record of an `alloc_into` that the death cut short. A shard's
-    /// recovery does this before it repairs its arena, whose repair reads those records.
+    /// which also completes the record of an `alloc_into` or `free_recorded` that the death
+    /// cut short. A shard's recovery does this before it reads those records (its arena's
+    /// pending words, its rebuild's `fresh_table` and `old_table`).
     pub(crate) fn settle(&self) -> Result<(), Error> {
         self.with_alloc_lock(|_| Ok(()))
     }

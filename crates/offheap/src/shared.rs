@@ -1033,11 +1033,11 @@ impl SharedMap {
 
     /// Region blocks that nothing of the map names: the region's allocations minus the
     /// map's header and shard array, each shard's slot table, and the blocks each shard's
-    /// arena holds ([`Arena::blocks_held`](offheap_slab::Arena::blocks_held)). What a
-    /// process killed at an unlucky instruction can leave behind (docs/concurrency.md names
-    /// the one window left). Each shard is counted under its read lock, which repairs a
-    /// shard a dead writer left first; the result is exact only while no other process
-    /// writes to the map.
+    /// arena holds ([`Arena::blocks_held`](offheap_slab::Arena::blocks_held)): what a
+    /// process killed at an unlucky instruction would leave behind if a recovery missed it
+    /// (the SIGKILL tests require 0 after every kill; docs/concurrency.md). Each shard is
+    /// counted under its read lock, which repairs a shard a dead writer left first; the
+    /// result is exact only while no other process writes to the map.
     ///
     /// ```
     /// let m = offheap::SharedMap::anonymous()?;
@@ -1660,10 +1660,11 @@ impl Ctx<'_> {
             }
             (OP_REBUILD, 0) => {
                 // The new table, named by the intent, or only by the fresh record (the
-                // death came while its slots were cleared). Both records are cleared before
-                // the free: a record of a freed block could name another shard's block by
-                // the next recovery. (The fresh record is checked not to name a table in
-                // use; the region refuses a free of anything but a live block.)
+                // death came while its slots were cleared; a fresh record that names a table
+                // in use is not a new one). The intent's record is cleared first, and the
+                // fresh record by the free itself (`Region::free_recorded`): a kill in
+                // between leaves the fresh record to the next recovery, and no record
+                // outlives the block (by the next recovery it could be another shard's).
                 let fresh = self.shard.fresh_table.load(Ordering::Relaxed);
                 let in_use = [it.old_table, self.shard.table.load(Ordering::Relaxed)]
                     .map(|d| desc_parts(d).0);
@@ -1672,10 +1673,16 @@ impl Ctx<'_> {
                 } else {
                     (fresh != 0 && !in_use.contains(&fresh)).then_some(fresh)
                 };
-                self.shard.fresh_table.store(0, Ordering::Relaxed);
                 self.set_intent(|it| it.new_table = 0);
-                if let Some(t) = new {
-                    let _ = self.map.region.free(t);
+                let word = (&self.shard.fresh_table as *const AtomicU64).cast();
+                let (shards, at) = self.shard_word(word);
+                match new {
+                    // A table the region does not recognise (only in a corrupt file) is
+                    // refused and left.
+                    Some(t) => {
+                        let _ = self.map.region.free_recorded(t, shards, at);
+                    }
+                    None => self.shard.fresh_table.store(0, Ordering::Relaxed),
                 }
             }
             (OP_REBUILD, 1) => {

@@ -408,8 +408,10 @@ impl<S: SlabSource> Arena<S> {
 
     /// How many blocks of its source the arena holds: its header, its class and slab tables
     /// (once it has them), and one per live slab. With a source that the arena does not
-    /// share, the source's live blocks minus this are the blocks a crash leaked (none, once
-    /// [`repair`](Arena::repair) has run, but for the window docs/concurrency.md names).
+    /// share, the source's live blocks minus this are the blocks a crash leaked: none once
+    /// [`repair`](Arena::repair) has run, with a source that makes
+    /// [`alloc_recorded`](SlabSource::alloc_recorded) and
+    /// [`free_recorded`](SlabSource::free_recorded) recoverable steps (a region does).
     ///
     /// Errors: [`Error::Corrupt`] if the slab table does not check out.
     ///
@@ -1489,11 +1491,10 @@ impl<S: SlabSource> Arena<S> {
     /// is ([`take_block`](Self::take_block)), and filled; the old block is recorded as
     /// being given back; the epoch moves on (every cache of the old table is dropped); the
     /// header's table offset (the commit point), then its capacity (a kill between the two
-    /// leaves the new table with the old capacity, which it holds); the record is cleared,
-    /// and the old block goes back to the source. A kill before the commit leaves the new
-    /// block to `repair`, after it the old one; only a kill between the record's clearing
-    /// and the source's free leaks the old block. (The record is cleared first because a
-    /// record of a block already given back could name, by then, another user's block.)
+    /// leaves the new table with the old capacity, which it holds); the new block's record
+    /// is cleared, and the old block goes back to the source with its record
+    /// ([`give_back`](Self::give_back)). A kill before the commit leaves the new block to
+    /// `repair`, after it the old one.
     #[cold]
     fn grow_table(
         &mut self,
@@ -1561,10 +1562,11 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// Crash order: the table grows if needed; the slab's block is allocated and recorded in
     /// the header's pending words as it is ([`take_block`](Self::take_block): a kill from
-    /// here to the commit leaves it to `repair`); a slot that is new is written whole (free: block 0),
-    /// then the slab count (it now exists, as a free slot); the slot's class, frontier 0 and
-    /// generations, then its block (the commit point: the slab is live, with no chunk handed
-    /// out). Lists and counters come after, derived.
+    /// here to the commit leaves it to `repair`); a slot that is new is written whole
+    /// (free: block 0), then the slab count (it now exists, as a free slot); the slot's
+    /// class, frontier 0 and generations, then its block (the commit point: the slab is
+    /// live, with no chunk handed out), then the record is cleared. Lists and counters come
+    /// after, derived.
     #[cold]
     fn add_slab(&mut self, class: u32, crec: *mut ClassRec) -> Result<u32, Error> {
         let ci = self.classes[class as usize];
