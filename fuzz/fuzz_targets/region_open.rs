@@ -1,7 +1,8 @@
 //! Mutates a valid region file (byte flips, word overwrites, truncation, optionally a
 //! resealed header checksum), then opens it (half the time with `open_torn`, followed by
-//! `recover`), runs `check`, and a few allocations and frees. Opening must give a typed
-//! error or a usable region; any panic or crash is a bug.
+//! `recover`), runs `check`, and a few allocations and frees (some through `alloc_into`
+//! and `free_recorded`, whose intent a mutated header may also hold). Opening must give a
+//! typed error or a usable region; any panic or crash is a bug.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -79,11 +80,20 @@ fuzz_target!(|data: &[u8]| {
         let _ = r.stats();
         let _ = r.roots();
         let mut live: Vec<Offset> = Vec::new();
+        // A record block for `alloc_into` and `free_recorded` (a word at 0 or 8 in it).
+        let record = r.alloc(16, 8).ok();
         for _ in 0..16 {
             let Some(op) = input.byte() else { break };
+            let into = record.filter(|_| op & 0x80 != 0);
+            let at = u64::from(op >> 6 & 1) * 8;
             if op & 1 == 0 || live.is_empty() {
                 let size = u64::from(input.u32().unwrap_or(64)) % (1 << 20);
-                if let Ok(o) = r.alloc(size, 1 << (op >> 1) % 13) {
+                let align = 1 << (op >> 1) % 13;
+                let got = match into {
+                    Some(rec) => r.alloc_into(size, align, rec, at, 0),
+                    None => r.alloc(size, align),
+                };
+                if let Ok(o) = got {
                     if let Ok(p) = r.ptr(o, size) {
                         // SAFETY: a live allocation of `size` bytes.
                         unsafe { p.as_ptr().write_bytes(op, size as usize) };
@@ -92,7 +102,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             } else {
                 let o = live.swap_remove(op as usize % live.len());
-                let _ = r.free(o);
+                let _ = match into {
+                    Some(rec) => r.free_recorded(o, rec, at),
+                    None => r.free(o),
+                };
             }
         }
         for name in ["first", "second"] {

@@ -370,6 +370,20 @@ fn recover_refuses_headers_that_do_not_tile() {
     assert!(matches!(r.recover(), Err(Error::Corrupt { .. })));
 }
 
+/// A free block whose size reaches past the address space (a hostile header, which the
+/// region fuzz target wrote) is `Corrupt` to `recover`, not an overflow: `recover` takes a
+/// free block that reaches past the region for a growth cut short, and its end was
+/// `b + size`, unchecked.
+#[test]
+fn recover_refuses_a_free_block_past_the_address_space() {
+    let r = Region::anonymous_with(&opts()).unwrap();
+    let a = r.alloc(100, 16).unwrap();
+    r.free(a).unwrap();
+    let last = r.hget(F_LAST_BLOCK);
+    r.wr(last + 8, !FLAG_MASK | FREE).unwrap();
+    assert!(matches!(r.recover(), Err(Error::Corrupt { .. })));
+}
+
 /// The mark of the record in `alloc_into`'s test.
 const MARK: u64 = 0xFD << 56;
 

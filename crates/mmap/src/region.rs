@@ -1954,8 +1954,11 @@ impl Region {
     /// Maps and publishes a growth that a dead process left half done: the block at `b`
     /// (`size` bytes) reaches past `end`, into the file that the growth lengthened.
     fn roll_forward(&self, b: u64, size: u64, end: u64) -> Result<(), Error> {
-        let new = b + size;
         let bad = corrupt(b, "block header out of range");
+        // The size is untrusted: a hostile one overflows.
+        let Some(new) = b.checked_add(size) else {
+            return Err(bad);
+        };
         if new % self.page != 0 || new > self.reserved {
             return Err(bad);
         }
