@@ -273,7 +273,11 @@ fuzz_target!(|input: Input| {
             for op in before.iter().take(128) {
                 blind_step(&mut a, &mut hs, op);
             }
-            a.check().unwrap();
+            // Blind ops may misuse references (more `dec_ref`s than a handle's share, which
+            // frees a chunk that another still links to); `check` reports that as `Corrupt`
+            // rather than passing, and the corruption below goes on from there either way.
+            // (The model mode is where valid use must keep `check` clean.)
+            let _ = a.check();
             let root = a.root();
             let src = a.into_source();
             let used = src.used().max(1);
