@@ -1051,10 +1051,10 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
     /// process killed between the allocation and the block's record as a segment or a
     /// directory block leaves it to `open`'s repair, which frees a live block so recorded
     /// that nothing names. (Before, a kill in that window leaked the block.) In a region the
-    /// record is the store after the allocation's own write, and `Region::recover` (which
-    /// runs before the table is opened again) stores the record of an allocation that a
-    /// kill left without one: no kill leaks the block, and a record names only a block
-    /// that was allocated for it.
+    /// record is the store after the allocation's own write, and `Region::recover` (which a
+    /// region that a kill left inside its allocator needs before anything allocates again:
+    /// a plain open refuses it) stores the record of an allocation that a kill left without
+    /// one: no kill leaks the block, and a record names only a block allocated for it.
     fn alloc_fresh(&mut self, size: usize, align: usize) -> Result<u64, Error> {
         use core::sync::atomic::{compiler_fence, Ordering::SeqCst};
         let hdr = self.hdr.as_ptr();
