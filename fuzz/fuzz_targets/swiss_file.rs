@@ -260,7 +260,10 @@ fn exercise(t: &mut T<'_>, input: &mut Input<'_>) {
             2 => {
                 if let Entry::Occupied(mut e) = t.entry(k) {
                     if k & 1 == 0 {
-                        *e.get_mut() += 1;
+                        // Values are `!k` (0 gives u64::MAX) or anything a mutated file
+                        // holds: wrapping, so that the harness's own arithmetic never panics.
+                        let v = e.get_mut();
+                        *v = v.wrapping_add(1);
                     } else {
                         black_box(e.remove_entry());
                     }
@@ -349,7 +352,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(region) = opened else { return };
     // No `region.check()` first: a program opens its table without one. The allocator's
     // O(1) checks (a free block's size against the next block's boundary tag, when it is
-    // handed out or merged) keep a corrupt free block from being carved over live segments.
+    // handed out or merged; every block whose free-list links it writes is free) keep a
+    // corrupt free list from writing into live segments.
     match T::open_in(&region, "t") {
         Ok(mut t) => {
             exercise(&mut t, &mut input);

@@ -679,3 +679,35 @@ fn recover_ignores_an_intent_that_does_not_check_out() {
     assert_eq!(r.rd(word).unwrap(), 0);
     r.check().unwrap();
 }
+
+/// A free list that links a live block, with link fields that agree (they lie in the live
+/// block's payload): the allocator refuses to write them (`Corrupt`) instead of changing the
+/// live block's bytes. The fuzz target `swiss_file` built such a file; the O(1) open let it
+/// through, and the next allocation wrote into a live segment.
+#[test]
+fn a_free_list_that_links_a_live_block_is_corrupt_not_written() {
+    let r = Region::anonymous_with(&opts()).unwrap();
+    let a = r.alloc(100, 16).unwrap();
+    let b = r.alloc(100, 16).unwrap();
+    let _c = r.alloc(100, 16).unwrap();
+    r.free(a).unwrap();
+    let (ab, bb) = (a.get() - BLOCK_HEADER, b.get() - BLOCK_HEADER);
+    // `a`'s free block links `b`'s block as its next; `b`'s payload says `a` is its prev.
+    r.wr(ab + NEXT, bb).unwrap();
+    r.wr(bb + PREV, ab).unwrap();
+    let before: Vec<u8> = (0..100)
+        // SAFETY: `b` is a live 100-byte allocation.
+        .map(|i| unsafe { r.ptr(b, 100).unwrap().as_ptr().add(i).read() })
+        .collect();
+    // Taking `a`'s block unlinks it, which would write `b`'s link fields.
+    assert!(matches!(r.alloc(100, 16), Err(Error::Corrupt { .. })));
+    let after: Vec<u8> = (0..100)
+        // SAFETY: as above.
+        .map(|i| unsafe { r.ptr(b, 100).unwrap().as_ptr().add(i).read() })
+        .collect();
+    assert_eq!(before, after, "a live block's bytes changed");
+    assert!(
+        r.check().is_err(),
+        "check passed a free list that links a live block"
+    );
+}
