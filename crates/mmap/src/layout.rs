@@ -74,6 +74,14 @@ pub(crate) const F_INTO_BLOCK: usize = 200;
 pub(crate) const F_INTO_TARGET: usize = 208;
 /// Bit of [`F_INTO_TARGET`]: the operation frees its target (else it allocates it).
 pub(crate) const INTO_FREEING: u64 = 1 << 63;
+/// What `open` and `check` say of a region whose [`F_INTO_WORD`] is set.
+pub(crate) const INTO_IN_FLIGHT: &str =
+    "a block's record is in flight (a process died inside alloc_into or free_recorded)";
+/// The bits an offset can use. No region is larger than the address space (2^47 bytes of
+/// user space on x86_64, 2^48 elsewhere), so no offset has a bit from 48 up, whatever
+/// process made it: bits 48 to 63 of a record word are the caller's mark (and
+/// [`INTO_FREEING`]'s bit in [`F_INTO_TARGET`]).
+pub(crate) const OFFSET_BITS: u64 = (1 << 48) - 1;
 pub(crate) const F_BITMAP: usize = 256;
 pub(crate) const F_ROOTS: usize = 512;
 pub(crate) const ROOT_SLOT_LEN: usize = ROOT_NAME_LEN + 8;
@@ -276,9 +284,7 @@ fn derived_fields_torn(h: &[u8], data: u64, size: u64) -> Option<&'static str> {
         return Some("block byte counts do not cover the region");
     }
     if rd_u64(h, F_INTO_WORD) != 0 {
-        return Some(
-            "a block's record is in flight (a process died inside alloc_into or free_recorded)",
-        );
+        return Some(INTO_IN_FLIGHT);
     }
     let max_blocks = (size - data) / MIN_BLOCK;
     let (allocs, free_blocks) = (rd_u64(h, F_ALLOCS), rd_u64(h, F_FREE_BLOCKS));

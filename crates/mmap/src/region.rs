@@ -1409,9 +1409,7 @@ impl Region {
         if at % 8 != 0 {
             return bad("the record's place is not a multiple of 8 bytes into its block");
         }
-        // No region is larger than the address space (2^47 bytes of user space on x86_64,
-        // 2^48 elsewhere), so no offset has a bit from 48 up, whatever process made it.
-        if mark & ((1 << 48) - 1) != 0 {
+        if mark & OFFSET_BITS != 0 {
             return bad("the mark has bits that an offset uses");
         }
         match self.allocation_size(record) {
@@ -1841,7 +1839,7 @@ impl Region {
         // when its header says so.
         let target = self.hget(F_INTO_TARGET);
         let live =
-            Offset::new(target & ((1 << 48) - 1)).is_some_and(|o| self.allocation_size(o).is_ok());
+            Offset::new(target & OFFSET_BITS).is_some_and(|o| self.allocation_size(o).is_ok());
         let made = live == (target & INTO_FREEING == 0);
         // The word must lie in the live block the caller named, as `alloc_into` checked:
         // a file is untrusted, and a word elsewhere (a block header) is not the record's.
@@ -1853,8 +1851,7 @@ impl Region {
         if stored {
             self.wr(word, value)?;
         }
-        compiler_fence(SeqCst);
-        self.hset(F_INTO_WORD, 0);
+        self.clear_intent();
         Ok(stored)
     }
 
@@ -2006,10 +2003,7 @@ impl Region {
     pub fn check(&self) -> Result<CheckReport, Error> {
         let end = self.sync_view()?;
         if self.hget(F_INTO_WORD) != 0 {
-            return Err(corrupt(
-                F_INTO_WORD as u64,
-                "a block's record is in flight (a process died inside alloc_into or free_recorded)",
-            ));
+            return Err(corrupt(F_INTO_WORD as u64, INTO_IN_FLIGHT));
         }
         let mut r = CheckReport {
             size: end,

@@ -1548,7 +1548,7 @@ impl Ctx<'_> {
         // The new table's offset goes into `fresh_table` as it is allocated, so that a kill
         // while its slots are cleared (O(cap) stores) or before the intent names it leaves
         // it to the recovery instead of leaking it.
-        let (shards, at) = self.shard_word((&self.shard.fresh_table as *const AtomicU64).cast());
+        let (shards, at) = self.fresh_table_word();
         let t = region.alloc_into(cap * SLOT, 64, shards, at)?;
         let t = init_table(region, t, cap)?;
         let desc = table_desc(t, cap);
@@ -1589,6 +1589,11 @@ impl Ctx<'_> {
         let region = &self.map.region;
         let shards = region.offset_of(self.map.shards.cast());
         (shards, region.offset_of(p) - shards)
+    }
+
+    /// The record place of the shard's `fresh_table` word (see [`shard_word`](Self::shard_word)).
+    fn fresh_table_word(&self) -> (u64, u64) {
+        self.shard_word((&self.shard.fresh_table as *const AtomicU64).cast())
     }
 
     /// Frees a rebuild's old table (`desc`) with its record in the intent, `old_table`,
@@ -1674,8 +1679,7 @@ impl Ctx<'_> {
                     (fresh != 0 && !in_use.contains(&fresh)).then_some(fresh)
                 };
                 self.set_intent(|it| it.new_table = 0);
-                let word = (&self.shard.fresh_table as *const AtomicU64).cast();
-                let (shards, at) = self.shard_word(word);
+                let (shards, at) = self.fresh_table_word();
                 match new {
                     // A table the region does not recognise (only in a corrupt file) is
                     // refused and left.
