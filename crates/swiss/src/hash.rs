@@ -6,7 +6,7 @@
 //!
 //! | bits of `h` | use |
 //! |---|---|
-//! | `0..20`  | the byte position of the first group probed inside a segment, `h & pmask` with `pmask = (groups - 1) * 16`: the group is bits `4..20` (a segment has at most 2^16 groups), bits `0..4` are masked off; in a table of 256 MiB and more, bits `0..2` choose the key's preferred quarter of its group, where an insert puts it when the quarter has room and whose slots a lookup prefetches ([`GROUP_BITS`]) |
+//! | `0..20`  | the byte position of the first group probed inside a segment, `h & pmask` with `pmask = (groups - 1) * 16`: the group is bits `4..20` (a segment has at most 2^16 groups), bits `0..4` are masked off; in a table of 256 MiB and more, bits `2..4` choose the key's preferred quarter of its group, where an insert puts it when the quarter has room and whose slots a lookup prefetches ([`GROUP_BITS`]) |
 //! | `20..33` | **never used by the table**: free for a caller, e.g. to choose a shard ([`FREE_BITS`]) |
 //! | `33..57` | the directory index: the top `global_depth` bits of this range (`global_depth <= 24`) ([`DIR_BITS`]) |
 //! | `57..64` | the 7-bit tag stored in the control byte ([`TAG_BITS`]) |
@@ -23,7 +23,7 @@ use core::ops::Range;
 /// Hash bits holding the tag: the top 7.
 pub const TAG_BITS: Range<u32> = 57..64;
 /// Hash bits from which the first probed group's byte position is taken (the group index is
-/// bits `4..20`; in a large table, bits `0..2` choose the key's preferred quarter of the
+/// bits `4..20`; in a large table, bits `2..4` choose the key's preferred quarter of the
 /// group).
 pub const GROUP_BITS: Range<u32> = 0..20;
 /// Hash bits the table never reads (free for a caller's shard choice).

@@ -470,8 +470,13 @@ impl<K, V> SegRef<K, V> {
     /// (docs/swiss-log.md, "Warming the slots' page" and "Each key's quarter of its group").
     #[inline(always)]
     pub(crate) fn warm_slots(&self, h: u64) {
-        // SAFETY: `start(h) + 12 < capacity` (`start` is a group's first slot; a group has 16).
-        prefetch(unsafe { self.slot(self.start(h) + quarter_start(h) as usize) }.cast());
+        // `start(h) + quarter_start(h)` in one mask: `pmask` has no bit below 4, and the
+        // quarter is bits 2..4 of `h` (two instructions fewer than the sum).
+        let i = h as usize & (self.pmask | QUARTER_MASK as usize);
+        debug_assert_eq!(i, self.start(h) + quarter_start(h) as usize);
+        // SAFETY: `i = start(h) + 4q < capacity` (`start` is a group's first slot; q < 4, and
+        // a group has 16).
+        prefetch(unsafe { self.slot(i) }.cast());
     }
     /// # Safety
     /// `pos` must be a group's first byte: a multiple of 16, at most `pmask`.
@@ -652,9 +657,9 @@ pub(crate) fn probe<K: Pod, V, const QUARTERS: bool>(seg: &SegRef<K, V>, h: u64,
 
 /// The free slot (of those in `free`, a group's) that an insert or a move of a key of hash
 /// `h` takes. In a table that warms (`QUARTERS`, from [`WARM_BYTES`] up): the first free slot
-/// at or after slot `4 * (h & 3)`, wrapping around the group. So each key has a preferred
+/// at or after slot `h & 12`, wrapping around the group. So each key has a preferred
 /// quarter of its group (slots `4q..4q + 4`, one cache line of 16-byte slots), chosen by hash
-/// bits `0..2`, which nothing else uses; inserts and moves put it there when the quarter has
+/// bits `2..4`, which nothing else uses; inserts and moves put it there when the quarter has
 /// room, and lookups prefetch that quarter's line ([`SegRef::warm_slots`]), so most hits
 /// find their slot's line on its way in (with the lowest free slot, only the keys in slots
 /// 0-3 did). Elsewhere the lowest free slot: a table of about L3's size was faster with its
@@ -675,10 +680,15 @@ fn pick_free<const QUARTERS: bool>(free: BitMask, h: u64) -> Option<usize> {
     }
 }
 
-/// The first slot of `h`'s preferred quarter of a group (see [`pick_free`]).
+/// Hash bits `2..4`: four times the index of a key's preferred quarter of its group.
+const QUARTER_MASK: u32 = 0b1100;
+
+/// The first slot of `h`'s preferred quarter of a group (see [`pick_free`]): hash bits
+/// `2..4`, which `start` masks off, taken as they lie (`4 * q` for quarter `q`, one
+/// instruction).
 #[inline(always)]
 fn quarter_start(h: u64) -> u32 {
-    (h as u32 & 3) * 4
+    h as u32 & QUARTER_MASK
 }
 
 /// The first free slot on `h`'s probe sequence.
@@ -3022,7 +3032,7 @@ mod tests {
             for k in 0..n {
                 let h = t.hash(&k);
                 let (_, i) = t.find(h, &k).expect("present");
-                inq += usize::from((i % GROUP_WIDTH) / 4 == (h & 3) as usize);
+                inq += usize::from((i % GROUP_WIDTH) / 4 == quarter_start(h) as usize / 4);
             }
             let packed = t.dir.iter().all(|seg| {
                 (0..=seg.mask()).all(|g| {
