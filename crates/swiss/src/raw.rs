@@ -16,13 +16,17 @@ use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 /// Test-only simulation of a process killed inside the table: after `STEPS_LEFT` more
 /// steps (each a write that a kill could fall after), the thread unwinds with [`Killed`]
-/// (through `resume_unwind`, which runs no panic hook), leaving the memory as it is; a test
-/// that holds the table in a `ManuallyDrop` then reopens what a dead process left.
+/// (through `resume_unwind`, which runs no panic hook), leaving the memory as it is; the
+/// test then reopens what a dead process left. A real kill runs no destructor, so from the
+/// kill until [`revive`](kill::revive) a table dropped on the way out (one the test holds, or
+/// one a library function was building, such as `create_in`'s) does nothing
+/// ([`dying`](kill::dying)).
 #[cfg(test)]
 pub(crate) mod kill {
     use core::cell::Cell;
     std::thread_local! {
         pub(crate) static STEPS_LEFT: Cell<u64> = const { Cell::new(u64::MAX) };
+        static DYING: Cell<bool> = const { Cell::new(false) };
     }
     /// The unwind payload of a simulated kill.
     pub(crate) struct Killed;
@@ -32,10 +36,24 @@ pub(crate) mod kill {
             u64::MAX => {}
             0 => {
                 s.set(u64::MAX);
+                DYING.with(|d| d.set(true));
                 std::panic::resume_unwind(Box::new(Killed));
             }
             n => s.set(n - 1),
         });
+    }
+    /// Kills the thread after `k` more steps.
+    pub(crate) fn arm(k: u64) {
+        STEPS_LEFT.with(|s| s.set(k));
+    }
+    /// Ends a simulation: no kill pending, and tables drop as usual again.
+    pub(crate) fn revive() {
+        STEPS_LEFT.with(|s| s.set(u64::MAX));
+        DYING.with(|d| d.set(false));
+    }
+    /// Whether a simulated kill is unwinding this thread (destructors do nothing then).
+    pub(crate) fn dying() -> bool {
+        DYING.with(Cell::get)
     }
 }
 

@@ -211,12 +211,24 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         if mem.root(name).is_some() {
             return Err(Error::RootExists(name.to_owned()));
         }
-        let mut t = Self::with_options_in(opts, mem)?;
+        let capacity = opts.capacity;
+        let mut t = Self::with_options_in(opts.capacity(0), mem)?;
         // Claimed before it is named, so that no other open can take it in between. On
         // failure `t` has no root name, so dropping it frees its blocks.
         t.raw.claim_new()?;
         t.raw.mem.set_root(name, Some(t.raw.header_handle()))?;
         t.raw.root = Some(name.to_owned());
+        // The room after the name: the reserve's splits record every block they take in the
+        // header, so a process killed in the middle leaves a table that `open_in` repairs.
+        // Reserved before the name, a kill there left every segment allocated so far
+        // unreachable (a whole table's worth, for a large capacity).
+        if capacity > 0 {
+            if let Err(e) = t.raw.reserve_total(capacity) {
+                // Failed, not killed: the table goes, name and blocks, as if never created.
+                let _ = t.destroy();
+                return Err(e);
+            }
+        }
         Ok(t)
     }
 
@@ -747,6 +759,11 @@ fn grow_failed(e: Error) -> ! {
 
 impl<K, V, M: TableMemory, H> Drop for SwissTable<K, V, M, H> {
     fn drop(&mut self) {
+        // A simulated kill (tests) unwinds through here: a real one runs no destructor.
+        #[cfg(test)]
+        if crate::raw::kill::dying() {
+            return;
+        }
         // A table without a root name is unreachable once dropped: give its blocks back.
         // A named (persistent) table stays in its memory for `open_in`, its header's length
         // brought up to date (for tools that read it; `open_in` sums the segments') and marked
@@ -883,6 +900,11 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for Drain<
 
 impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Drop for Drain<'_, K, V, M, H> {
     fn drop(&mut self) {
+        // As in the table's `Drop`: a simulated kill (tests) runs no destructor.
+        #[cfg(test)]
+        if crate::raw::kill::dying() {
+            return;
+        }
         self.table.clear();
     }
 }

@@ -820,3 +820,27 @@ fn inserts_before_a_split_ask_the_memory_to_prefault() {
     }
     assert_eq!(mem.asked.get(), asked);
 }
+
+/// `create_in` names a table before it reserves the room asked for (so that a kill in the
+/// reserve leaves a table to repair, not unreachable blocks). When the reserve fails, the
+/// name and every block go again: the error, and the region as it was.
+#[test]
+fn create_in_whose_reserve_fails_leaves_no_name_and_no_block() {
+    // Small under miri, where each segment's allocation is slow (4 MiB took 200 s).
+    let max = if cfg!(miri) { 256 << 10 } else { 4 << 20 };
+    let region = Region::anonymous_with(&RegionOptions::new().max_size(max)).unwrap();
+    let opts = TableOptions::new().segment_slots(64).capacity(1 << 20);
+    let err = SwissTable::<u64, u64, &Region>::create_in_with(&region, "t", opts).unwrap_err();
+    assert!(matches!(err, Error::Alloc { .. }), "{err}");
+    assert_eq!(region.root("t"), None);
+    assert_eq!(region.stats().allocations, 0);
+    region.check().unwrap();
+    // The name is free, and a table that fits is created under it.
+    let opts = TableOptions::new().segment_slots(64).capacity(1000);
+    let mut t = SwissTable::<u64, u64, &Region>::create_in_with(&region, "t", opts).unwrap();
+    assert!(t.capacity() >= 1000);
+    t.insert(1, 2);
+    drop(t);
+    let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
+    assert_eq!(t.get(&1), Some(&2));
+}
