@@ -1371,6 +1371,15 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         if gd > MAX_DEPTH {
             return Err(Error::Corrupt("directory depth out of range"));
         }
+        // Every structural change and value replacement clears the pending words it set
+        // before it returns, so a table closed cleanly has none set. One that does is a
+        // corrupt header, not work left half done: without the repair, which only a table
+        // left open gets, a set word would stay, and changes would find no free one.
+        if !repair && h.pending != [0; 3] {
+            return Err(Error::Corrupt(
+                "pending words set in a table closed cleanly",
+            ));
+        }
         let n = 1usize << gd;
         let dir_ptr = mem
             .ptr(dir_handle, (n * 8) as u64)
