@@ -44,6 +44,6 @@ pub use hash::{
 };
 pub use memory::{default_region_options, AllocRecord, DefaultMemory, Heap, TableMemory};
 pub use table::{
-    Drain, Entry, Iter, IterMut, OccupiedEntry, RepairReport, SwissTable, TableOptions, TableStats,
-    VacantEntry, DEFAULT_SEGMENT_SLOTS,
+    Drain, Entry, IntoIter, IntoKeys, IntoValues, Iter, IterMut, OccupiedEntry, RepairReport,
+    SwissTable, TableOptions, TableStats, VacantEntry, DEFAULT_SEGMENT_SLOTS,
 };

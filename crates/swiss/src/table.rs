@@ -829,6 +829,144 @@ impl<K: Pod, V: Pod> FromIterator<(K, V)> for SwissTable<K, V> {
     }
 }
 
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> core::ops::Index<&K>
+    for SwissTable<K, V, M, H>
+{
+    type Output = V;
+
+    /// The value of `key`, as `std`'s maps index.
+    ///
+    /// # Panics
+    /// If `key` is not in the table ([`get`](SwissTable::get) returns `None` instead).
+    ///
+    /// ```
+    /// use offheap_swiss::SwissTable;
+    /// let t: SwissTable<u64, u64> = [(1, 10)].into_iter().collect();
+    /// assert_eq!(t[&1], 10);
+    /// ```
+    fn index(&self, key: &K) -> &V {
+        self.get(key)
+            .expect("offheap-swiss: the key is not in the table")
+    }
+}
+
+/// A copy of the table in a fresh anonymous region: the same entries, seed (so the same
+/// layout of hashes) and segment size, with room for its length. O(len).
+///
+/// # Panics
+/// If the new region cannot be created or cannot hold the entries, as
+/// [`with_capacity`](SwissTable::with_capacity).
+///
+/// ```
+/// use offheap_swiss::SwissTable;
+/// let a: SwissTable<u64, u64> = (0..100).map(|i| (i, i * 2)).collect();
+/// let mut b = a.clone();
+/// b.insert(1, 0);
+/// assert_eq!((a[&1], b[&1], b.len()), (2, 0, 100));
+/// assert_eq!(a.seed(), b.seed());
+/// ```
+impl<K: Pod, V: Pod> Clone for SwissTable<K, V> {
+    fn clone(&self) -> Self {
+        let mem = crate::memory::default_memory()
+            .expect("offheap-swiss: cannot create the table's memory");
+        let opts = TableOptions::new()
+            .seed(self.seed())
+            .segment_slots(self.raw.max_groups * GROUP_WIDTH)
+            .capacity(self.len());
+        let mut t =
+            Self::with_options_in(opts, mem).expect("offheap-swiss: cannot reserve capacity");
+        for (k, v) in self {
+            t.insert(*k, *v);
+        }
+        t
+    }
+}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> IntoIterator for SwissTable<K, V, M, H> {
+    type Item = (K, V);
+    type IntoIter = IntoIter<K, V, M, H>;
+
+    /// Every pair, by value, in no particular order; the table is dropped after (as by
+    /// `drop`: a table with a root name stays in its memory, whole).
+    ///
+    /// ```
+    /// use offheap_swiss::SwissTable;
+    /// let t: SwissTable<u32, u32> = (0..3).map(|i| (i, i + 10)).collect();
+    /// let mut pairs: Vec<(u32, u32)> = t.into_iter().collect();
+    /// pairs.sort();
+    /// assert_eq!(pairs, [(0, 10), (1, 11), (2, 12)]);
+    /// ```
+    fn into_iter(self) -> IntoIter<K, V, M, H> {
+        IntoIter {
+            left: self.len(),
+            table: self,
+            pos: (0, 0),
+        }
+    }
+}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
+    /// Every key, by value, consuming the table (see [`into_iter`](Self::into_iter)).
+    pub fn into_keys(self) -> IntoKeys<K, V, M, H> {
+        IntoKeys(self.into_iter())
+    }
+
+    /// Every value, by value, consuming the table (see [`into_iter`](Self::into_iter)).
+    pub fn into_values(self) -> IntoValues<K, V, M, H> {
+        IntoValues(self.into_iter())
+    }
+}
+
+/// Owning iterator over `(K, V)`; see [`SwissTable::into_iter`].
+pub struct IntoIter<K: Pod, V: Pod, M: TableMemory, H: SeededHash> {
+    table: SwissTable<K, V, M, H>,
+    pos: (usize, usize),
+    left: usize,
+}
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for IntoIter<K, V, M, H> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        let (seg, i) = self.table.raw.next_full(&mut self.pos)?;
+        self.left = self.left.saturating_sub(1);
+        // SAFETY: a full slot of the table this iterator owns; copied out (Pod).
+        let s = unsafe { &*seg.slot(i) };
+        Some((s.key, s.value))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for IntoIter<K, V, M, H> {}
+
+/// Owning iterator over the keys; see [`SwissTable::into_keys`].
+pub struct IntoKeys<K: Pod, V: Pod, M: TableMemory, H: SeededHash>(IntoIter<K, V, M, H>);
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for IntoKeys<K, V, M, H> {
+    type Item = K;
+    fn next(&mut self) -> Option<K> {
+        self.0.next().map(|(k, _)| k)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for IntoKeys<K, V, M, H> {}
+
+/// Owning iterator over the values; see [`SwissTable::into_values`].
+pub struct IntoValues<K: Pod, V: Pod, M: TableMemory, H: SeededHash>(IntoIter<K, V, M, H>);
+
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Iterator for IntoValues<K, V, M, H> {
+    type Item = V;
+    fn next(&mut self) -> Option<V> {
+        self.0.next().map(|(_, v)| v)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> ExactSizeIterator for IntoValues<K, V, M, H> {}
+
 /// Iterator over `(&K, &V)`.
 pub struct Iter<'a, K, V, M: TableMemory, H> {
     table: &'a SwissTable<K, V, M, H>,

@@ -226,3 +226,81 @@ proptest! {
         run_file(ops, 32);
     }
 }
+
+/// Sorted pairs of a std map.
+fn sorted(m: &HashMap<u32, u64>) -> Vec<(u32, u64)> {
+    let mut v: Vec<(u32, u64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// `Clone`, `Index` and the owning iterators (`into_iter`, `into_keys`, `into_values`) of a
+/// table in its default memory, against std: `writes` (key, `Some(value)` to insert, `None`
+/// to remove) run on both; the table is cloned after the first `cut` of them, and the rest
+/// run on the original only, so the clone must keep the state it was cloned in.
+fn clone_index_and_owning_iterators(writes: Vec<(u32, Option<u64>)>, cut: usize) {
+    let mut t: SwissTable<u32, u64> = SwissTable::with_options_in(
+        TableOptions::new().segment_slots(16).seed(11),
+        offheap_swiss::DefaultMemory::anonymous_with(&offheap_swiss::default_region_options())
+            .unwrap(),
+    )
+    .unwrap();
+    let mut m = HashMap::new();
+    let apply =
+        |t: &mut SwissTable<u32, u64>, m: &mut HashMap<u32, u64>, w: (u32, Option<u64>)| match w {
+            (k, Some(v)) => assert_eq!(t.insert(k, v), m.insert(k, v)),
+            (k, None) => assert_eq!(t.remove(&k), m.remove(&k)),
+        };
+    let cut = cut.min(writes.len());
+    for &w in &writes[..cut] {
+        apply(&mut t, &mut m, w);
+    }
+    let c = t.clone();
+    let snapshot = m.clone();
+    assert_eq!((c.seed(), c.len()), (t.seed(), m.len()));
+    assert_eq!(c.stats().tombstones, 0, "a clone is built fresh");
+    for &w in &writes[cut..] {
+        apply(&mut t, &mut m, w);
+    }
+    for (k, v) in &m {
+        assert_eq!(t[k], *v);
+    }
+    for (k, v) in &snapshot {
+        assert_eq!(c[k], *v);
+    }
+    let mut got: Vec<(u32, u64)> = c.into_iter().collect();
+    got.sort_unstable();
+    assert_eq!(got, sorted(&snapshot));
+    let it = t.clone().into_iter();
+    assert_eq!(it.len(), m.len());
+    let mut keys: Vec<u32> = t.clone().into_keys().collect();
+    let mut values: Vec<u64> = t.into_values().collect();
+    keys.sort_unstable();
+    values.sort_unstable();
+    let (mut mk, mut mv): (Vec<u32>, Vec<u64>) = m.into_iter().unzip();
+    mk.sort_unstable();
+    mv.sort_unstable();
+    assert_eq!((keys, values), (mk, mv));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 64 }, ..ProptestConfig::default() })]
+
+    #[test]
+    fn clone_index_and_owning_iterators_agree_with_std(
+        writes in proptest::collection::vec(
+            (0..500u32, proptest::option::weighted(0.7, any::<u64>())),
+            0..if cfg!(miri) { 40 } else { 600 },
+        ),
+        cut in 0..600usize,
+    ) {
+        clone_index_and_owning_iterators(writes, cut);
+    }
+}
+
+#[test]
+#[should_panic(expected = "not in the table")]
+fn index_of_an_absent_key_panics_as_std_does() {
+    let t: SwissTable<u32, u64> = [(1, 2)].into_iter().collect();
+    let _ = t[&3];
+}
