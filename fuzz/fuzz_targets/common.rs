@@ -1,5 +1,7 @@
 //! Helpers shared by the fuzz targets that mutate a valid file image (included with
-//! `#[path = "common.rs"] mod common;`, not a target of its own).
+//! `#[path = "common.rs"] mod common;`, not a target of its own). A target that mutates in
+//! its own way uses some of them, so the unused ones are allowed.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -70,4 +72,30 @@ pub fn take_file(path: &std::path::Path) -> Vec<u8> {
     let bytes = std::fs::read(path).expect("read the seed file");
     let _ = std::fs::remove_file(path);
     bytes
+}
+
+/// Mutates `img` as the input says, until a separator byte or the end of the input: bit
+/// flips and aligned word overwrites anywhere, and truncation.
+pub fn mutate_anywhere(img: &mut Vec<u8>, input: &mut Input<'_>) {
+    while let Some(kind) = input.byte() {
+        let more = match kind % 6 {
+            0 | 1 => flip(img, input),
+            2 | 3 => overwrite_word(img, input, None),
+            4 => truncate(img, input),
+            _ => None,
+        };
+        if more.is_none() {
+            break;
+        }
+    }
+}
+
+/// Writes `img` to the scratch file `what`, opens it with `open` and unlinks the file (a
+/// mapping keeps it alive; nothing is left behind).
+pub fn open_image<T>(img: &[u8], what: &str, open: impl FnOnce(&std::path::Path) -> T) -> T {
+    let path = scratch_path(what);
+    std::fs::write(&path, img).unwrap();
+    let opened = open(&path);
+    let _ = std::fs::remove_file(&path);
+    opened
 }

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{flip, overwrite_word, scratch_path, truncate, Input};
+use common::{flip, open_image, overwrite_word, scratch_path, truncate, Input};
 use offheap_mmap::{Offset, Region, RegionOptions};
 use std::sync::OnceLock;
 
@@ -63,15 +63,11 @@ fuzz_target!(|data: &[u8]| {
     if reseal {
         offheap_mmap::__fuzz::reseal(&mut img);
     }
-    let path = scratch_path("case.region");
-    std::fs::write(&path, &img).unwrap();
     // Half the cases accept torn allocator bookkeeping and run `recover` on whatever the
     // mutations left (the path a SharedMap takes over a file nobody repaired).
     let torn = input.byte().is_some_and(|b| b & 1 == 1);
     let opts = RegionOptions::new().max_size(256 << 20).open_torn(torn);
-    let opened = Region::open_with(&path, &opts);
-    // The mapping keeps the file alive; unlinking now leaves nothing behind.
-    let _ = std::fs::remove_file(&path);
+    let opened = open_image(&img, "case.region", |p| Region::open_with(p, &opts));
     if let Ok(r) = opened {
         if torn {
             let _ = r.recover();

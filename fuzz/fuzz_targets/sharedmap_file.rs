@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{flip, overwrite_word, scratch_path, truncate, Input};
+use common::{mutate_anywhere, open_image, scratch_path, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{SharedMap, SharedMapOptions};
 use std::sync::OnceLock;
@@ -56,22 +56,8 @@ fuzz_target!(|data: &[u8]| {
     let mut img = valid_image().to_vec();
     let mut input = Input(data);
     // Mutations until a separator byte or the end of the input.
-    while let Some(kind) = input.byte() {
-        let more = match kind % 6 {
-            0 | 1 => flip(&mut img, &mut input),
-            2 | 3 => overwrite_word(&mut img, &mut input, None),
-            4 => truncate(&mut img, &mut input),
-            _ => None,
-        };
-        if more.is_none() {
-            break;
-        }
-    }
-    let path = scratch_path("case.map");
-    std::fs::write(&path, &img).unwrap();
-    let opened = SharedMap::open(&path);
-    // The mapping keeps the file alive; unlinking now leaves nothing behind.
-    let _ = std::fs::remove_file(&path);
+    mutate_anywhere(&mut img, &mut input);
+    let opened = open_image(&img, "case.map", |p| SharedMap::open(p));
     let Ok(m) = opened else { return };
     let _ = m.check();
     let _ = m.len();

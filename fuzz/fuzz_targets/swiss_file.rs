@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{flip, overwrite_word, scratch_path, truncate, Input};
+use common::{flip, open_image, overwrite_word, scratch_path, truncate, Input};
 use offheap_mmap::{Region, RegionOptions};
 use offheap_swiss::{Entry, SwissTable, TableOptions};
 use std::hint::black_box;
@@ -344,11 +344,8 @@ fuzz_target!(|data: &[u8]| {
     if reseal_region {
         offheap_mmap::__fuzz::reseal(&mut img);
     }
-    let path = scratch_path("case.swiss");
-    std::fs::write(&path, &img).unwrap();
-    let opened = Region::open_with(&path, &RegionOptions::new().max_size(256 << 20));
-    // The mapping keeps the file alive; unlinking now leaves nothing behind.
-    let _ = std::fs::remove_file(&path);
+    let opts = RegionOptions::new().max_size(256 << 20);
+    let opened = open_image(&img, "case.swiss", |p| Region::open_with(p, &opts));
     let Ok(region) = opened else { return };
     // No `region.check()` first: a program opens its table without one. The allocator's
     // O(1) checks (a free block's size against the next block's boundary tag, when it is
