@@ -854,3 +854,31 @@ fn create_in_whose_reserve_fails_leaves_no_name_and_no_block() {
     let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
     assert_eq!(t.get(&1), Some(&2));
 }
+
+/// Consuming iteration of a named table yields its pairs by value and then drops the handle
+/// as `drop` does: the table stays in its region, closed cleanly, every entry there.
+#[test]
+fn into_iter_of_a_named_table_leaves_it_in_its_region() {
+    let region = Region::anonymous().unwrap();
+    let mut t = SwissTable::<u64, u64, &Region>::create_in(&region, "t").unwrap();
+    t.extend((0..500).map(|i| (i, i * 3)));
+    let mut pairs: Vec<(u64, u64)> = t.into_iter().collect();
+    pairs.sort_unstable();
+    assert_eq!(pairs, (0..500).map(|i| (i, i * 3)).collect::<Vec<_>>());
+    let t = SwissTable::<u64, u64, &Region>::open_in(&region, "t").unwrap();
+    assert_eq!(t.repair_report(), None, "closed cleanly");
+    assert_eq!(t.len(), 500);
+    let mut keys: Vec<u64> = t.into_keys().collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (0..500).collect::<Vec<_>>());
+    // An unnamed table's blocks go back when its owning iterator is dropped half way.
+    let before = region.stats().allocations;
+    let mut u = SwissTable::<u64, u64, &Region>::new_in(&region);
+    u.extend((0..500).map(|i| (i, i)));
+    let mut it = u.into_values();
+    assert_eq!(it.len(), 500);
+    it.next();
+    assert_eq!(it.len(), 499);
+    drop(it);
+    assert_eq!(region.stats().allocations, before);
+}
