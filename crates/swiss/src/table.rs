@@ -406,8 +406,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// they write in place.
     ///
     /// # Panics
-    /// If the memory cannot supply a segment the table must grow into (see
-    /// [`try_insert`](Self::try_insert)).
+    /// If the table must grow and cannot (see [`try_insert`](Self::try_insert)): the memory
+    /// cannot supply a segment, or a move found its new segment's memory taken, which
+    /// only memory changed behind the table's back can cause (`Error::Corrupt`).
     #[inline]
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         // Not through `try_insert`: an `Option<V>` comes back in registers, a
@@ -446,7 +447,9 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     }
 
     /// Inserts `key -> value`, returning the previous value, or an error if the table had to
-    /// grow and could not (the table is unchanged then).
+    /// grow and could not (the table is unchanged then): the memory could not supply a
+    /// segment, or (`Error::Corrupt`) a move found its new segment's memory taken, as by a
+    /// corrupt allocator that handed out a block still in use.
     #[inline]
     pub fn try_insert(&mut self, key: K, value: V) -> Result<Option<V>, Error> {
         let h = self.raw.hash(&key);
@@ -754,7 +757,7 @@ const ABSENT: usize = usize::MAX;
 #[cold]
 #[inline(never)]
 fn grow_failed(e: Error) -> ! {
-    panic!("offheap-swiss: out of memory while growing: {e}")
+    panic!("offheap-swiss: the table cannot grow: {e}")
 }
 
 impl<K, V, M: TableMemory, H> Drop for SwissTable<K, V, M, H> {
@@ -1208,13 +1211,12 @@ impl<'a, K: Pod, V: Pod, M: TableMemory, H: SeededHash> VacantEntry<'a, K, V, M,
     /// Inserts `value`, returning a reference to it.
     ///
     /// # Panics
-    /// If the table must grow and its memory cannot supply a segment.
+    /// If the table must grow and cannot, as [`SwissTable::insert`].
     pub fn insert(self, value: V) -> &'a mut V {
-        let (s, existed) = self
-            .table
-            .raw
-            .find_or_insert(self.h, self.key, value)
-            .expect("offheap-swiss: out of memory while growing");
+        let (s, existed) = match self.table.raw.find_or_insert(self.h, self.key, value) {
+            Ok(x) => x,
+            Err(e) => grow_failed(e),
+        };
         // SAFETY: a full slot of the table borrowed mutably for 'a, as `find_or_insert`
         // returned it; `put` writes the value where `find_or_insert` did not (a new entry is
         // written whole), so it is written before the reference is made.
