@@ -67,6 +67,16 @@ fn start_time(pid: u32) -> Option<u32> {
 /// such process, or the pid now belongs to a process that started at another time. An id
 /// that no process can have (pid 0, or above `i32::MAX`: a corrupt or foreign file) is dead.
 /// A process that has exited but not been reaped (a zombie) still counts as alive.
+///
+/// An id without a start time (its low half 0) is what a process records where it cannot
+/// read `/proc`. Where this process can read the start time of the pid it names, the id is
+/// not that process's, and it is dead: a live process there records its start time (the
+/// users that keep data across processes take their id from [`checked_owner_id`], which
+/// fails rather than record none). Before, such an id counted as alive whenever its pid
+/// was: a corrupt file whose lock word named a live pid (a daemon's, with no start time)
+/// made every process that opened it wait for that lock forever (found by the fuzz target
+/// `sharedmap_file`). Where start times cannot be read at all (no `/proc`, miri), every id
+/// of a live pid is alive.
 pub fn owner_is_dead(id: u64) -> bool {
     let pid = (id >> 32) as u32;
     if pid == 0 || pid > i32::MAX as u32 {
@@ -74,11 +84,12 @@ pub fn owner_is_dead(id: u64) -> bool {
         // word was written by no live process (a corrupt or foreign file).
         return true;
     }
+    let recorded = id as u32;
     if pid == std::process::id() {
         // Another thread of this process, unless the word was recorded by an earlier process
         // that had our pid (a file that outlived a reboot): then the start times differ.
         let mine = owner_id() as u32;
-        return mine != 0 && (id as u32) != 0 && (id as u32) != mine;
+        return mine != 0 && recorded != mine;
     }
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
@@ -86,9 +97,29 @@ pub fn owner_is_dead(id: u64) -> bool {
         return true;
     }
     match start_time(pid) {
-        Some(t) => (id as u32) != 0 && t != id as u32,
+        Some(t) => t != recorded,
         None => false,
     }
+}
+
+/// [`owner_id`], or an error where the start time cannot be read although `/proc` is there
+/// (a transient failure, such as no file descriptor left): an id without a start time would
+/// be taken for a dead process's by the others ([`owner_is_dead`]). Where there is no
+/// `/proc` (and under miri) it is `owner_id()`, without a start time.
+///
+/// ```
+/// use offheap_mmap::process::{checked_owner_id, owner_id};
+/// assert_eq!(checked_owner_id()?, owner_id());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn checked_owner_id() -> std::io::Result<u64> {
+    let id = owner_id();
+    if id as u32 != 0 || cfg!(miri) || !std::path::Path::new("/proc/self/stat").exists() {
+        return Ok(id);
+    }
+    Err(std::io::Error::other(
+        "cannot read this process's start time from /proc/self/stat",
+    ))
 }
 
 #[cfg(test)]
@@ -116,6 +147,22 @@ mod tests {
         OWNER_ID.store(u64::from(pid ^ 1) << 32 | 5, Relaxed);
         assert_eq!(owner_id(), fresh);
         assert_eq!(OWNER_ID.load(Relaxed), fresh);
+    }
+
+    /// A lock word in a corrupt file that names a live process without a start time is not
+    /// that process's (it records one): dead, so that a waiter takes the lock over instead
+    /// of waiting forever. Our own pid, and pid 1 (always alive), both ways.
+    #[test]
+    #[cfg_attr(miri, ignore)] // no /proc under miri: every id of a live pid is alive there
+    fn an_id_without_a_start_time_is_dead_where_start_times_can_be_read() {
+        let me = owner_id();
+        assert!(owner_is_dead(me & !0xFFFF_FFFF));
+        assert!(!owner_is_dead(me));
+        if let Some(init) = start_time(1) {
+            assert!(owner_is_dead(1 << 32));
+            assert!(!owner_is_dead(1 << 32 | u64::from(init)));
+        }
+        assert_eq!(checked_owner_id().unwrap(), me);
     }
 
     #[test]

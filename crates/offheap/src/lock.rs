@@ -257,7 +257,45 @@ pub(crate) fn thread_hint() -> usize {
     HINT.with(|h| *h)
 }
 
-pub(crate) use offheap_mmap::process::{owner_id as my_owner_id, owner_is_dead};
+pub(crate) use offheap_mmap::process::{checked_owner_id, owner_is_dead};
+
+/// The real liveness predicate with the real words: a lock word of a corrupt file that names
+/// a live process without a start time (pid 1, always alive) is taken over, not waited for
+/// forever (the fuzz target `sharedmap_file` hung in `SharedMap::check` on such a file).
+#[cfg(all(test, not(loom), not(miri)))]
+mod liveness_tests {
+    use super::*;
+    use core::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_lock_word_naming_a_live_pid_without_a_start_time_is_taken_over() {
+        if std::fs::read("/proc/1/stat").is_err() {
+            // Start times cannot be read here (a /proc mounted with hidepid): every id of a
+            // live pid counts as alive, by design.
+            return;
+        }
+        let me = checked_owner_id().unwrap();
+        let state: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(1 << 32)));
+        let slots: &'static [AtomicU64; 2] =
+            Box::leak(Box::new([AtomicU64::new(0), AtomicU64::new(2 << 32)]));
+        // In a thread, so that a wait that never ends fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(write_lock(state, slots, me, owner_is_dead)));
+        let how = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the lock was waited for, not taken over");
+        assert_eq!(how, Acquired::Recovered);
+        assert_eq!(state.load(SeqCst), me);
+        assert_eq!(slots[1].load(SeqCst), 0, "the reader slot is cleared");
+        write_unlock(state);
+        state.store(1 << 32, SeqCst);
+        assert_eq!(
+            read_lock(state, slots, me, 0, owner_is_dead),
+            Err(1 << 32),
+            "a reader is sent to the write lock, which recovers it"
+        );
+    }
+}
 
 #[cfg(all(test, loom))]
 mod loom_tests {

@@ -514,7 +514,7 @@ impl SharedMap {
         if region.root(ROOT).is_some() {
             return Err(Error::AlreadyExists);
         }
-        let me = lock::my_owner_id();
+        let me = lock::checked_owner_id().map_err(|e| Error::Region(e.into()))?;
         let r = Arc::new(SharedRegion::new(region, me));
         let n = opts.shards;
         let hoff = r.alloc(std::mem::size_of::<MapHeader>() as u64, 128)?;
@@ -588,7 +588,7 @@ impl SharedMap {
 
     fn open_in(region: Region) -> Result<Self, Error> {
         let hoff = region.root(ROOT).ok_or(Error::NotFound)?.get();
-        let me = lock::my_owner_id();
+        let me = lock::checked_owner_id().map_err(|e| Error::Region(e.into()))?;
         let r = Arc::new(SharedRegion::new(region, me));
         if hoff % 128 != 0 {
             return Err(Error::Corrupt("header offset misaligned"));

@@ -1184,7 +1184,8 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
     /// Claims a table just created for this process (`create_in` does, before it names the
     /// table), so that a kill leaves it marked open for the next `open` to repair.
     pub(crate) fn claim_new(&mut self) -> Result<(), Error> {
-        let me = offheap_mmap::process::owner_id();
+        let me =
+            offheap_mmap::process::checked_owner_id().map_err(|e| Error::Memory(Box::new(e)))?;
         // SAFETY: the header block is valid while the table lives, aligned to 64.
         let (_, registered) = unsafe { claim(self.hdr, me) }?;
         self.open = Some(registered);
@@ -1408,7 +1409,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         }
         // The fields above never change once the table is created. Claim the table before
         // reading the others, which the handle that has it open (if any) changes.
-        let me = offheap_mmap::process::owner_id();
+        let me =
+            offheap_mmap::process::checked_owner_id().map_err(|e| Error::Memory(Box::new(e)))?;
         // SAFETY: `hdr` is a table header, aligned as checked, valid while `mem` is.
         let (prev, registered) = unsafe { claim(hdr, me) }?;
         let repair = prev != CLOSED;
