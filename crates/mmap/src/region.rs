@@ -548,10 +548,25 @@ impl Region {
     pub fn open_with(path: impl AsRef<Path>, opts: &RegionOptions) -> Result<Region, Error> {
         let path = path.as_ref();
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
+        // The header first, the file's length after: a process growing the region
+        // lengthens the file before it publishes the new size in the header, so a length
+        // read after the header covers the size it gives. Read before, the length could be
+        // the old one while the header gave the new size, and the open failed with
+        // `Truncated` (a worker of the CLI's `bench`, opening the map while another grew
+        // it, on a loaded machine).
         let mut buf = vec![0u8; HEADER_LEN as usize];
-        let n = len.min(HEADER_LEN) as usize;
-        file.read_exact_at(&mut buf[..n], 0)?;
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read_at(&mut buf[n..], n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        #[cfg(test)]
+        open_hook::between_reads();
+        let len = file.metadata()?.len();
         let info = validate(&buf[..n], len, os::page_size())?;
         if let (Some(what), false) = (info.torn, opts.open_torn) {
             return Err(Error::Corrupt { offset: 0, what });
@@ -2102,6 +2117,60 @@ impl Region {
 #[cfg(test)]
 #[path = "recover_tests.rs"]
 mod recover_tests;
+
+/// Test-only: code that `open_with` runs between its read of the header and its read of the
+/// file's length, as another process could.
+#[cfg(test)]
+mod open_hook {
+    use std::cell::RefCell;
+    std::thread_local! {
+        static HOOK: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+    }
+    /// Runs `f` in the next open of this thread, between its two reads.
+    pub(crate) fn set(f: impl FnOnce() + 'static) {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+    pub(crate) fn between_reads() {
+        if let Some(f) = HOOK.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+}
+
+#[cfg(all(test, not(miri)))]
+mod open_tests {
+    use super::*;
+
+    /// An open that another process's growth overtakes between its two reads still opens:
+    /// the length it reads after the header covers the size the header gave. (With the
+    /// length read first, the same interleaving, the growth between the length and the
+    /// header, gave `Truncated`: a worker of the CLI's `bench` hit it on a loaded machine,
+    /// "region file is truncated: 1048576 bytes, needs 4194304".) Here the growth comes
+    /// before the length; and an open after it sees the grown size.
+    #[test]
+    fn an_open_overtaken_by_a_growth_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.region");
+        let opts = RegionOptions::new()
+            .initial_size(64 << 10)
+            .max_size(1 << 30);
+        let grower = std::rc::Rc::new(Region::create(&path, &opts).unwrap());
+        let g = grower.clone();
+        open_hook::set(move || {
+            g.alloc(4 << 20, 8).unwrap();
+        });
+        let before = grower.stats().size;
+        let r = Region::open(&path).unwrap();
+        let after = grower.stats().size;
+        assert!(
+            after > before,
+            "the hook grew the file: {before} -> {after}"
+        );
+        assert!(r.stats().size >= before);
+        let again = Region::open(&path).unwrap();
+        assert_eq!(again.stats().size, after);
+    }
+}
 
 #[cfg(test)]
 mod huge_tests {
