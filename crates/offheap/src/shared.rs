@@ -654,9 +654,11 @@ impl SharedMap {
     /// Number of entries: the sum of the shards' counts, each read without its lock (exact
     /// when no write is in progress).
     pub fn len(&self) -> usize {
+        // Saturating: the counters come from the file, and a corrupt one must not overflow
+        // (`check` reports it).
         (0..self.nshards)
             .map(|i| self.shard(i).len.load(Ordering::Relaxed) as usize)
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 
     /// `true` if [`len`](Self::len) is 0.
@@ -669,7 +671,7 @@ impl SharedMap {
     pub fn capacity(&self) -> usize {
         (0..self.nshards)
             .map(|i| desc_parts(self.shard(i).table.load(Ordering::Relaxed)).1 as usize)
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 
     fn shard(&self, i: usize) -> &Shard {
@@ -1328,9 +1330,11 @@ impl Ctx<'_> {
             let cap = slots.len() as u64;
             let used = self.shard.used.load(Ordering::Relaxed);
             let onto_tomb = slots[i].kw.load(Ordering::Relaxed) == TOMB;
-            if !onto_tomb && (used + 1) * 1000 > cap * MAX_LOAD {
+            // The counters come from the file: saturating, so that a corrupt one makes a
+            // rebuild (which counts the table again) rather than an overflow.
+            if !onto_tomb && used.saturating_add(1).saturating_mul(1000) > cap * MAX_LOAD {
                 let len = self.shard.len.load(Ordering::Relaxed);
-                self.rebuild(self.cap_for(len + 1))?;
+                self.rebuild(self.cap_for(len.saturating_add(1)))?;
                 found = self.find(kw, key)?;
             }
         }
@@ -1480,7 +1484,7 @@ impl Ctx<'_> {
         }
         let cap = self.table()?.len() as u64;
         let len = self.shard.len.load(Ordering::Relaxed);
-        if cap > MIN_CAP && len * 1000 < cap * MIN_LOAD && self.cap_for(len) < cap {
+        if cap > MIN_CAP && len.saturating_mul(1000) < cap * MIN_LOAD && self.cap_for(len) < cap {
             self.rebuild(self.cap_for(len))?;
         }
         Ok((true, out))

@@ -643,3 +643,48 @@ fn corrupt_table_words_are_errors() {
         assert!(m.to_vec().is_err());
     }
 }
+
+/// A shard's counters come from the file: `len` and `used` at their largest make writes
+/// rebuild or fail, never overflow (the fuzz target `sharedmap_file` found `(used + 1) *
+/// 1000` overflowing in an insert, a panic in a build with overflow checks); `check`
+/// reports the counters.
+#[cfg_attr(miri, ignore)]
+#[test]
+fn corrupt_shard_counters_never_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-counters.map");
+    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(2)).unwrap();
+    for k in 0..100u32 {
+        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
+    }
+    m.flush().unwrap();
+    drop(m);
+    {
+        let r = offheap::mmap::Region::open(&path).unwrap();
+        let hdr = r.root("offheap.shared").unwrap().get();
+        // As in `corrupt_table_words_are_errors`: the shard array's offset, then each
+        // 256-byte shard, whose `len` and `used` are its fourth and fifth words.
+        let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
+        // SAFETY: 8 bytes of the mapping, no other user.
+        let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
+        for i in 0..2 {
+            for (word, v) in [(3, u64::MAX), (4, u64::MAX - 1)] {
+                let at = offheap::mmap::Offset::new(shards + i * 256 + word * 8).unwrap();
+                // SAFETY: as above.
+                unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *mut u64).write(v) };
+            }
+        }
+        r.flush().unwrap();
+    }
+    let m = SharedMap::open(&path).unwrap();
+    assert!(m.check().is_err(), "the counters disagree with the tables");
+    for k in 0..300u32 {
+        let _ = m.insert(&k.to_le_bytes(), &[1; 40]);
+        let _ = m.put(&(k + 1000).to_le_bytes(), b"v");
+    }
+    for k in 0..300u32 {
+        let _ = m.remove(&k.to_le_bytes());
+        let _ = m.delete(&(k + 1000).to_le_bytes());
+    }
+    let _ = m.len();
+}
