@@ -1650,14 +1650,20 @@ impl<S: SlabSource> Arena<S> {
                 st!((*tab.add(old_head as usize)).prev, slot);
             }
             st!((*crec).partial_head, slot);
-            st!((*crec).slabs, (*crec).slabs + 1);
+            // Saturating, as where a slab goes: the counters lie in the arena's memory,
+            // which `check` verifies, and a corrupt one must not overflow here (the fuzz
+            // target `slab_ops` found `slabs + 1` doing so in its corrupting mode).
+            st!((*crec).slabs, (*crec).slabs.saturating_add(1));
             if self.keep != u32::MAX {
-                st!((*crec).empty_slabs, (*crec).empty_slabs + 1);
+                st!((*crec).empty_slabs, (*crec).empty_slabs.saturating_add(1));
             }
-            st!((*self.hdr).live_slabs, (*self.hdr).live_slabs + 1);
+            st!(
+                (*self.hdr).live_slabs,
+                (*self.hdr).live_slabs.saturating_add(1)
+            );
             st!(
                 (*self.hdr).total_chunks,
-                (*self.hdr).total_chunks + ci.cps as u64
+                (*self.hdr).total_chunks.saturating_add(ci.cps as u64)
             );
             self.bump(stat::MALLOCS);
             Ok(slot)

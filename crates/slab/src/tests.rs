@@ -531,6 +531,63 @@ fn corrupt_header_fields_give_typed_errors() {
     assert_eq!(a.stats().unwrap().errors.corrupt, 1);
 }
 
+/// The slab counters lie in the arena's memory: at their largest (which no single-byte
+/// change reaches), adding a slab saturates them instead of overflowing, and `check`
+/// reports them. (The fuzz target `slab_ops` found `slabs + 1` overflowing.)
+#[test]
+fn counters_at_their_largest_never_overflow() {
+    use core::mem::offset_of;
+    let mut a = Arena::create_in(BufSource::new(1 << 16), Config::new(8, 64, 2.0)).unwrap();
+    let h = a.alloc(8).unwrap();
+    let root = a.root() as usize;
+    let (classes, count) = (
+        a.header().class_table as usize,
+        a.header().class_count as usize,
+    );
+    let mut bytes = a.into_source().as_bytes().to_vec();
+    let put = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    for c in 0..count {
+        let rec = classes + c * size_of::<crate::layout::ClassRec>();
+        put(
+            &mut bytes,
+            rec + offset_of!(crate::layout::ClassRec, slabs),
+            &[0xff; 4],
+        );
+        put(
+            &mut bytes,
+            rec + offset_of!(crate::layout::ClassRec, empty_slabs),
+            &[0xff; 4],
+        );
+    }
+    put(
+        &mut bytes,
+        root + offset_of!(crate::layout::Header, live_slabs),
+        &[0xff; 4],
+    );
+    put(
+        &mut bytes,
+        root + offset_of!(crate::layout::Header, total_chunks),
+        &[0xff; 8],
+    );
+    let mut a = Arena::open_in(BufSource::from_bytes(&bytes), root as u64).unwrap();
+    assert!(a.check().is_err(), "the counters disagree with the slabs");
+    // New slabs of every class: 64-byte slabs hold few chunks.
+    let mut hs = Vec::new();
+    for len in [1, 8, 16, 30, 60].into_iter().cycle().take(60) {
+        if let Ok(h) = a.alloc(len) {
+            hs.push(h);
+        }
+    }
+    assert!(hs.len() > 10, "{} allocations", hs.len());
+    assert_eq!(a.header().live_slabs, u32::MAX);
+    assert_eq!(a.header().total_chunks, u64::MAX);
+    for h in hs {
+        let _ = a.dec_ref(h);
+    }
+    let _ = a.dec_ref(h);
+    assert!(a.check().is_err());
+}
+
 /// Every single-byte corruption of a small arena's memory: open, check, and operate without
 /// panicking (errors are fine).
 #[test]
