@@ -1519,12 +1519,22 @@ impl<S: SlabSource> Arena<S> {
             .checked_mul(rec)
             .ok_or(Error::OutOfMemory)?;
         let new = self.take_block(bytes)?;
+        // The source hands out blocks that do not overlap its live ones; a new block that
+        // overlaps the old table means the header's table is no live block of the source (a
+        // corrupt arena: the fuzz target `slab_ops` made one, and the copy below then had
+        // overlapping ranges, undefined behaviour for `copy_nonoverlapping`).
         let dst = self.src.ptr(new);
+        let (o, d) = (old as usize, dst as usize);
+        if cap > 0 && d < o.saturating_add(cap as usize * rec) && o < d.saturating_add(bytes) {
+            self.give_back_fresh(new, bytes);
+            return Err(corrupt("table overlaps a block the source handed out"));
+        }
         if used > 0 {
             #[cfg(test)]
             crate::kill::write();
             // SAFETY: `old` is valid for `cap * rec >= used * rec` bytes, `dst` for
-            // `new_cap * rec` bytes (`new_cap > cap`), and blocks do not overlap.
+            // `new_cap * rec` bytes (`new_cap > cap`), and the two do not overlap (checked
+            // just above).
             unsafe { ptr::copy_nonoverlapping(old, dst, used as usize * rec) };
         }
         if cap > 0 {

@@ -588,6 +588,38 @@ fn counters_at_their_largest_never_overflow() {
     assert!(a.check().is_err());
 }
 
+/// A header whose class table lies in memory the source has not handed out (a corrupt
+/// arena): growing the table gets a new block that overlaps the "old" one, and the move is
+/// refused (`Corrupt`) instead of copying between overlapping ranges, which is undefined
+/// behaviour for `copy_nonoverlapping` (the fuzz target `slab_ops` made such an arena).
+#[test]
+fn a_table_that_overlaps_a_new_block_is_corrupt_not_copied() {
+    use core::mem::offset_of;
+    let mut a = Arena::create_in(BufSource::new(1 << 16), Config::new(8, 4096, 1.25)).unwrap();
+    let h = a.alloc(8).unwrap();
+    assert!(a.header().class_cap >= 8);
+    let root = a.root() as usize;
+    let cap = a.header().class_cap;
+    let src = a.into_source();
+    // Where the source's next block goes: its bump top, rounded up to the block alignment.
+    let next = src.used().next_multiple_of(crate::layout::BLOCK_ALIGN) as u64;
+    let mut bytes = src.as_bytes().to_vec();
+    let at = root + offset_of!(crate::layout::Header, class_table);
+    bytes[at..at + 8].copy_from_slice(&next.to_ne_bytes());
+    let mut a = Arena::open_in(BufSource::from_bytes(&bytes), root as u64).unwrap();
+    assert_eq!(a.header().class_cap, cap);
+    // A class past the table's capacity: the table must grow.
+    assert!(matches!(a.alloc(4000), Err(Error::Corrupt(_))));
+    // The arena is still usable where its memory is sound, and the new block went back.
+    assert_eq!(a.bytes(h).unwrap().len(), 8);
+    assert_eq!(a.into_source().used(), src_used(&bytes));
+}
+
+/// The bump top that a `BufSource` image records (its `used()`).
+fn src_used(bytes: &[u8]) -> usize {
+    BufSource::from_bytes(bytes).used()
+}
+
 /// Every single-byte corruption of a small arena's memory: open, check, and operate without
 /// panicking (errors are fine).
 #[test]
