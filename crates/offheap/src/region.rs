@@ -152,6 +152,15 @@ impl SharedRegion {
         self.with_alloc_lock(|r| Ok(r.allocation_size(o).is_ok()))
     }
 
+    /// The usable size of the live block at `off` (`None` if it is none), under the
+    /// allocator lock.
+    pub(crate) fn block_size(&self, off: u64) -> Result<Option<u64>, Error> {
+        let Some(o) = Offset::new(off) else {
+            return Ok(None);
+        };
+        self.with_alloc_lock(|r| Ok(r.allocation_size(o).ok()))
+    }
+
     /// The region's allocated blocks, read under the allocator lock.
     pub(crate) fn allocations(&self) -> Result<u64, Error> {
         self.with_alloc_lock(|r| Ok(r.stats().allocations))

@@ -1532,12 +1532,22 @@ impl Ctx<'_> {
     /// Moves the live entries into a new slot array of `cap` slots (bounded by the shard's
     /// size), then publishes it with one store and frees the old array.
     fn rebuild(&mut self, cap: u64) -> Result<(), Error> {
+        let old = self.table()?;
+        // The old table must be a live block that holds it: a table word of a corrupt file
+        // can name free memory, where the new table could then be allocated, and moving the
+        // entries would write over the slots being read (the fuzz target `sharedmap_file`
+        // looped forever there).
+        let (old_off, old_cap) = desc_parts(self.shard.table.load(Ordering::Relaxed));
+        if !matches!(self.map.region.block_size(old_off)?, Some(n) if n >= old_cap * SLOT) {
+            return Err(Error::Corrupt(
+                "shard table is not a live block of the region",
+            ));
+        }
         if cap > MAX_CAP {
             return Err(Error::InvalidOptions(
                 "a shard holds at most 2^28 slots: use more shards",
             ));
         }
-        let old = self.table()?;
         let old_desc = self.shard.table.load(Ordering::Relaxed);
         // A record left by the last rebuild names the live table: cleared before the op.
         self.shard.fresh_table.store(0, Ordering::Relaxed);
@@ -1566,10 +1576,18 @@ impl Ctx<'_> {
                 continue;
             }
             let mut i = home(k, cap);
+            let mut probes = 0;
             while new[i].kw.load(Ordering::Relaxed) != EMPTY {
                 i += 1;
                 if i == cap {
                     i = 0;
+                }
+                // A full new table: the capacity asked for came from a `len` below the old
+                // table's true count, which only a corrupt file has. Stopped here (the
+                // intent's recovery frees the new table) rather than probing forever.
+                probes += 1;
+                if probes == cap {
+                    return Err(Error::Corrupt("shard length below its table's entries"));
                 }
             }
             new[i]

@@ -688,3 +688,44 @@ fn corrupt_shard_counters_never_overflow() {
     }
     let _ = m.len();
 }
+
+/// A shard `len` below its table's true count (a corrupt file) makes a removal's shrink ask
+/// for a table too small for the entries: the rebuild stops with an error instead of
+/// probing the full new table forever (the fuzz target `sharedmap_file` timed out there).
+#[cfg_attr(miri, ignore)]
+#[test]
+fn a_shard_length_below_its_entries_never_hangs_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short-len.map");
+    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(1)).unwrap();
+    for k in 0..2000u32 {
+        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
+    }
+    m.flush().unwrap();
+    drop(m);
+    {
+        let r = offheap::mmap::Region::open(&path).unwrap();
+        let hdr = r.root("offheap.shared").unwrap().get();
+        // As in `corrupt_table_words_are_errors`: the shard's `len` is its fourth word.
+        let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
+        // SAFETY: 8 bytes of the mapping, no other user.
+        let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
+        let at = offheap::mmap::Offset::new(shards + 3 * 8).unwrap();
+        // SAFETY: as above.
+        unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *mut u64).write(3) };
+        r.flush().unwrap();
+    }
+    // In a thread, so that a rebuild that never ends fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let m = SharedMap::open(&path).unwrap();
+        let errors = (0..2000u32)
+            .filter(|k| m.delete(&k.to_le_bytes()).is_err())
+            .count();
+        tx.send(errors).unwrap();
+    });
+    let errors = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the removals finished");
+    assert!(errors > 0, "a shrink to the corrupt length was refused");
+}
