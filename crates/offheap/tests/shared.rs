@@ -584,6 +584,28 @@ fn other_format_version_is_refused() {
     }
 }
 
+/// A closed map file at `path` with `shards` shards holding keys `0..n` (each its own value).
+fn map_file_of(path: &std::path::Path, shards: usize, n: u32) {
+    let m = SharedMap::create_with(path, &SharedMapOptions::new().shards(shards)).unwrap();
+    for k in 0..n {
+        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
+    }
+    m.flush().unwrap();
+}
+
+/// The address of word `word` of shard `shard` of the map in `r`. The map header: the
+/// allocator lock (1024 bytes), magic, version, shards, seed, hash mask, then the shard
+/// array's offset; a shard is 256 bytes (its words: lock state, fresh table, table, `len`,
+/// `used`, ...).
+fn shard_word(r: &offheap::mmap::Region, shard: u64, word: u64) -> *mut u64 {
+    let hdr = r.root("offheap.shared").unwrap().get();
+    let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
+    // SAFETY: 8 bytes of the mapping, no other user.
+    let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
+    let at = offheap::mmap::Offset::new(shards + shard * 256 + word * 8).unwrap();
+    r.ptr(at, 8).unwrap().as_ptr() as *mut u64
+}
+
 /// Shard table words that point outside the region (or name an impossible capacity) are
 /// bounds-checked before any slot is read: every operation returns an error, nothing
 /// faults.
@@ -592,12 +614,7 @@ fn other_format_version_is_refused() {
 fn corrupt_table_words_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad-table.map");
-    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(4)).unwrap();
-    for k in 0..100u32 {
-        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
-    }
-    m.flush().unwrap();
-    drop(m);
+    map_file_of(&path, 4, 100);
     let bad = [
         u64::MAX,                   // capacity far too large
         (1u64 << 36) - 1,           // capacity 0
@@ -606,17 +623,10 @@ fn corrupt_table_words_are_errors() {
     for (n, &word) in bad.iter().enumerate() {
         {
             let r = offheap::mmap::Region::open(&path).unwrap();
-            let hdr = r.root("offheap.shared").unwrap().get();
-            // Header: the allocator lock (1024 bytes), magic, version, shards, seed, hash
-            // mask, then the shard array's offset.
-            let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
-            // SAFETY: 8 bytes of the mapping, no other user.
-            let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
             for i in 0..4 {
-                // A shard is 256 bytes; its table word is the third.
-                let at = offheap::mmap::Offset::new(shards + i * 256 + 16).unwrap();
-                let p = r.ptr(at, 8).unwrap().as_ptr() as *mut u64;
-                // SAFETY: as above.
+                // The table word is the shard's third.
+                let p = shard_word(&r, i, 2);
+                // SAFETY: 8 bytes of the mapping, no other user.
                 let old = unsafe { p.read() };
                 if n == 0 {
                     // It is a table word: a capacity of 16 slots or a few hundred.
@@ -653,25 +663,14 @@ fn corrupt_table_words_are_errors() {
 fn corrupt_shard_counters_never_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad-counters.map");
-    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(2)).unwrap();
-    for k in 0..100u32 {
-        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
-    }
-    m.flush().unwrap();
-    drop(m);
+    map_file_of(&path, 2, 100);
     {
         let r = offheap::mmap::Region::open(&path).unwrap();
-        let hdr = r.root("offheap.shared").unwrap().get();
-        // As in `corrupt_table_words_are_errors`: the shard array's offset, then each
-        // 256-byte shard, whose `len` and `used` are its fourth and fifth words.
-        let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
-        // SAFETY: 8 bytes of the mapping, no other user.
-        let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
         for i in 0..2 {
+            // `len` and `used`: the shard's fourth and fifth words.
             for (word, v) in [(3, u64::MAX), (4, u64::MAX - 1)] {
-                let at = offheap::mmap::Offset::new(shards + i * 256 + word * 8).unwrap();
-                // SAFETY: as above.
-                unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *mut u64).write(v) };
+                // SAFETY: 8 bytes of the mapping, no other user.
+                unsafe { shard_word(&r, i, word).write(v) };
             }
         }
         r.flush().unwrap();
@@ -697,22 +696,12 @@ fn corrupt_shard_counters_never_overflow() {
 fn a_shard_length_below_its_entries_never_hangs_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("short-len.map");
-    let m = SharedMap::create_with(&path, &SharedMapOptions::new().shards(1)).unwrap();
-    for k in 0..2000u32 {
-        m.insert(&k.to_le_bytes(), &k.to_le_bytes()).unwrap();
-    }
-    m.flush().unwrap();
-    drop(m);
+    map_file_of(&path, 1, 2000);
     {
         let r = offheap::mmap::Region::open(&path).unwrap();
-        let hdr = r.root("offheap.shared").unwrap().get();
-        // As in `corrupt_table_words_are_errors`: the shard's `len` is its fourth word.
-        let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
+        // The shard's `len`, its fourth word.
         // SAFETY: 8 bytes of the mapping, no other user.
-        let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
-        let at = offheap::mmap::Offset::new(shards + 3 * 8).unwrap();
-        // SAFETY: as above.
-        unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *mut u64).write(3) };
+        unsafe { shard_word(&r, 0, 3).write(3) };
         r.flush().unwrap();
     }
     // In a thread, so that a rebuild that never ends fails the test instead of hanging it.
