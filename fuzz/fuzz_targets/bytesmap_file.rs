@@ -10,19 +10,10 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{mutate_anywhere, open_image, scratch_path, Input};
+use common::{mixed_key as key, mutate_anywhere, open_image, seed_file, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{BytesMap, BytesMapOptions};
 use std::sync::OnceLock;
-
-fn key(i: u32) -> Vec<u8> {
-    // Short keys (inline in the table's key word) and long ones (records in the arena).
-    if i % 3 == 0 {
-        format!("a long key number {i:08}").into_bytes()
-    } else {
-        i.to_le_bytes().to_vec()
-    }
-}
 
 fn value(i: u32) -> Vec<u8> {
     // Empty, inline, one-chunk and chained values.
@@ -33,21 +24,20 @@ fn value(i: u32) -> Vec<u8> {
 fn valid_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let path = scratch_path("seed.bytesmap");
-        let _ = std::fs::remove_file(&path);
-        let opts = BytesMapOptions::new()
-            .slab_size(4096)
-            .region(RegionOptions::new().initial_size(64 << 10));
-        let mut m = BytesMap::create_with(&path, &opts).expect("create seed map");
-        for i in 0..150 {
-            m.put(&key(i), &value(i)).unwrap();
-        }
-        for i in (0..150).step_by(4) {
-            m.delete(&key(i)).unwrap();
-        }
-        m.flush().unwrap();
-        drop(m);
-        common::take_file(&path)
+        seed_file("seed.bytesmap", |path| {
+            let opts = BytesMapOptions::new()
+                .slab_size(4096)
+                .region(RegionOptions::new().initial_size(64 << 10));
+            let mut m = BytesMap::create_with(path, &opts).expect("create seed map");
+            for i in 0..150 {
+                m.put(&key(i), &value(i)).unwrap();
+            }
+            for i in (0..150).step_by(4) {
+                m.delete(&key(i)).unwrap();
+            }
+            m.flush().unwrap();
+        })
+        .1
     })
 }
 

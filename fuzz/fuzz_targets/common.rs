@@ -67,6 +67,25 @@ pub fn truncate(img: &mut Vec<u8>, input: &mut Input<'_>) -> Option<()> {
     Some(())
 }
 
+/// A seed image: `build` writes a valid file at a fresh scratch path (and returns what the
+/// target wants to know of it); the file's bytes come back with that, and the file goes.
+pub fn seed_file<T>(what: &str, build: impl FnOnce(&std::path::Path) -> T) -> (T, Vec<u8>) {
+    let path = scratch_path(what);
+    let _ = std::fs::remove_file(&path);
+    let out = build(&path);
+    (out, take_file(&path))
+}
+
+/// Short keys (inline in a map's slot) and long ones (records in its arena): what the map
+/// file targets store.
+pub fn mixed_key(i: u32) -> Vec<u8> {
+    if i % 3 == 0 {
+        format!("a long key number {i:08}").into_bytes()
+    } else {
+        i.to_le_bytes().to_vec()
+    }
+}
+
 /// The bytes of the seed file at `path`, which is then removed.
 pub fn take_file(path: &std::path::Path) -> Vec<u8> {
     let bytes = std::fs::read(path).expect("read the seed file");

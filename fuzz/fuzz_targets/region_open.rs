@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{flip, open_image, overwrite_word, scratch_path, truncate, Input};
+use common::{flip, open_image, overwrite_word, seed_file, truncate, Input};
 use offheap_mmap::{Offset, Region, RegionOptions};
 use std::sync::OnceLock;
 
@@ -17,23 +17,22 @@ use std::sync::OnceLock;
 fn valid_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let path = scratch_path("seed.region");
-        let _ = std::fs::remove_file(&path);
-        let opts = RegionOptions::new().initial_size(64 << 10);
-        let r = Region::create(&path, &opts).expect("create seed region");
-        let mut offs = Vec::new();
-        for i in 0..64u64 {
-            let o = r.alloc(1 + i * 97 % 1500, 1 << (i % 6)).unwrap();
-            offs.push(o);
-        }
-        for o in offs.iter().step_by(3) {
-            r.free(*o).unwrap();
-        }
-        r.set_root("first", Some(offs[1])).unwrap();
-        r.set_root("second", Some(offs[2])).unwrap();
-        r.flush().unwrap();
-        drop(r);
-        common::take_file(&path)
+        seed_file("seed.region", |path| {
+            let opts = RegionOptions::new().initial_size(64 << 10);
+            let r = Region::create(path, &opts).expect("create seed region");
+            let mut offs = Vec::new();
+            for i in 0..64u64 {
+                let o = r.alloc(1 + i * 97 % 1500, 1 << (i % 6)).unwrap();
+                offs.push(o);
+            }
+            for o in offs.iter().step_by(3) {
+                r.free(*o).unwrap();
+            }
+            r.set_root("first", Some(offs[1])).unwrap();
+            r.set_root("second", Some(offs[2])).unwrap();
+            r.flush().unwrap();
+        })
+        .1
     })
 }
 

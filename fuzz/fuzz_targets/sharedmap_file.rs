@@ -9,21 +9,12 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{mutate_anywhere, open_image, scratch_path, Input};
+use common::{mixed_key as key, mutate_anywhere, open_image, seed_file, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{SharedMap, SharedMapOptions};
 use std::sync::OnceLock;
 
 const SHARDS: usize = 4;
-
-fn key(i: u32) -> Vec<u8> {
-    // Short keys (inline in the slot) and long ones (records in the shard's arena).
-    if i % 3 == 0 {
-        format!("a long key number {i:08}").into_bytes()
-    } else {
-        i.to_le_bytes().to_vec()
-    }
-}
 
 fn value(i: u32) -> Vec<u8> {
     vec![i as u8; (i as usize * 37) % 300]
@@ -33,22 +24,21 @@ fn value(i: u32) -> Vec<u8> {
 fn valid_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let path = scratch_path("seed.map");
-        let _ = std::fs::remove_file(&path);
-        let opts = SharedMapOptions::new()
-            .shards(SHARDS)
-            .slab_size(4096)
-            .region(RegionOptions::new().initial_size(64 << 10));
-        let m = SharedMap::create_with(&path, &opts).expect("create seed map");
-        for i in 0..200 {
-            m.put(&key(i), &value(i)).unwrap();
-        }
-        for i in (0..200).step_by(5) {
-            m.delete(&key(i)).unwrap();
-        }
-        m.flush().unwrap();
-        drop(m);
-        common::take_file(&path)
+        seed_file("seed.map", |path| {
+            let opts = SharedMapOptions::new()
+                .shards(SHARDS)
+                .slab_size(4096)
+                .region(RegionOptions::new().initial_size(64 << 10));
+            let m = SharedMap::create_with(path, &opts).expect("create seed map");
+            for i in 0..200 {
+                m.put(&key(i), &value(i)).unwrap();
+            }
+            for i in (0..200).step_by(5) {
+                m.delete(&key(i)).unwrap();
+            }
+            m.flush().unwrap();
+        })
+        .1
     })
 }
 

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{flip, open_image, overwrite_word, scratch_path, truncate, Input};
+use common::{flip, open_image, overwrite_word, seed_file, truncate, Input};
 use offheap_mmap::{Region, RegionOptions};
 use offheap_swiss::{Entry, SwissTable, TableOptions};
 use std::hint::black_box;
@@ -57,36 +57,35 @@ fn value(k: u64) -> u64 {
 fn seed() -> &'static Seed {
     static SEED: OnceLock<Seed> = OnceLock::new();
     SEED.get_or_init(|| {
-        let path = scratch_path("seed.swiss");
-        let _ = std::fs::remove_file(&path);
-        let opts = RegionOptions::new().initial_size(64 << 10);
-        let region = Region::create(&path, &opts).expect("create seed region");
-        let topts = TableOptions::new().segment_slots(32).seed(7);
-        let mut t: SwissTable<u64, u64, Region> =
-            SwissTable::create_in_with(region, "t", topts).expect("create seed table");
-        for k in 0..1200 {
-            t.insert(k, value(k));
-        }
-        // Nearly empty: buddies merge and the directory halves.
-        for k in 40..1200 {
-            t.remove(&k);
-        }
-        for k in 1200..KEYS {
-            t.insert(k, value(k));
-        }
-        // Tombstones in full groups.
-        for k in (1200..KEYS).step_by(3) {
-            t.remove(&k);
-        }
-        for k in (0..40).step_by(5) {
-            t.remove(&k);
-        }
-        let stats = t.stats();
-        assert!(stats.global_depth >= 2 && stats.segments >= 8 && stats.tombstones > 0);
-        let hdr = t.memory().root("t").expect("root").get() as usize;
-        t.memory().flush().unwrap();
-        drop(t);
-        let img = common::take_file(&path);
+        let (hdr, img) = seed_file("seed.swiss", |path| {
+            let opts = RegionOptions::new().initial_size(64 << 10);
+            let region = Region::create(path, &opts).expect("create seed region");
+            let topts = TableOptions::new().segment_slots(32).seed(7);
+            let mut t: SwissTable<u64, u64, Region> =
+                SwissTable::create_in_with(region, "t", topts).expect("create seed table");
+            for k in 0..1200 {
+                t.insert(k, value(k));
+            }
+            // Nearly empty: buddies merge and the directory halves.
+            for k in 40..1200 {
+                t.remove(&k);
+            }
+            for k in 1200..KEYS {
+                t.insert(k, value(k));
+            }
+            // Tombstones in full groups.
+            for k in (1200..KEYS).step_by(3) {
+                t.remove(&k);
+            }
+            for k in (0..40).step_by(5) {
+                t.remove(&k);
+            }
+            let stats = t.stats();
+            assert!(stats.global_depth >= 2 && stats.segments >= 8 && stats.tombstones > 0);
+            let hdr = t.memory().root("t").expect("root").get() as usize;
+            t.memory().flush().unwrap();
+            hdr
+        });
         // The directory word: its handle, and the global depth in the top 8 bits.
         let gd = (rd(&img, hdr + 72) >> 56) as u32;
         let dir = (rd(&img, hdr + 72) & ((1 << 56) - 1)) as usize;
