@@ -1167,15 +1167,18 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         unsafe { self.mem.free(handle) };
     }
 
-    /// Gives up a structural change whose move failed (see
-    /// [`move_entries`](Self::move_entries)): frees its new segments, which no directory
-    /// entry names, then clears the pending words. The segments it would have replaced are
-    /// whole and still named, so the table is as it was. A kill between the frees and the
-    /// clear leaves records of freed blocks, which the repair skips.
-    fn abandon(&mut self, fresh: &[SegRef<K, V>]) {
-        for s in fresh {
-            // SAFETY: a segment this change allocated, that no directory entry names; freed
-            // once.
+    /// Ends a structural change: frees `segs`, the segments it leaves unnamed (the ones
+    /// it replaced, or its own new ones when it gives up, as after a failed move, see
+    /// [`move_entries`](Self::move_entries)), then clears the pending words that recorded
+    /// them. A kill between the frees and the clear leaves records of freed blocks, which
+    /// the repair skips.
+    ///
+    /// # Safety
+    /// No directory entry names any of `segs`, each is one of this table's live segments,
+    /// listed once, and none is used afterwards.
+    unsafe fn retire(&mut self, segs: &[SegRef<K, V>]) {
+        for s in segs {
+            // SAFETY: by the caller's promise.
             unsafe { Self::free_segment(&self.mem, *s) };
         }
         self.pend(&[]);
@@ -2557,13 +2560,13 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let new = self.new_segment_recorded(groups, old.depth())?;
         self.pend(&[new, old]);
         if let Err(e) = self.move_all(&old, &new) {
-            self.abandon(&[new]);
+            // SAFETY: `new` was just allocated; the directory never named it.
+            unsafe { self.retire(&[new]) };
             return Err(e);
         }
         self.set_range(idx, old.depth(), new);
         // SAFETY: `old` is no longer referenced by the directory.
-        unsafe { Self::free_segment(&self.mem, old) };
-        self.pend(&[]);
+        unsafe { self.retire(&[old]) };
         Ok(())
     }
 
@@ -2587,8 +2590,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: just allocated, never shared.
-                unsafe { Self::free_segment(&self.mem, a) };
-                self.pend(&[]);
+                unsafe { self.retire(&[a]) };
                 return Err(e);
             }
         };
@@ -2596,7 +2598,8 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // The directory bit below the segment's prefix tells its halves apart.
         let bit = crate::hash::DIR_BITS.end - 1 - old.depth();
         if let Err(e) = self.move_entries::<true>(&old, [&a, &b], |h| (h >> bit) as usize & 1) {
-            self.abandon(&[a, b]);
+            // SAFETY: `a` and `b` were just allocated; the directory never named them.
+            unsafe { self.retire(&[a, b]) };
             return Err(e);
         }
         let span = self.span(old.depth());
@@ -2607,8 +2610,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.at_global += 2;
         }
         // SAFETY: `old` is no longer referenced by the directory.
-        unsafe { Self::free_segment(&self.mem, old) };
-        self.pend(&[]);
+        unsafe { self.retire(&[old]) };
         self.spare.step(self.dir.len() * 2, doubled);
         Ok(start)
     }
@@ -2774,8 +2776,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             self.move_into_live(&src, &dst);
             self.set_range(idx, depth, dst);
             // SAFETY: `src` is no longer referenced by the directory.
-            unsafe { Self::free_segment(&self.mem, src) };
-            self.pend(&[]);
+            unsafe { self.retire(&[src]) };
         } else {
             let m = match self.new_segment_recorded(groups, depth) {
                 Ok(m) => m,
@@ -2788,19 +2789,17 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
             };
             self.pend(&[m, a, b]);
             if let Err(e) = self.move_all(&a, &m).and_then(|()| self.move_all(&b, &m)) {
-                self.abandon(&[m]);
+                // SAFETY: `m` was just allocated; the directory never named it.
+                unsafe { self.retire(&[m]) };
                 if a.depth() == self.global_depth() {
                     self.at_global += 2;
                 }
                 return Err(e);
             }
             self.set_range(idx, m.depth(), m);
-            // SAFETY: neither block is referenced by the directory any more.
-            unsafe {
-                Self::free_segment(&self.mem, a);
-                Self::free_segment(&self.mem, b);
-            }
-            self.pend(&[]);
+            // SAFETY: neither block is referenced by the directory any more (buddies: two
+            // segments).
+            unsafe { self.retire(&[a, b]) };
         }
         if halve {
             self.halve_dir();
