@@ -6,7 +6,7 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{compiler_fence, AtomicU64, Ordering::SeqCst};
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -554,20 +554,12 @@ impl Region {
         // the old one while the header gave the new size, and the open failed with
         // `Truncated` (a worker of the CLI's `bench`, opening the map while another grew
         // it, on a loaded machine).
-        let mut buf = vec![0u8; HEADER_LEN as usize];
-        let mut n = 0;
-        while n < buf.len() {
-            match file.read_at(&mut buf[n..], n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let mut buf = Vec::with_capacity(HEADER_LEN as usize);
+        (&file).take(HEADER_LEN).read_to_end(&mut buf)?;
         #[cfg(test)]
         open_hook::between_reads();
         let len = file.metadata()?.len();
-        let info = validate(&buf[..n], len, os::page_size())?;
+        let info = validate(&buf, len, os::page_size())?;
         if let (Some(what), false) = (info.torn, opts.open_torn) {
             return Err(Error::Corrupt { offset: 0, what });
         }

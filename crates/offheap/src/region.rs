@@ -146,10 +146,7 @@ impl SharedRegion {
 
     /// Whether `off` is a live block of the region, under the allocator lock.
     pub(crate) fn is_block(&self, off: u64) -> Result<bool, Error> {
-        let Some(o) = Offset::new(off) else {
-            return Ok(false);
-        };
-        self.with_alloc_lock(|r| Ok(r.allocation_size(o).is_ok()))
+        Ok(self.block_size(off)?.is_some())
     }
 
     /// The usable size of the live block at `off` (`None` if it is none), under the
