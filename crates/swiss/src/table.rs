@@ -878,9 +878,7 @@ impl<K: Pod, V: Pod> Clone for SwissTable<K, V> {
             .capacity(self.len());
         let mut t =
             Self::with_options_in(opts, mem).expect("offheap-swiss: cannot reserve capacity");
-        for (k, v) in self {
-            t.insert(*k, *v);
-        }
+        t.extend(self);
         t
     }
 }
