@@ -108,6 +108,17 @@ pub enum Error {
     /// [`Region::alloc_into`](crate::Region::alloc_into) was given a record that is not a
     /// word of a live allocation, or a mark with bits that an offset uses.
     InvalidRecord(&'static str),
+    /// The region file is in use by processes of another pid namespace (another container,
+    /// or the host). Owner ids in the file are pids of that namespace, which this process
+    /// cannot check for liveness: it could take a live owner's lock for a dead one's. A file
+    /// that no process has open any more is taken over by the next process to open it, in
+    /// whatever namespace (see [`process::pid_namespace`](crate::process::pid_namespace)).
+    ForeignPidNamespace {
+        /// The namespace recorded in the file (an inode number of `nsfs`).
+        file: u64,
+        /// This process's pid namespace.
+        ours: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -174,6 +185,12 @@ impl fmt::Display for Error {
                 "the region's allocator was torn by a process that died: run recover() first",
             ),
             Error::InvalidRecord(what) => write!(f, "invalid allocation record: {what}"),
+            Error::ForeignPidNamespace { file, ours } => write!(
+                f,
+                "region file is in use by processes of another pid namespace ({file}; this \
+                 process is in {ours}): their lock owners cannot be checked from here, so it \
+                 opens once they have all closed it"
+            ),
         }
     }
 }

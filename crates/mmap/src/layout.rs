@@ -12,7 +12,7 @@ pub(crate) const ENDIAN_TAG: u32 = 0x0A0B_0C0D;
 /// Format major version: a reader refuses any other major.
 pub(crate) const VERSION_MAJOR: u16 = 1;
 /// Format minor version: a reader accepts any minor of its major.
-pub(crate) const VERSION_MINOR: u16 = 1;
+pub(crate) const VERSION_MINOR: u16 = 2;
 /// Incompatible feature bits this build understands (none defined in 1.0).
 pub(crate) const KNOWN_INCOMPAT: u64 = 0;
 
@@ -72,6 +72,10 @@ pub(crate) const F_INTO_VALUE: usize = 184;
 pub(crate) const F_INTO_OLD: usize = 192;
 pub(crate) const F_INTO_BLOCK: usize = 200;
 pub(crate) const F_INTO_TARGET: usize = 208;
+/// The pid namespace of the processes using the region (format minor 2; reserved and 0
+/// before): [`crate::process::pid_namespace`] of the first process that opened it, or of
+/// the last one that opened it while nobody else had it open; 0 where unknown.
+pub(crate) const F_PID_NS: usize = 216;
 /// Bit of [`F_INTO_TARGET`]: the operation frees its target (else it allocates it).
 pub(crate) const INTO_FREEING: u64 = 1 << 63;
 /// What `open` and `check` say of a region whose [`F_INTO_WORD`] is set.

@@ -181,3 +181,61 @@ pub(crate) fn punch_hole(file: &File, off: u64, len: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// An open-file-description record lock on a file's first byte (see [`ofd_lock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileLock {
+    /// Held by every handle of the region (`F_RDLCK`).
+    Shared,
+    /// Held only while no other handle exists (`F_WRLCK`).
+    Exclusive,
+}
+
+/// Takes or converts this open file description's record lock on byte 0 of `file`
+/// (`fcntl(F_OFD_SETLK)`, Linux 3.15 and later), without waiting unless `wait`
+/// (`F_OFD_SETLKW`). The lock belongs to the open file description, so it lasts until the
+/// descriptor is closed, also across a fork, and it conflicts with every other open file
+/// description's lock, in this process or another, in any pid namespace: the kernel drops it
+/// when the holder ends however it ends. Converting a shared lock to an exclusive one fails
+/// (`WouldBlock`), keeping the shared one, while another description holds a lock.
+/// `Unsupported` off Linux and under miri.
+pub(crate) fn ofd_lock(file: &File, kind: FileLock, wait: bool) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        // SAFETY: `flock` is plain data; zeroed is a valid value, and `l_pid` must be 0 for
+        // an OFD lock.
+        let mut fl: libc::flock = unsafe { core::mem::zeroed() };
+        fl.l_type = match kind {
+            FileLock::Shared => libc::F_RDLCK,
+            FileLock::Exclusive => libc::F_WRLCK,
+        } as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        fl.l_start = 0;
+        fl.l_len = 1;
+        let cmd = if wait {
+            libc::F_OFD_SETLKW
+        } else {
+            libc::F_OFD_SETLK
+        };
+        loop {
+            // SAFETY: fcntl on our own descriptor with a valid, initialised `flock`.
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EACCES) => {
+                    return Err(io::Error::from(io::ErrorKind::WouldBlock))
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", not(miri))))]
+    {
+        let _ = (file, kind, wait);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}

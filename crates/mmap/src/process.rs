@@ -122,6 +122,72 @@ pub fn checked_owner_id() -> std::io::Result<u64> {
     ))
 }
 
+/// The pid namespace this process's pids are numbered in: the inode number of
+/// `/proc/self/ns/pid`, which names the namespace for as long as it exists (`None` where
+/// there is no `/proc`, and under miri).
+///
+/// An owner id is a pid in one namespace: a process of another pid namespace (another
+/// container) reads it as some other process, or none, and would take a live owner for a
+/// dead one. A region file records the namespace of the processes using it, and
+/// [`Region::open`](crate::Region::open) refuses one in use from another namespace
+/// ([`Error::ForeignPidNamespace`](crate::Error::ForeignPidNamespace)).
+///
+/// ```
+/// use offheap_mmap::process::pid_namespace;
+/// if let Some(ns) = pid_namespace() {
+///     assert_ne!(ns, 0);
+/// }
+/// ```
+pub fn pid_namespace() -> Option<u64> {
+    #[cfg(test)]
+    if let Some(ns) = ns_override::get() {
+        return Some(ns);
+    }
+    // A process never changes pid namespace (`setns` and `unshare` of one move only the
+    // children made after them), so it is read once.
+    static NS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| {
+        if cfg!(miri) {
+            return None;
+        }
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/pid")
+            .ok()
+            .map(|m| m.ino())
+            .filter(|&ino| ino != 0)
+    })
+}
+
+/// Test-only: makes [`pid_namespace`] answer another namespace on this thread, as a process
+/// of another container would.
+#[cfg(test)]
+pub(crate) mod ns_override {
+    use std::cell::Cell;
+
+    thread_local! {
+        static NS: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    pub(crate) fn get() -> Option<u64> {
+        NS.with(Cell::get)
+    }
+
+    /// Until the guard is dropped, this thread's [`pid_namespace`](super::pid_namespace)
+    /// is `ns`.
+    pub(crate) fn set(ns: u64) -> Guard {
+        NS.with(|c| c.set(Some(ns)));
+        Guard
+    }
+
+    pub(crate) struct Guard;
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            NS.with(|c| c.set(None));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::layout::*;
 use crate::sync::{publish_size, refresh_view};
-use crate::{os, Error, Offset};
+use crate::{os, process, Error, Offset};
 
 const FREE: u64 = 1;
 /// Set in a block whose predecessor is free (so `free` reads the predecessor only then).
@@ -528,7 +528,13 @@ impl Region {
             .open(&tmp)?;
         let _remove = Remove(&tmp);
         file.set_len(initial)?;
-        let header = new_header(page, initial, creation_stamp());
+        // The shared lock before the name, so that a process of another pid namespace
+        // that opens the file as soon as it has its name sees a user (see
+        // `claim_pid_namespace`); and the namespace in the header it appears with.
+        let _ = os::ofd_lock(&file, os::FileLock::Shared, true);
+        let mut header = new_header(page, initial, creation_stamp());
+        header[F_PID_NS..F_PID_NS + 8]
+            .copy_from_slice(&process::pid_namespace().unwrap_or(0).to_ne_bytes());
         file.write_all_at(&header, 0)?;
         let data = header_size(page);
         file.write_all_at(&((initial - data) | FREE).to_ne_bytes(), data + 8)?;
@@ -537,8 +543,10 @@ impl Region {
     }
 
     /// Opens an existing region file with default options. The header is read and
-    /// validated before anything is mapped; nothing in the file is changed. O(1) in the
-    /// size of the data.
+    /// validated before anything is mapped; nothing in the file is changed, except the pid
+    /// namespace record of a file last used from another pid namespace, which nobody has
+    /// open any more (one used there now is refused:
+    /// [`Error::ForeignPidNamespace`]). O(1) in the size of the data.
     pub fn open(path: impl AsRef<Path>) -> Result<Region, Error> {
         Self::open_with(path, &RegionOptions::default())
     }
@@ -620,7 +628,7 @@ impl Region {
             unsafe { os::advise_huge(base, 0, size) };
         }
         let base = NonNull::new(base).ok_or(Error::InvalidOptions("null mapping"))?;
-        Ok(Self::from_parts(
+        let region = Self::from_parts(
             base,
             max,
             size,
@@ -628,7 +636,62 @@ impl Region {
             opts,
             huge,
             Backing::File { file, path },
-        ))
+        );
+        region.claim_pid_namespace()?;
+        Ok(region)
+    }
+
+    /// Makes sure that every process using this file numbers its pids in this process's
+    /// pid namespace, so that the owner ids its locks and claims record mean the same
+    /// process to all of them ([`process::owner_is_dead`] of a pid from another namespace
+    /// asks about some other process, or none, and would call a live owner dead).
+    ///
+    /// Every handle holds a record lock on the file's first byte for its whole life (the
+    /// kernel drops it when the process ends, however it ends), and the header records the
+    /// users' namespace ([`F_PID_NS`]). An open first tries the lock exclusively: if it
+    /// gets it, nobody else has the file open, and it records its own namespace (the file
+    /// is its, whoever used it before). Otherwise it waits for the lock shared (that is,
+    /// for an opener holding it exclusively to finish) and reads the record: another
+    /// namespace's fails with [`Error::ForeignPidNamespace`]. The lock is always held
+    /// (shared, in the end) before the record is read, so two opens from two namespaces
+    /// cannot both succeed: the kernel gives the exclusive lock to one of them at most, and
+    /// the other then finds the first's namespace.
+    ///
+    /// Where the namespace is unknown (no `/proc`) or the filesystem has no record locks,
+    /// nothing is checked or written, as before this record existed (format minor 2); so
+    /// are users of builds from before it, which hold no lock.
+    fn claim_pid_namespace(&self) -> Result<(), Error> {
+        let Backing::File { file, .. } = &self.backing else {
+            return Ok(());
+        };
+        let Some(ours) = process::pid_namespace() else {
+            return Ok(());
+        };
+        // SAFETY: the header is always mapped, F_PID_NS is 8-aligned, and the word is
+        // only ever accessed atomically.
+        let word = unsafe { &*self.base.as_ptr().add(F_PID_NS).cast::<AtomicU64>() };
+        if os::ofd_lock(file, os::FileLock::Exclusive, false).is_ok() {
+            // Alone with the file: the record is ours to write (only if it differs: an open
+            // of a file already ours writes nothing, not even its page's mtime).
+            if word.load(SeqCst) != ours {
+                word.store(ours, SeqCst);
+            }
+            // Back to shared, which cannot fail: no other description holds a lock. (Were
+            // it to fail, the lock would stay exclusive: other openers would wait, none
+            // would get in wrongly.)
+            let _ = os::ofd_lock(file, os::FileLock::Shared, false);
+            return Ok(());
+        }
+        if os::ofd_lock(file, os::FileLock::Shared, true).is_err() {
+            return Ok(());
+        }
+        // Others have the file open. No record means they run a build from before it, or
+        // cannot read their namespace: the record becomes ours, as the best guess there is.
+        match word.compare_exchange(0, ours, SeqCst, SeqCst) {
+            Ok(_) => Ok(()),
+            Err(now) if now == ours => Ok(()),
+            Err(now) => Err(Error::ForeignPidNamespace { file: now, ours }),
+        }
     }
 
     // ----------------------------------------------------------------- addressing
@@ -2161,6 +2224,152 @@ mod open_tests {
         assert!(r.stats().size >= before);
         let again = Region::open(&path).unwrap();
         assert_eq!(again.stats().size, after);
+    }
+}
+
+/// The pid-namespace record ([`Region::claim_pid_namespace`]), with this thread's namespace
+/// overridden as a process of another container would have it (`tests/process.rs` runs
+/// the same in a real second namespace where `unshare` can make one).
+#[cfg(all(test, not(miri)))]
+mod pid_namespace_tests {
+    use super::*;
+    use crate::process::ns_override;
+
+    const A: u64 = 0xA000_0001;
+    const B: u64 = 0xB000_0002;
+
+    fn recorded(path: &Path) -> u64 {
+        let bytes = std::fs::read(path).unwrap();
+        u64::from_ne_bytes(bytes[F_PID_NS..F_PID_NS + 8].try_into().unwrap())
+    }
+
+    fn open_as(ns: u64, path: &Path) -> Result<Region, Error> {
+        let _g = ns_override::set(ns);
+        Region::open(path)
+    }
+
+    /// [`open_as`] for a file just closed here: retried for a while if refused, because a
+    /// process that another test thread forked at that moment holds a copy of the closed
+    /// descriptor, and so its lock, until it has exec'd.
+    fn open_closed_as(ns: u64, path: &Path) -> Region {
+        for _ in 0..100 {
+            match open_as(ns, path) {
+                Err(Error::ForeignPidNamespace { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r.unwrap(),
+            }
+        }
+        open_as(ns, path).unwrap()
+    }
+
+    fn refused(r: Result<Region, Error>) -> (u64, u64) {
+        match r {
+            Err(Error::ForeignPidNamespace { file, ours }) => (file, ours),
+            other => panic!("expected ForeignPidNamespace, got {other:?}"),
+        }
+    }
+
+    /// A file in use from one namespace is refused to another, and taken over by it once
+    /// every handle is closed; both ways.
+    #[test]
+    fn a_file_in_use_from_another_pid_namespace_is_refused_until_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.region");
+        let a1 = {
+            let _g = ns_override::set(A);
+            Region::create(&path, &RegionOptions::new()).unwrap()
+        };
+        assert_eq!(recorded(&path), A);
+        // A second handle of the same namespace shares the file.
+        let a2 = open_as(A, &path).unwrap();
+        assert_eq!(refused(open_as(B, &path)), (A, B));
+        drop(a1);
+        assert_eq!(refused(open_as(B, &path)), (A, B), "a2 still has it open");
+        assert_eq!(recorded(&path), A, "a refused open writes nothing");
+        drop(a2);
+        let b = open_closed_as(B, &path);
+        assert_eq!(recorded(&path), B, "taken over once nobody had it open");
+        assert_eq!(refused(open_as(A, &path)), (B, A));
+        // The taken-over file works as before.
+        let off = b.alloc(64, 8).unwrap();
+        b.set_root("x", Some(off)).unwrap();
+        drop(b);
+        let a = open_closed_as(A, &path);
+        assert_eq!(recorded(&path), A);
+        assert_eq!(a.root("x"), Some(off));
+        a.check().unwrap();
+    }
+
+    /// A file from before the record (format minor 1, the word 0) takes its first opener's
+    /// namespace, alone or beside handles that hold no lock.
+    #[test]
+    fn a_file_without_a_recorded_namespace_takes_its_openers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.region");
+        drop(Region::create(&path, &RegionOptions::new()).unwrap());
+        let zero = |path: &Path| {
+            let f = OpenOptions::new().write(true).open(path).unwrap();
+            f.write_all_at(&0u64.to_ne_bytes(), F_PID_NS as u64)
+                .unwrap();
+        };
+        zero(&path);
+        let b = open_closed_as(B, &path);
+        assert_eq!(recorded(&path), B);
+        assert_eq!(refused(open_as(A, &path)), (B, A));
+        // Beside a user that wrote no record (the record cleared under it, as a build from
+        // before it leaves the file): the first opener's namespace, then refusals.
+        zero(&path);
+        let a = open_as(A, &path).unwrap();
+        assert_eq!(recorded(&path), A);
+        assert_eq!(refused(open_as(B, &path)), (A, B));
+        drop((a, b));
+    }
+
+    /// Opens from two namespaces at once, many times over, on a file nobody holds: never do
+    /// both get in while the other is open.
+    #[test]
+    fn racing_opens_from_two_pid_namespaces_never_both_get_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.region");
+        drop(Region::create(&path, &RegionOptions::new()).unwrap());
+        let mut wins = [0u32; 3];
+        for _ in 0..200 {
+            let barrier = std::sync::Barrier::new(2);
+            let held = std::sync::Barrier::new(2);
+            let (ra, rb) = std::thread::scope(|s| {
+                let go = |ns: u64| {
+                    let (barrier, held, path) = (&barrier, &held, &path);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let r = open_as(ns, path);
+                        // Both answers are in before either handle closes.
+                        held.wait();
+                        r.is_ok()
+                    })
+                };
+                let (a, b) = (go(A), go(B));
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            assert!(!(ra && rb), "both namespaces opened the file at once");
+            wins[if ra {
+                1
+            } else if rb {
+                2
+            } else {
+                0
+            }] += 1;
+        }
+        // And one of them gets in: the first to try the lock exclusively gets it, unless
+        // the other holds it, which only the other's own exclusive lock can make so. (Not
+        // required of every round: a process forked by another test thread can hold a copy
+        // of the last round's descriptor for a moment, see `open_closed_as`.)
+        assert!(wins[0] <= 10, "rounds (neither, A, B): {wins:?}");
+        eprintln!("rounds (neither, A, B): {wins:?}");
+        assert!(
+            wins[1] > 0 && wins[2] > 0,
+            "rounds (neither, A, B): {wins:?}"
+        );
     }
 }
 
