@@ -43,6 +43,11 @@ impl SharedRegion {
         }
     }
 
+    /// The length of this process's view of the region (what it has mapped so far).
+    pub(crate) fn view_len(&self) -> u64 {
+        self.view.load(Ordering::Acquire)
+    }
+
     pub(crate) fn set_alloc_lock(&self, l: *mut LockWords) {
         self.alloc_lock.store(l, Ordering::Release);
     }

@@ -1020,7 +1020,12 @@ impl SharedMap {
     /// All pairs (copies), one shard at a time (see [`for_each`](Self::for_each)).
     #[allow(clippy::type_complexity)]
     pub fn to_vec(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
-        let mut v = Vec::with_capacity(self.len());
+        // `len` sums the shards' counters, which come from the file: as a capacity it is
+        // capped by what the mapping can hold (every pair takes at least an 8-byte table
+        // word), so a corrupt counter cannot ask for more memory than there are pairs (the
+        // fuzz target `sharedmap_file`: an allocation of 2^40 bytes, an abort).
+        let cap = self.len().min((self.region.view_len() / 8) as usize);
+        let mut v = Vec::with_capacity(cap);
         self.for_each(|k, val| v.push((k.to_vec(), val.to_vec())))?;
         Ok(v)
     }
