@@ -535,13 +535,53 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
             .expect("offheap-swiss: cannot reserve capacity")
     }
 
-    /// [`reserve`](Self::reserve), returning an error instead of panicking.
+    /// [`reserve`](Self::reserve), returning an error instead of panicking. A reservation
+    /// that fails gives back what it had taken (it shrinks the table to fit, as
+    /// [`shrink_to_fit`](Self::shrink_to_fit)), so the room left in the memory is not held
+    /// by empty segments.
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), Error> {
         let n = self
             .len()
             .checked_add(additional)
             .ok_or(Error::CapacityOverflow)?;
-        self.raw.reserve_total(n)
+        self.raw.reserve_total(n).inspect_err(|_| {
+            // A failed allocation leaves a correct (just larger) table.
+            let _ = self.raw.shrink_to_fit();
+        })
+    }
+
+    /// Inserts every pair of `iter`, as [`Extend`] does, but with
+    /// [`try_insert`](Self::try_insert): stops at the first pair the table cannot take and
+    /// returns its error. The pairs before it are in the table, that one and those after it
+    /// are not (the rest of the iterator is not run), and the table is whole either way.
+    /// For a table whose memory can run out, or a file that may be corrupt, where `extend`
+    /// (like `insert`) would panic.
+    ///
+    /// ```
+    /// use offheap_mmap::{Region, RegionOptions};
+    /// use offheap_swiss::{Error, SwissTable};
+    ///
+    /// let region = Region::anonymous_with(&RegionOptions::new().max_size(1 << 20))?;
+    /// let mut t = SwissTable::<u64, u64, &Region>::new_in(&region);
+    /// t.try_extend((0..100).map(|k| (k, k * 2)))?;
+    /// assert_eq!(t.get(&7), Some(&14));
+    /// // A million pairs do not fit in a 1 MiB region.
+    /// let err = t.try_extend((0..1_000_000).map(|k| (k, k))).unwrap_err();
+    /// assert!(matches!(err, Error::Alloc { .. }));
+    /// assert!(t.len() > 100 && t.len() < 1_000_000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_extend(&mut self, iter: impl IntoIterator<Item = (K, V)>) -> Result<(), Error> {
+        let iter = iter.into_iter();
+        let (lo, _) = iter.size_hint();
+        if self.is_empty() && lo > 0 {
+            // A hint: room it cannot find is found or refused by the inserts one at a time.
+            let _ = self.try_reserve(lo);
+        }
+        for (k, v) in iter {
+            self.try_insert(k, v)?;
+        }
+        Ok(())
     }
 
     /// Merges sparse segments and shrinks each to fit its entries, dropping all tombstones.
@@ -803,12 +843,16 @@ where
 
 impl<K: Pod, V: Pod + Eq, M: TableMemory, H: SeededHash> Eq for SwissTable<K, V, M, H> {}
 
+/// Inserts every pair, reserving room first for an empty table (as much as the memory has,
+/// if not all). Panics where [`insert`](SwissTable::insert) would (the memory cannot supply
+/// a segment for a pair); see [`try_extend`](SwissTable::try_extend) for the fallible form.
 impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Extend<(K, V)> for SwissTable<K, V, M, H> {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
         let iter = iter.into_iter();
         let (lo, _) = iter.size_hint();
         if self.is_empty() && lo > 0 {
-            self.reserve(lo);
+            // A hint, as in `try_extend`: only a pair that does not fit panics.
+            let _ = self.try_reserve(lo);
         }
         for (k, v) in iter {
             self.insert(k, v);

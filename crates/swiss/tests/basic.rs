@@ -423,6 +423,65 @@ fn a_growth_the_memory_cannot_supply_is_an_error_and_changes_nothing() {
     assert_eq!(t.len(), model.len());
 }
 
+/// `try_extend` inserts in order and stops at the first pair the memory cannot take: the
+/// table then holds exactly the pairs before it, and works on.
+#[test]
+#[cfg_attr(miri, ignore)] // fills a 1 MiB region, as the test above
+fn try_extend_stops_at_the_first_pair_that_does_not_fit() {
+    use offheap_mmap::{Region, RegionOptions};
+    let region = Region::anonymous_with(&RegionOptions::new().max_size(1 << 20)).unwrap();
+    let mut t: SwissTable<u64, u64, &Region> =
+        SwissTable::with_options_in(TableOptions::new().segment_slots(256).seed(5), &region)
+            .unwrap();
+    let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let err = t
+        .try_extend((0..1_000_000u64).map(|i| (key(i), i)))
+        .unwrap_err();
+    assert!(matches!(err, Error::Alloc { .. }), "{err:?}");
+    let n = t.len() as u64;
+    assert!(n > 1000 && n < 1_000_000, "{n} pairs");
+    for i in 0..n {
+        assert_eq!(t.get(&key(i)), Some(&i));
+    }
+    assert_eq!(t.get(&key(n)), None, "the pair that did not fit");
+    // The table goes on: a replacement and a removal need no room.
+    assert_eq!(t.try_insert(key(0), 7).unwrap(), Some(0));
+    assert_eq!(t.remove(&key(1)), Some(1));
+    t.try_extend([(key(1), 1)]).unwrap();
+    assert_eq!(t.len() as u64, n);
+}
+
+/// A reservation the memory cannot supply fails, and gives back what it took: the table
+/// then takes as many entries as one that never asked (before, the failed reservation's
+/// empty segments kept the room, and a 1 MiB region took 426 entries instead of thousands).
+#[test]
+#[cfg_attr(miri, ignore)] // fills 1 MiB regions, as the tests above
+fn a_failed_reservation_keeps_no_room() {
+    use offheap_mmap::{Region, RegionOptions};
+    let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fill = |reserve_first: bool| {
+        let region = Region::anonymous_with(&RegionOptions::new().max_size(1 << 20)).unwrap();
+        let mut t: SwissTable<u64, u64, &Region> =
+            SwissTable::with_options_in(TableOptions::new().segment_slots(256).seed(5), &region)
+                .unwrap();
+        t.insert(key(0), 0);
+        if reserve_first {
+            assert!(matches!(t.try_reserve(1 << 20), Err(Error::Alloc { .. })));
+            assert_eq!((t.len(), t.get(&key(0))), (1, Some(&0)));
+        }
+        let mut i = 1;
+        while t.try_insert(key(i), i).is_ok() {
+            i += 1;
+        }
+        i
+    };
+    let (plain, after_failed_reserve) = (fill(false), fill(true));
+    assert!(
+        after_failed_reserve * 10 >= plain * 9,
+        "{after_failed_reserve} entries after a failed reservation, {plain} without"
+    );
+}
+
 /// A small segment grows four times larger at a time (fewer rebuilds while a table is small),
 /// from 64 groups on twice larger, and never past the segment size: a table grown from empty
 /// to 1000 keys goes through 16, 64, 256, 1024 and 2048 slots.
