@@ -89,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
                     None => r.alloc(size, align),
                 };
                 if let Ok(o) = got {
+                    let _ = r.allocation_size(o);
                     if let Ok(p) = r.ptr(o, size) {
                         // SAFETY: a live allocation of `size` bytes.
                         unsafe { p.as_ptr().write_bytes(op, size as usize) };
@@ -105,10 +106,17 @@ fuzz_target!(|data: &[u8]| {
         }
         for name in ["first", "second"] {
             if let Some(o) = r.root(name) {
+                let _ = r.allocation_size(o);
                 let _ = r.free(o);
                 let _ = r.ptr(o, 16);
             }
         }
+        // Roots written over whatever the header's slots hold, and pages faulted in ahead.
+        if let Some(&o) = live.first() {
+            let _ = r.set_root("third", Some(o));
+            let _ = r.set_root("first", None);
+        }
+        let _ = r.prefault(1 << 16);
         let _ = r.check();
     }
 });

@@ -50,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
     let opened = open_image(&img, "case.map", |p| SharedMap::open(p));
     let Ok(m) = opened else { return };
     let _ = m.check();
-    let _ = m.len();
+    let _ = (m.len(), m.capacity(), m.region_stats(), m.unnamed_blocks());
+    let _ = m.to_vec();
     let _ = m.for_each(|k, v| {
         std::hint::black_box((k.len(), v.len()));
     });
@@ -65,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     });
     while let Some(op) = input.byte() {
         let i = u32::from(op);
-        let _ = match op % 5 {
+        let _ = match op % 8 {
             0 => m.put(&key(i), &value(i)).map(drop),
             1 => m.delete(&key(i)).map(drop),
             2 => {
@@ -73,8 +74,13 @@ fuzz_target!(|data: &[u8]| {
                 m.put_many(&pairs).map(drop)
             }
             3 => m.delete_many(&keys[(i as usize % 192)..][..8]).map(drop),
+            // The forms that hand back the value they replace or remove.
+            4 => m.insert(&key(i), &value(i + 1)).map(drop),
+            5 => m.remove(&key(i)).map(drop),
+            6 => m.contains_key(&key(i)).map(drop),
             _ => m.get(&key(i)).map(drop),
         };
     }
     let _ = m.check();
+    let _ = (m.len(), m.unnamed_blocks());
 });

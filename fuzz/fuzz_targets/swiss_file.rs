@@ -249,7 +249,7 @@ fn exercise(t: &mut T<'_>, input: &mut Input<'_>) {
     for _ in 0..32 {
         let Some(op) = input.byte() else { break };
         let k = u64::from(input.byte().unwrap_or(0)) * 7 + u64::from(op >> 4);
-        match op % 8 {
+        match op % 11 {
             0 => {
                 let _ = t.try_insert(k, !k);
             }
@@ -283,6 +283,19 @@ fn exercise(t: &mut T<'_>, input: &mut Input<'_>) {
                 }
             }
             5 => t.shrink_to_fit(),
+            // Writes through the mutable iterators (values are anything a mutated file holds:
+            // wrapping arithmetic).
+            8 => {
+                for (key, v) in t.iter_mut() {
+                    *v = v.wrapping_add(*key);
+                }
+                black_box(t.values_mut().count());
+            }
+            // A drain stopped early: its drop empties the table (rare: a kept byte picks it).
+            9 if k % 4 == 0 => {
+                black_box(t.drain().take(usize::from(op >> 4)).count());
+            }
+            9 => t.clear(),
             6 => t.retain(|key, v| {
                 *v ^= 1;
                 key % (k + 2) != 0
@@ -311,7 +324,17 @@ fn exercise(t: &mut T<'_>, input: &mut Input<'_>) {
     let mut out = vec![None; keys.len()];
     black_box(t.get_many(&keys, &mut out));
     black_box(t.iter().collect::<Vec<_>>());
-    black_box(t.len());
+    black_box((t.len(), t.keys().count(), t.values().count()));
+    // std's traits over a table whatever it holds: formatting and comparing iterate it and
+    // look every key up again. Then a bulk insert (`try_extend`: `extend` panics, as
+    // `insert` does, when the memory cannot supply a segment).
+    black_box(format!("{t:?}").len());
+    black_box(*t == *t);
+    let _ = t.try_extend((0..64u64).map(|k| (k * 31, k)));
+    for k in 0..64u64 {
+        black_box((t.get_key_value(&(k * 31)), t.contains_key(&k)));
+        black_box(t.remove_entry(&(k * 17)));
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -366,6 +389,8 @@ fuzz_target!(|data: &[u8]| {
         for k in 0..64 {
             black_box(t.get(&k));
         }
+        // The consuming iterator, which closes the table as `drop` does.
+        black_box(t.into_iter().count());
     }
     let _ = region.check();
 });
