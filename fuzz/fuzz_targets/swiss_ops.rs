@@ -26,6 +26,10 @@ enum Op {
     Bulk(u16, u8),
     /// Remove up to `n` present keys (merges).
     BulkRemove(u8),
+    /// `extend` (or `try_extend`, with `true`) with `n` consecutive keys from `k`.
+    Extend(u16, u8, bool),
+    /// `try_reserve(n)` (never fails on the heap; its success path).
+    TryReserve(u16),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -107,6 +111,16 @@ fuzz_target!(|input: Input| {
                     assert_eq!(t.insert(kk, i as u64), m.insert(kk, i as u64));
                 }
             }
+            Op::Extend(k, n, fallible) => {
+                let pairs = (0..u16::from(n)).map(|i| (key(k.wrapping_add(i)), u64::from(i)));
+                if fallible {
+                    t.try_extend(pairs.clone()).unwrap();
+                } else {
+                    t.extend(pairs.clone());
+                }
+                m.extend(pairs);
+            }
+            Op::TryReserve(n) => t.try_reserve(n as usize).unwrap(),
             Op::BulkRemove(n) => {
                 let victims: Vec<u32> = m.keys().copied().take(n as usize).collect();
                 for k in victims {
