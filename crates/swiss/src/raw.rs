@@ -1039,10 +1039,26 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         DIR_SHIFT0 - self.shift
     }
 
-    /// Number of directory entries a segment of depth `depth` covers.
+    /// Number of directory entries a segment of depth `depth` covers. A depth above the
+    /// directory's (a segment header changed behind the table, in a corrupt region) reads as
+    /// covering one entry, so that no walk over the directory overflows or stalls; the
+    /// structural changes refuse such a segment ([`checked_depth`](Self::checked_depth)).
     #[inline(always)]
     pub(crate) fn span(&self, depth: u32) -> usize {
-        1 << (self.global_depth() - depth)
+        1 << self.global_depth().saturating_sub(depth)
+    }
+
+    /// `seg`'s depth, or `Error::Corrupt` if it is above the directory's: the open checks
+    /// every segment's depth, so only memory changed behind the table since (a corrupt
+    /// allocator that handed out a block still in use) makes one so.
+    fn checked_depth(&self, seg: &SegRef<K, V>) -> Result<u32, Error> {
+        let d = seg.depth();
+        if d > self.global_depth() {
+            return Err(Error::Corrupt(
+                "segment depth above the directory's (changed behind the table)",
+            ));
+        }
+        Ok(d)
     }
 
     /// The length, read as 0 where it went below zero. That happens only in a corrupt file,
@@ -2360,6 +2376,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     #[inline(never)]
     fn make_room(&mut self, idx: usize) -> Result<(), Error> {
         let seg = self.dir[idx];
+        self.checked_depth(&seg)?;
         let groups = seg.groups();
         // SAFETY: the segment's header is valid while the table lives.
         let deleted = unsafe { (*seg.hdr()).deleted } as usize;
@@ -2575,6 +2592,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     /// the range of `idx` now starts at.
     pub(crate) fn split(&mut self, mut idx: usize, groups: usize) -> Result<usize, Error> {
         let old = self.dir[idx];
+        self.checked_depth(&old)?;
         // Either half may get every entry. Callers ask for no fewer groups than the segment
         // has, except `reserve_total` in a corrupt file whose segments exceed its header's
         // segment size.
@@ -2725,11 +2743,12 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         halve: bool,
     ) -> Result<bool, Error> {
         let a = self.dir[idx];
-        if a.depth() == 0 {
+        if self.checked_depth(&a)? == 0 {
             return Ok(false);
         }
         let bidx = idx ^ self.span(a.depth());
         let b = self.dir[bidx];
+        self.checked_depth(&b)?;
         // SAFETY: segment headers are valid while the table lives.
         let total = unsafe { (*a.hdr()).len.saturating_add((*b.hdr()).len) } as usize;
         if b.depth() != a.depth() || total > limit {
@@ -2841,7 +2860,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         // A buddy at the same depth that is itself close to its threshold will merge with
         // this segment soon (when it crosses it): shrinking now would move these entries
         // twice.
-        if seg.depth() > 0 {
+        if self.checked_depth(&seg)? > 0 {
             let buddy = self.dir[idx ^ self.span(seg.depth())];
             // SAFETY: header valid.
             let blen = unsafe { (*buddy.hdr()).len } as usize;
@@ -3125,6 +3144,56 @@ mod tests {
                 let p = dir_prefix(h, d);
                 assert_eq!(dir_prefix(hash_with_prefix(p, d), d), p);
                 assert_eq!(p, (t.dir_index(h) >> (gd - d)) as u64);
+            }
+        }
+    }
+
+    /// A segment whose stored depth is changed behind the table to above the directory's
+    /// (a corrupt allocator that handed its header out; the fuzz target `bytesmap_file` did
+    /// it through a `BytesMap`'s arena) makes the structural changes fail with `Corrupt`,
+    /// and walks over the directory go on: no overflow of `global_depth - depth`, which
+    /// `shrink_to_fit` hit before.
+    #[test]
+    fn a_depth_changed_behind_the_table_is_corrupt_not_an_overflow() {
+        let region = Region::anonymous().unwrap();
+        let mut t = RawTable::<u64, u64, &Region, Xxh3>::new(&region, 7, 4).unwrap();
+        let (n, more) = if cfg!(miri) { (500, 300) } else { (500, 2000) };
+        for k in 0..n {
+            let h = t.hash(&k);
+            t.find_or_insert(h, k, k).unwrap();
+        }
+        let gd = t.global_depth();
+        assert!(gd >= 3, "global depth {gd}");
+        let seg = t.seg_at(t.hash(&0));
+        // SAFETY: the segment's header, written as memory changed behind the table would.
+        unsafe { (*seg.hdr()).depth = gd + 5 };
+        assert!(matches!(t.shrink_to_fit(), Err(Error::Corrupt(_))));
+        let r = t.reserve_total(4 * n as usize);
+        assert!(matches!(r, Ok(()) | Err(Error::Corrupt(_))), "{r:?}");
+        // The walks still visit every entry once (the bad segment read as one entry's).
+        let mut pos = (0, 0);
+        let mut seen = 0;
+        while t.next_full(&mut pos).is_some() {
+            seen += 1;
+        }
+        assert!(seen >= n as usize, "{seen} entries seen");
+        // Lookups do not read the depth at all.
+        for k in 0..n {
+            assert!(t.find(t.hash(&k), &k).is_some(), "key {k}");
+        }
+        // Inserts until the bad segment needs room, removals until it would merge: each
+        // answers or fails with `Corrupt`.
+        for k in n..n + more {
+            let h = t.hash(&k);
+            match t.find_or_insert(h, k, k) {
+                Ok(_) | Err(Error::Corrupt(_)) => {}
+                Err(e) => panic!("key {k}: {e}"),
+            }
+        }
+        for k in 0..n + more {
+            let h = t.hash(&k);
+            if let Some((seg, i, empty)) = t.find_hit(h, &k) {
+                t.remove_at(seg, i, h, empty);
             }
         }
     }
