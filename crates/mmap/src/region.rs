@@ -667,9 +667,7 @@ impl Region {
         let Some(ours) = process::pid_namespace() else {
             return Ok(());
         };
-        // SAFETY: the header is always mapped, F_PID_NS is 8-aligned, and the word is
-        // only ever accessed atomically.
-        let word = unsafe { &*self.base.as_ptr().add(F_PID_NS).cast::<AtomicU64>() };
+        let word = self.atomic_word(F_PID_NS);
         if os::ofd_lock(file, os::FileLock::Exclusive, false).is_ok() {
             // Alone with the file: the record is ours to write (only if it differs: an open
             // of a file already ours writes nothing, not even its page's mtime).
@@ -917,9 +915,17 @@ impl Region {
 
     #[inline]
     fn size_word(&self) -> &AtomicU64 {
-        // SAFETY: the header is always mapped, F_SIZE is 8-aligned, and the word is only
-        // ever accessed atomically.
-        unsafe { &*self.base.as_ptr().add(F_SIZE).cast::<AtomicU64>() }
+        self.atomic_word(F_SIZE)
+    }
+
+    /// A header field that processes sharing the file read and write concurrently
+    /// ([`F_SIZE`], [`F_PID_NS`]): only ever accessed atomically.
+    #[inline]
+    fn atomic_word(&self, field: usize) -> &AtomicU64 {
+        debug_assert!(field % 8 == 0 && field + 8 <= HEADER_LEN as usize);
+        // SAFETY: the header is always mapped and the field is 8-aligned inside it; these
+        // fields are only ever accessed atomically.
+        unsafe { &*self.base.as_ptr().add(field).cast::<AtomicU64>() }
     }
 
     #[inline]
