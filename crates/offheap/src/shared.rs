@@ -1542,7 +1542,8 @@ impl Ctx<'_> {
         // can name free memory, where the new table could then be allocated, and moving the
         // entries would write over the slots being read (the fuzz target `sharedmap_file`
         // looped forever there).
-        let (old_off, old_cap) = desc_parts(self.shard.table.load(Ordering::Relaxed));
+        let old_desc = self.shard.table.load(Ordering::Relaxed);
+        let (old_off, old_cap) = desc_parts(old_desc);
         if !matches!(self.map.region.block_size(old_off)?, Some(n) if n >= old_cap * SLOT) {
             return Err(Error::Corrupt(
                 "shard table is not a live block of the region",
@@ -1553,7 +1554,6 @@ impl Ctx<'_> {
                 "a shard holds at most 2^28 slots: use more shards",
             ));
         }
-        let old_desc = self.shard.table.load(Ordering::Relaxed);
         // A record left by the last rebuild names the live table: cleared before the op.
         self.shard.fresh_table.store(0, Ordering::Relaxed);
         self.set_intent(|it| {

@@ -606,6 +606,17 @@ fn shard_word(r: &offheap::mmap::Region, shard: u64, word: u64) -> *mut u64 {
     r.ptr(at, 8).unwrap().as_ptr() as *mut u64
 }
 
+/// Writes `(shard, word, value)` into the closed map file at `path` (see [`shard_word`]), as
+/// a corrupt file would hold them.
+fn write_shard_words(path: &std::path::Path, writes: &[(u64, u64, u64)]) {
+    let r = offheap::mmap::Region::open(path).unwrap();
+    for &(shard, word, v) in writes {
+        // SAFETY: 8 bytes of the mapping, no other user.
+        unsafe { shard_word(&r, shard, word).write(v) };
+    }
+    r.flush().unwrap();
+}
+
 /// Shard table words that point outside the region (or name an impossible capacity) are
 /// bounds-checked before any slot is read: every operation returns an error, nothing
 /// faults.
@@ -665,17 +676,11 @@ fn corrupt_shard_counters_never_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad-counters.map");
     map_file_of(&path, 2, 100);
-    {
-        let r = offheap::mmap::Region::open(&path).unwrap();
-        for i in 0..2 {
-            // `len` and `used`: the shard's fourth and fifth words.
-            for (word, v) in [(3, u64::MAX), (4, u64::MAX - 1)] {
-                // SAFETY: 8 bytes of the mapping, no other user.
-                unsafe { shard_word(&r, i, word).write(v) };
-            }
-        }
-        r.flush().unwrap();
-    }
+    // `len` and `used`: each shard's fourth and fifth words.
+    let writes: Vec<_> = (0..2)
+        .flat_map(|i| [(i, 3, u64::MAX), (i, 4, u64::MAX - 1)])
+        .collect();
+    write_shard_words(&path, &writes);
     let m = SharedMap::open(&path).unwrap();
     assert!(m.check().is_err(), "the counters disagree with the tables");
     assert_eq!(m.len(), usize::MAX);
@@ -706,13 +711,8 @@ fn a_shard_length_below_its_entries_never_hangs_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("short-len.map");
     map_file_of(&path, 1, 2000);
-    {
-        let r = offheap::mmap::Region::open(&path).unwrap();
-        // The shard's `len`, its fourth word.
-        // SAFETY: 8 bytes of the mapping, no other user.
-        unsafe { shard_word(&r, 0, 3).write(3) };
-        r.flush().unwrap();
-    }
+    // The shard's `len`, its fourth word.
+    write_shard_words(&path, &[(0, 3, 3)]);
     // In a thread, so that a rebuild that never ends fails the test instead of hanging it.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
