@@ -848,14 +848,10 @@ impl<K: Pod, V: Pod + Eq, M: TableMemory, H: SeededHash> Eq for SwissTable<K, V,
 /// a segment for a pair); see [`try_extend`](SwissTable::try_extend) for the fallible form.
 impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> Extend<(K, V)> for SwissTable<K, V, M, H> {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
-        let iter = iter.into_iter();
-        let (lo, _) = iter.size_hint();
-        if self.is_empty() && lo > 0 {
-            // A hint, as in `try_extend`: only a pair that does not fit panics.
-            let _ = self.try_reserve(lo);
-        }
-        for (k, v) in iter {
-            self.insert(k, v);
+        // `try_extend`'s error is the one `insert` panics with, and its reservation only a
+        // hint: only a pair that does not fit panics.
+        if let Err(e) = self.try_extend(iter) {
+            grow_failed(e)
         }
     }
 }
