@@ -49,7 +49,7 @@ mod sync;
 pub use error::Error;
 pub use layout::{ROOT_NAME_LEN, ROOT_SLOTS};
 pub use offset::Offset;
-pub use region::{CheckReport, RecoverReport, Region, RegionOptions, RegionStats};
+pub use region::{Alone, CheckReport, RecoverReport, Region, RegionOptions, RegionStats};
 
 /// Helpers for the fuzz target (not part of the stable API).
 #[doc(hidden)]

@@ -337,6 +337,25 @@ enum Backing {
     File { file: File, path: PathBuf },
 }
 
+/// A region file held by one handle alone ([`Region::try_alone`]): while this lives, no
+/// other handle has the file open, and others' opens of it wait. Dropping it lets them in.
+#[must_use = "the file stays alone only while the guard lives"]
+#[derive(Debug)]
+pub struct Alone {
+    /// A duplicate of the handle's descriptor: the same open file description, whose
+    /// record lock this holds exclusively.
+    file: File,
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        // Back to the shared lock that every handle holds, which cannot fail: no other
+        // description holds one. (Were it to fail, the lock would stay exclusive until the
+        // handle is closed: others' opens would wait, none would get in wrongly.)
+        let _ = os::ofd_lock(&self.file, os::FileLock::Shared, false);
+    }
+}
+
 /// A memory region: anonymous memory or a memory-mapped file, holding a header with
 /// named roots and a block allocator whose whole state lives in the region.
 ///
@@ -377,6 +396,11 @@ pub struct Region {
     /// Set once the kernel refused `MADV_POPULATE_WRITE` (before Linux 5.14): `prefault`
     /// then does nothing.
     no_populate: Cell<bool>,
+    /// Whether this handle holds the file's record lock (shared), as every handle of a
+    /// file does where the filesystem has record locks (see
+    /// [`claim_pid_namespace`](Self::claim_pid_namespace)): [`try_alone`](Self::try_alone)
+    /// can only tell that a file is alone from a handle that does.
+    file_locked: Cell<bool>,
     backing: Backing,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -494,6 +518,7 @@ impl Region {
             torn: Cell::new(false),
             prefaulted: Cell::new(0),
             no_populate: Cell::new(cfg!(miri) || !cfg!(target_os = "linux")),
+            file_locked: Cell::new(false),
             backing,
             _not_sync: PhantomData,
         }
@@ -664,25 +689,30 @@ impl Region {
         let Backing::File { file, .. } = &self.backing else {
             return Ok(());
         };
-        let Some(ours) = process::pid_namespace() else {
-            return Ok(());
-        };
+        let ours = process::pid_namespace();
         let word = self.atomic_word(F_PID_NS);
         if os::ofd_lock(file, os::FileLock::Exclusive, false).is_ok() {
             // Alone with the file: the record is ours to write (only if it differs: an open
             // of a file already ours writes nothing, not even its page's mtime).
-            if word.load(SeqCst) != ours {
-                word.store(ours, SeqCst);
+            if let Some(ours) = ours {
+                if word.load(SeqCst) != ours {
+                    word.store(ours, SeqCst);
+                }
             }
             // Back to shared, which cannot fail: no other description holds a lock. (Were
             // it to fail, the lock would stay exclusive: other openers would wait, none
             // would get in wrongly.)
             let _ = os::ofd_lock(file, os::FileLock::Shared, false);
+            self.file_locked.set(true);
             return Ok(());
         }
         if os::ofd_lock(file, os::FileLock::Shared, true).is_err() {
             return Ok(());
         }
+        self.file_locked.set(true);
+        let Some(ours) = ours else {
+            return Ok(());
+        };
         // Others have the file open. No record means they run a build from before it, or
         // cannot read their namespace: the record becomes ours, as the best guess there is.
         match word.compare_exchange(0, ours, SeqCst, SeqCst) {
@@ -690,6 +720,54 @@ impl Region {
             Err(now) if now == ours => Ok(()),
             Err(now) => Err(Error::ForeignPidNamespace { file: now, ours }),
         }
+    }
+
+    /// Whether this handle is the only one open on the region's file, in this process or
+    /// any other; if so, keeps it so until the returned [`Alone`] is dropped: opens of the
+    /// file by others wait meanwhile (in [`Region::open`]), and the handles already open
+    /// are this one alone.
+    ///
+    /// Then every owner id recorded in the file (a lock's holder, a table's user) names a
+    /// process that no longer has the file open, whether or not that process is alive: a
+    /// copy of a file taken while a process held one of its locks names that process, and
+    /// so does a hostile file, and neither holds anything. A caller that has just opened
+    /// the file can clear such words before anyone waits on them.
+    ///
+    /// `None` for an anonymous region, where the filesystem has no record locks, and
+    /// while another handle has the file open. Every handle holds a shared record lock
+    /// (an open-file-description lock, `F_OFD_SETLK`) on the file's first byte for its
+    /// whole life; this takes it exclusively if nobody else holds it. Handles of builds
+    /// from before that lock (format minor 2) hold none and are not seen. Nor is a child
+    /// forked from this process: it shares this handle's descriptor, and so its lock, so
+    /// call this right after the open, before any fork.
+    ///
+    /// ```
+    /// use offheap_mmap::{Region, RegionOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("alone.region");
+    /// let a = Region::create(&path, &RegionOptions::new())?;
+    /// assert!(a.try_alone().is_some());
+    /// let b = Region::open(&path)?;
+    /// assert!(a.try_alone().is_none() && b.try_alone().is_none());
+    /// drop(a);
+    /// let alone = b.try_alone();
+    /// # if cfg!(target_os = "linux") {
+    /// assert!(alone.is_some());
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_alone(&self) -> Option<Alone> {
+        let Backing::File { file, .. } = &self.backing else {
+            return None;
+        };
+        if !self.file_locked.get() {
+            return None;
+        }
+        // A duplicate descriptor shares this handle's open file description, and so its
+        // lock: the guard can give the exclusive lock back whatever happens to the region.
+        let dup = file.try_clone().ok()?;
+        os::ofd_lock(&dup, os::FileLock::Exclusive, false).ok()?;
+        Some(Alone { file: dup })
     }
 
     // ----------------------------------------------------------------- addressing
@@ -2376,6 +2454,79 @@ mod pid_namespace_tests {
             wins[1] > 0 && wins[2] > 0,
             "rounds (neither, A, B): {wins:?}"
         );
+    }
+}
+
+/// [`Region::try_alone`]: a handle has its file alone exactly when no other handle has it
+/// open, and opens wait while it is kept so.
+#[cfg(all(test, target_os = "linux", not(miri)))]
+mod alone_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// `r.try_alone()`, asked again for a while if `None`: a process that another test
+    /// thread forks holds a copy of every descriptor of this one until it execs, and so
+    /// the lock of a handle just closed (see `pid_namespace_tests::open_closed_as`).
+    fn alone_soon(r: &Region) -> Option<Alone> {
+        for _ in 0..100 {
+            if let Some(a) = r.try_alone() {
+                return Some(a);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.try_alone()
+    }
+
+    #[test]
+    fn a_file_is_alone_only_with_one_handle_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alone.region");
+        let a = Region::create(&path, &RegionOptions::new()).unwrap();
+        drop(alone_soon(&a).expect("a new file is its creator's alone"));
+        // The guard gave the lock back: another handle opens, and then neither is alone.
+        let b = Region::open(&path).unwrap();
+        assert!(a.try_alone().is_none());
+        assert!(b.try_alone().is_none());
+        // Of this process too: a third handle of this thread counts.
+        let c = Region::open(&path).unwrap();
+        drop(a);
+        assert!(b.try_alone().is_none(), "c is still open");
+        drop(c);
+        let g = alone_soon(&b).expect("alone once the others are closed");
+        drop(g);
+        drop(alone_soon(&b).expect("and again after the guard is dropped"));
+        assert!(Region::anonymous().unwrap().try_alone().is_none());
+    }
+
+    /// While a handle keeps its file alone, another open waits, and gets in when the guard
+    /// is dropped; the guard outlives its region without keeping the file from others.
+    #[test]
+    fn opens_wait_while_a_file_is_kept_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kept.region");
+        let a = Region::create(&path, &RegionOptions::new()).unwrap();
+        let g = alone_soon(&a).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let opener = std::thread::spawn(move || {
+            let r = Region::open(&p);
+            tx.send(()).unwrap();
+            r.map(|_| ())
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "an open went in while the file was kept alone"
+        );
+        drop(g);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the open finished once the guard was dropped");
+        opener.join().unwrap().unwrap();
+        // A guard dropped after its region: the file is free for the next handle.
+        let g = alone_soon(&a).unwrap();
+        drop(a);
+        drop(g);
+        let b = Region::open(&path).unwrap();
+        assert!(alone_soon(&b).is_some());
     }
 }
 
