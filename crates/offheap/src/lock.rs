@@ -199,6 +199,11 @@ pub(crate) fn write_lock<S: Word, W: Word>(
     how
 }
 
+/// Whether any of a lock's words is set: a writer or a reader holds it, or is taking it.
+pub(crate) fn is_held<S: Word, W: Word>(state: &S, slots: &[W]) -> bool {
+    state.load(Acquire) != 0 || slots.iter().any(|s| s.load(Acquire) != 0)
+}
+
 /// Releases the write lock.
 pub(crate) fn write_unlock<S: Word>(state: &S) {
     state.store(0, Release);

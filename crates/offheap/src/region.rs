@@ -86,6 +86,16 @@ impl SharedRegion {
     }
 
     fn with_alloc_lock<T>(&self, f: impl FnOnce(&Region) -> Result<T, Error>) -> Result<T, Error> {
+        self.with_alloc_lock_as(lock::owner_is_dead, f)
+    }
+
+    /// [`with_alloc_lock`](Self::with_alloc_lock), taking the lock over from a holder that
+    /// `is_dead` calls dead.
+    fn with_alloc_lock_as<T>(
+        &self,
+        is_dead: impl Fn(u64) -> bool,
+        f: impl FnOnce(&Region) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let l = self.alloc_lock.load(Ordering::Acquire);
         let r = self.lock();
         if l.is_null() {
@@ -93,7 +103,7 @@ impl SharedRegion {
         }
         // SAFETY: `l` points to the lock words in the map header, inside the mapping.
         let words = unsafe { &*l };
-        let how = lock::write_lock(&words.state, &words.slots, self.me, lock::owner_is_dead);
+        let how = lock::write_lock(&words.state, &words.slots, self.me, is_dead);
         struct Unlock<'a>(&'a LockWords);
         impl Drop for Unlock<'_> {
             fn drop(&mut self) {
@@ -113,6 +123,20 @@ impl SharedRegion {
         let out = f(&r);
         self.view.fetch_max(r.mapped_len(), Ordering::Release);
         out
+    }
+
+    /// Takes the allocator lock over from whoever its words name, as from a dead holder
+    /// (repairing the allocator if one was named), when nobody else has the file open
+    /// ([`Region::try_alone`](offheap_mmap::Region::try_alone), which the caller holds):
+    /// no process that the words name is using the file.
+    pub(crate) fn clear_stale_owners(&self) -> Result<(), Error> {
+        let l = self.alloc_lock.load(Ordering::Acquire);
+        // SAFETY: `l`, when set, points to the lock words in the map header, inside the
+        // mapping.
+        if l.is_null() || !lock::is_held(unsafe { &(*l).state }, unsafe { &(*l).slots }) {
+            return Ok(());
+        }
+        self.with_alloc_lock_as(|_| true, |_| Ok(()))
     }
 
     /// Checks the region's allocator under the allocator lock: other processes' allocations

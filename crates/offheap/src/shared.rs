@@ -617,7 +617,7 @@ impl SharedMap {
             .ok_or(Error::Corrupt("shard array outside the region"))?;
         r.set_alloc_lock(hdr as *mut LockWords);
         let arenas = (0..n).map(|_| Mutex::new(None)).collect();
-        Ok(SharedMap {
+        let map = SharedMap {
             region: r,
             shards: sp as *const Shard,
             nshards: n,
@@ -626,7 +626,33 @@ impl SharedMap {
             me,
             arenas,
             recovered: AtomicU64::new(0),
-        })
+        };
+        // A separate statement, so that the region's mutex is not held through the sweep.
+        let alone = map.region.lock().try_alone();
+        if alone.is_some() {
+            map.clear_stale_owners()?;
+        }
+        drop(alone);
+        Ok(map)
+    }
+
+    /// Takes over every lock whose words name a process, as from a dead one, and repairs
+    /// what such a writer may have left half done; called by an open that has the file
+    /// alone ([`Region::try_alone`]), so no process that the words name is using the file.
+    /// Such words come from a copy of a file taken while processes held its locks (they
+    /// name those processes, which may live on, this one included) and from hostile files:
+    /// `owner_is_dead` calls their live owners alive, and without this sweep every
+    /// operation on their shards waited for those processes to end. O(shards); a lock
+    /// that nobody holds costs its eight loads.
+    fn clear_stale_owners(&self) -> Result<(), Error> {
+        self.region.clear_stale_owners()?;
+        for i in 0..self.nshards {
+            let shard = self.shard(i);
+            if lock::is_held(&shard.state, &shard.readers) {
+                self.write_as(i, |_| true, |_| Ok(()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes every change to the backing file (`msync`); a no-op for anonymous maps.
@@ -725,8 +751,19 @@ impl SharedMap {
         i: usize,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
+        self.write_as(i, lock::owner_is_dead, f)
+    }
+
+    /// [`write`](Self::write), taking the lock over from a holder that `is_dead` calls
+    /// dead.
+    fn write_as<R>(
+        &self,
+        i: usize,
+        is_dead: impl Fn(u64) -> bool,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let shard = self.shard(i);
-        let how = lock::write_lock(&shard.state, &shard.readers, self.me, lock::owner_is_dead);
+        let how = lock::write_lock(&shard.state, &shard.readers, self.me, is_dead);
         let _g = WriteGuard(shard);
         let mut c = self.ctx(shard, i);
         if how == Acquired::Recovered || shard.pending_op() != OP_NONE {

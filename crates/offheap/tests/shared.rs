@@ -570,12 +570,9 @@ fn other_format_version_is_refused() {
     drop(m);
     {
         let r = offheap::mmap::Region::open(&path).unwrap();
-        let hdr = r.root("offheap.shared").unwrap();
         // The header: the allocator lock (8 x 128 bytes), magic, version.
-        let at = offheap::mmap::Offset::new(hdr.get() + 1024 + 8).unwrap();
-        let p = r.ptr(at, 8).unwrap();
         // SAFETY: 8 bytes of the mapping, no other user.
-        unsafe { (p.as_ptr() as *mut u64).write_unaligned(1) };
+        unsafe { header_word(&r, 1024 + 8).write(1) };
         r.flush().unwrap();
     }
     match SharedMap::open(&path) {
@@ -598,11 +595,16 @@ fn map_file_of(path: &std::path::Path, shards: usize, n: u32) {
 /// array's offset; a shard is 256 bytes (its words: lock state, fresh table, table, `len`,
 /// `used`, ...).
 fn shard_word(r: &offheap::mmap::Region, shard: u64, word: u64) -> *mut u64 {
-    let hdr = r.root("offheap.shared").unwrap().get();
-    let at = offheap::mmap::Offset::new(hdr + 1024 + 40).unwrap();
     // SAFETY: 8 bytes of the mapping, no other user.
-    let shards = unsafe { (r.ptr(at, 8).unwrap().as_ptr() as *const u64).read() };
+    let shards = unsafe { header_word(r, 1024 + 40).read() };
     let at = offheap::mmap::Offset::new(shards + shard * 256 + word * 8).unwrap();
+    r.ptr(at, 8).unwrap().as_ptr() as *mut u64
+}
+
+/// The address of the word `at` bytes into the header of the map in `r`.
+fn header_word(r: &offheap::mmap::Region, at: u64) -> *mut u64 {
+    let hdr = r.root("offheap.shared").unwrap().get();
+    let at = offheap::mmap::Offset::new(hdr + at).unwrap();
     r.ptr(at, 8).unwrap().as_ptr() as *mut u64
 }
 
@@ -726,4 +728,111 @@ fn a_shard_length_below_its_entries_never_hangs_a_rebuild() {
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the removals finished");
     assert!(errors > 0, "a shrink to the corrupt length was refused");
+}
+
+/// The owner id (`pid << 32 | start time`, see `offheap::mmap::process::owner_id`) of the
+/// live process `pid`.
+fn owner_id_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let start: u64 = rest.split_whitespace().nth(19).unwrap().parse().unwrap();
+    u64::from(pid) << 32 | (start & 0xFFFF_FFFF)
+}
+
+/// Lock words that name live processes which do not have the file open: a copy of a map
+/// file taken while processes held its locks, or a hostile file. The open that finds the
+/// file alone (`Region::try_alone`) takes those locks over and repairs what their holders
+/// may have left; before, every operation on such a shard, and every allocation, waited
+/// for the named process to end (this test's own process, or its child).
+#[cfg_attr(miri, ignore)]
+#[test]
+fn lock_words_of_live_processes_without_the_file_are_cleared_by_an_open_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale-owners.map");
+    let n = 3000u32;
+    map_file_of(&path, 4, n);
+    let mut child = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let other = owner_id_of(child.id());
+    let me = offheap::mmap::process::owner_id();
+    assert!(!offheap::mmap::process::owner_is_dead(other));
+    assert!(!offheap::mmap::process::owner_is_dead(me));
+    // Writers of shards 0 (this process) and 1 (the child), readers of shards 2 and 3
+    // (words 8.. are a shard's reader slots).
+    let stale = [(0, 0, me), (1, 0, other), (2, 8, other), (3, 14, me)];
+    write_shard_words(&path, &stale);
+    // The allocator lock: the map header's first word, and its reader slots at 128-byte
+    // steps.
+    let alloc_stale = [(0, me), (3 * 128, other)];
+    {
+        let r = offheap::mmap::Region::open(&path).unwrap();
+        for &(at, v) in &alloc_stale {
+            // SAFETY: 8 bytes of the mapping, no other user.
+            unsafe { header_word(&r, at).write(v) };
+        }
+        r.flush().unwrap();
+    }
+    let _w = watchdog(Duration::from_secs(120));
+    // The open clears the words only if it finds the file alone: not while a process that
+    // another test thread forks holds a copy of the last handle's descriptor (until it
+    // execs). Such an open changes nothing; it is retried.
+    let swept = || {
+        let r = offheap::mmap::Region::open(&path).unwrap();
+        // SAFETY: 8 bytes of the mapping; read while no operation runs.
+        let read = |p: *mut u64| unsafe { p.read() };
+        stale
+            .iter()
+            .all(|&(s, w, _)| read(shard_word(&r, s, w)) == 0)
+            && alloc_stale
+                .iter()
+                .all(|&(at, _)| read(header_word(&r, at)) == 0)
+    };
+    let m = (0..100)
+        .find_map(|_| {
+            let m = SharedMap::open(&path).unwrap();
+            if swept() {
+                return Some(m);
+            }
+            drop(m);
+            std::thread::sleep(Duration::from_millis(10));
+            None
+        })
+        .expect("an open found the file alone");
+    assert_eq!(
+        m.recoveries(),
+        2,
+        "the two shards with a writer were repaired"
+    );
+    for k in 0..n {
+        assert_eq!(
+            m.get(&k.to_le_bytes()).unwrap(),
+            Some(k.to_le_bytes().to_vec())
+        );
+    }
+    for k in n..n + 500 {
+        m.insert(&k.to_le_bytes(), &[7; 40]).unwrap();
+    }
+    for k in 0..n {
+        assert!(m.delete(&k.to_le_bytes()).unwrap());
+    }
+    assert_eq!(m.len(), 500);
+    m.check().unwrap();
+    // An open that is not alone takes nothing over: here shard 0's writer word names this
+    // process as if a thread of it held the lock through `m`, which has the file open.
+    let r = offheap::mmap::Region::open(&path).unwrap();
+    // SAFETY: 8 bytes of the mapping; no operation runs.
+    unsafe { shard_word(&r, 0, 0).write(me) };
+    let m2 = SharedMap::open(&path).unwrap();
+    assert_eq!(m2.len(), 500);
+    // SAFETY: as above.
+    let held = unsafe { shard_word(&r, 0, 0).read() };
+    assert_eq!(held, me, "a live holder's lock was taken");
+    assert_eq!(m2.recoveries(), 0);
+    // SAFETY: as above.
+    unsafe { shard_word(&r, 0, 0).write(0) };
+    drop((m, m2, r));
+    let _ = child.kill();
+    let _ = child.wait();
 }
