@@ -307,8 +307,12 @@ impl BytesMap {
     /// Opens the map file at `path`: no entry is read or rehashed; the table's header,
     /// directory and segment headers are validated (O(segments), one segment per 1800-3600
     /// entries).
+    ///
+    /// A file that nobody else has open opens even if its record says that a process has
+    /// it open (a copy of a file in use, taken while that process lived): the map is
+    /// repaired as after that process's death (see `offheap_swiss::SwissTable::take_over_in`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::open_in(Region::open(path)?)
+        Self::open_fresh(Region::open(path)?)
     }
 
     /// Opens the map at `path`, or creates it (with default options) if the file does not
@@ -325,7 +329,7 @@ impl BytesMap {
         opts.config()?;
         let region = Region::open_or_create(path, &opts.region)?;
         if region.root(HDR_ROOT).is_some() {
-            Self::open_in(region)
+            Self::open_fresh(region)
         } else {
             Self::create_in(region, opts)
         }
@@ -370,8 +374,25 @@ impl BytesMap {
         })
     }
 
+    /// [`open_in`](Self::open_in) for a region this handle has just opened: if nobody else
+    /// has the file open, the table is taken over from whoever its record names, since
+    /// that process does not use it (`open_in` cannot know that the region was not shared
+    /// with a forked child since its open).
+    fn open_fresh(region: Region) -> Result<Self, Error> {
+        // Others' opens wait while `alone` lives: none can claim the table meanwhile.
+        let alone = region.try_alone();
+        let take_over = alone.is_some();
+        let map = Self::open_as(region, take_over);
+        drop(alone);
+        map
+    }
+
     /// Opens the map stored in `region`, validating its header, arena and table.
     pub fn open_in(region: Region) -> Result<Self, Error> {
+        Self::open_as(region, false)
+    }
+
+    fn open_as(region: Region, take_over: bool) -> Result<Self, Error> {
         let off = region.root(HDR_ROOT).ok_or(Error::NotFound)?;
         let size = std::mem::size_of::<Header>() as u64;
         if off.get() % 8 != 0 || off.get() < region.data_start() {
@@ -395,7 +416,11 @@ impl BytesMap {
         if chunk_max < MIN_SLAB {
             return Err(Error::Corrupt("arena slab size below 64 bytes"));
         }
-        let table = SwissTable::open_in(region.clone(), TABLE_ROOT)?;
+        let table = if take_over {
+            SwissTable::take_over_in(region.clone(), TABLE_ROOT)?
+        } else {
+            SwissTable::open_in(region.clone(), TABLE_ROOT)?
+        };
         Ok(BytesMap {
             table,
             arena,

@@ -63,6 +63,10 @@ impl<K: Pod, V: Pod> Map<K, V> {
 
     /// Opens the map file at `path`, validating it; keys and values must have the types
     /// (sizes and alignments) they were created with ([`offheap_swiss::Error::TypeMismatch`]).
+    ///
+    /// A file that nobody else has open opens even if its record says that a process has
+    /// it open (a copy of a file in use, taken while that process lived): the map is
+    /// repaired as after that process's death (see `offheap_swiss::SwissTable::take_over_in`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let region = Region::open(path)?;
         Self::open_in(region)
@@ -80,13 +84,22 @@ impl<K: Pod, V: Pod> Map<K, V> {
         }
     }
 
+    /// Opens the map in `region`, which this handle has just opened: if nobody else has
+    /// the file open, the table is taken over from whoever its record names, since that
+    /// process does not use it.
     fn open_in(region: Region) -> Result<Self, Error> {
         if region.root(ROOT).is_none() {
             return Err(Error::NotFound);
         }
-        Ok(Map {
-            table: SwissTable::open_in(region, ROOT)?,
-        })
+        // Others' opens wait while `alone` lives: none can claim the table meanwhile.
+        let alone = region.try_alone();
+        let table = if alone.is_some() {
+            SwissTable::take_over_in(region, ROOT)?
+        } else {
+            SwissTable::open_in(region, ROOT)?
+        };
+        drop(alone);
+        Ok(Map { table })
     }
 
     /// Writes every change to the backing file (`msync`); a no-op for anonymous maps.

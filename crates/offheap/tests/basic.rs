@@ -144,3 +144,66 @@ fn bulk_removal_gives_memory_back_to_the_os() {
         "removing everything should give most pages back: {full} -> {after}"
     );
 }
+
+/// `open()` retried for a while if refused as in use: a process that another test thread
+/// forks holds a copy of every descriptor of this one until it execs, the copy's included,
+/// so the copy is not alone for that moment.
+fn open_alone_soon<T>(open: impl Fn() -> Result<T, Error>) -> T {
+    for _ in 0..100 {
+        match open() {
+            Err(Error::Table(offheap::swiss::Error::InUse { .. })) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    open().unwrap()
+}
+
+/// A copy of a map file taken while the map is open records it as open by this process.
+/// Opened alone (nobody else has the copy open), the copy is taken over and repaired as
+/// after a crash; before, it was refused with `InUse` for as long as this process lived.
+/// A second handle beside the first is still refused.
+#[cfg(target_os = "linux")]
+#[cfg_attr(miri, ignore)]
+#[test]
+fn a_copy_of_a_map_in_use_opens_once_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_use = |r| matches!(r, Err(Error::Table(offheap::swiss::Error::InUse { .. })));
+
+    let (live, copy) = (dir.path().join("live.map"), dir.path().join("copy.map"));
+    let mut m: Map<u64, u64> = Map::create(&live).unwrap();
+    for k in 0..5000 {
+        m.insert(k, k * 7).unwrap();
+    }
+    m.flush().unwrap();
+    std::fs::copy(&live, &copy).unwrap();
+    let mut c = open_alone_soon(|| Map::<u64, u64>::open(&copy));
+    assert_eq!(c.len(), 5000);
+    assert!((0..5000).all(|k| c.get(&k) == Some(k * 7)));
+    c.insert(9999, 1).unwrap();
+    assert!(in_use(Map::<u64, u64>::open(&copy).map(|_| ())));
+    // The live map was left alone.
+    assert!(in_use(Map::<u64, u64>::open(&live).map(|_| ())));
+    m.insert(5000, 0).unwrap();
+    assert_eq!((m.len(), c.len()), (5001, 5001));
+
+    let (live, copy) = (dir.path().join("live.bmap"), dir.path().join("copy.bmap"));
+    let mut b = BytesMap::create(&live).unwrap();
+    for k in 0..3000u32 {
+        b.insert(&k.to_le_bytes(), &[k as u8; 100]).unwrap();
+    }
+    b.flush().unwrap();
+    std::fs::copy(&live, &copy).unwrap();
+    let mut c = open_alone_soon(|| BytesMap::open(&copy));
+    assert_eq!(c.len(), 3000);
+    assert!((0..3000u32).all(|k| c.get(&k.to_le_bytes()).unwrap() == Some(vec![k as u8; 100])));
+    c.insert(b"new", b"value").unwrap();
+    assert!(in_use(BytesMap::open(&copy).map(|_| ())));
+    assert!(in_use(BytesMap::open_or_create(&copy).map(|_| ())));
+    drop(c);
+    // Closed cleanly, the copy opens through `open_in` too.
+    let r = offheap::mmap::Region::open(&copy).unwrap();
+    assert_eq!(BytesMap::open_in(r).unwrap().len(), 3001);
+    drop(b);
+}

@@ -951,19 +951,28 @@ unsafe fn owner_word<'a>(hdr: NonNull<TableHeader>) -> &'a AtomicU64 {
 /// this process that is gone (an open that failed in its repair, or a program that this
 /// process replaced with `exec`), and is taken over like a dead process's.
 ///
+/// With `take_over`, any owner is taken over like a dead process's: the caller knows that
+/// nobody uses the memory (see [`SwissTable::take_over_in`](crate::SwissTable::take_over_in)).
+///
 /// Returns the owner it took over: [`CLOSED`], or a dead owner whose table needs a repair.
 /// The claims of this process's threads are serialized by the list's lock; those of other
 /// processes by the compare-and-swap.
 ///
 /// # Safety
 /// As for [`owner_word`].
-unsafe fn claim(hdr: NonNull<TableHeader>, me: u64) -> Result<(u64, Registered), Error> {
+unsafe fn claim(
+    hdr: NonNull<TableHeader>,
+    me: u64,
+    take_over: bool,
+) -> Result<(u64, Registered), Error> {
     let mut list = open_here::lock();
     // SAFETY: forwarded.
     let owner = unsafe { owner_word(hdr) };
     let mut cur = owner.load(Acquire);
     loop {
-        if cur == me {
+        if take_over {
+            // Whoever the word names does not use the memory (the caller's promise).
+        } else if cur == me {
             // SAFETY: a valid header; the token of an owner `me` was written by this
             // process, under the lock held here.
             let token = unsafe { core::ptr::addr_of!((*hdr.as_ptr()).token).read() };
@@ -1206,7 +1215,7 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         let me =
             offheap_mmap::process::checked_owner_id().map_err(|e| Error::Memory(Box::new(e)))?;
         // SAFETY: the header block is valid while the table lives, aligned to 64.
-        let (_, registered) = unsafe { claim(self.hdr, me) }?;
+        let (_, registered) = unsafe { claim(self.hdr, me, false) }?;
         self.open = Some(registered);
         Ok(())
     }
@@ -1383,7 +1392,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
     }
 
     /// Opens the table whose header is at `hdr_handle`, validating everything it follows.
-    pub(crate) fn open(mem: M, hdr_handle: u64) -> Result<Self, Error> {
+    pub(crate) fn open(mem: M, hdr_handle: u64, take_over: bool) -> Result<Self, Error> {
         let hsize = size_of::<TableHeader>();
         let hp = mem
             .ptr(hdr_handle, hsize as u64)
@@ -1431,7 +1440,7 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         let me =
             offheap_mmap::process::checked_owner_id().map_err(|e| Error::Memory(Box::new(e)))?;
         // SAFETY: `hdr` is a table header, aligned as checked, valid while `mem` is.
-        let (prev, registered) = unsafe { claim(hdr, me) }?;
+        let (prev, registered) = unsafe { claim(hdr, me, take_over) }?;
         let repair = prev != CLOSED;
         // Until the table is built, an error gives the claim back (`mem`, a parameter, is
         // dropped after this guard).

@@ -264,10 +264,48 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open_in(mem: M, name: &str) -> Result<Self, Error> {
+        Self::open_as(mem, name, false)
+    }
+
+    /// [`open_in`](Self::open_in) for a caller that knows that no handle, of any process,
+    /// uses the table: a table recorded as open is taken over and repaired as if its user
+    /// had died, whether that process lives or not (this one included). For a region file
+    /// that the caller has just opened and has alone
+    /// ([`Region::try_alone`](offheap_mmap::Region::try_alone)), whose record of a user
+    /// then comes from a copy of the file taken while it was open, or from a hostile file;
+    /// `open_in` refuses such a table with [`Error::InUse`] while the process it names
+    /// lives. Misused, two handles write one table and corrupt it.
+    ///
+    /// ```
+    /// use offheap_mmap::{Region, RegionOptions};
+    /// use offheap_swiss::{Error, SwissTable};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (live, copy) = (dir.path().join("live"), dir.path().join("copy"));
+    /// let mut t = SwissTable::<u64, u64>::create_in(Region::create(&live, &RegionOptions::new())?, "t")?;
+    /// t.insert(1, 2);
+    /// std::fs::copy(&live, &copy)?; // records `t`'s handle, open in this process
+    /// let refused = SwissTable::<u64, u64>::open_in(Region::open(&copy)?, "t");
+    /// assert!(matches!(refused, Err(Error::InUse { .. })));
+    /// let region = Region::open(&copy)?;
+    /// let alone = region.try_alone();
+    /// # if alone.is_some() {
+    /// let c = SwissTable::<u64, u64>::take_over_in(region, "t")?;
+    /// drop(alone);
+    /// assert_eq!(c.get(&1), Some(&2));
+    /// assert!(c.repair_report().is_some());
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn take_over_in(mem: M, name: &str) -> Result<Self, Error> {
+        Self::open_as(mem, name, true)
+    }
+
+    fn open_as(mem: M, name: &str, take_over: bool) -> Result<Self, Error> {
         let h = mem
             .root(name)
             .ok_or_else(|| Error::RootNotFound(name.to_owned()))?;
-        let mut raw = RawTable::open(mem, h)?;
+        let mut raw = RawTable::open(mem, h, take_over)?;
         raw.root = Some(name.to_owned());
         Ok(SwissTable { raw })
     }
