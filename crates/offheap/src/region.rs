@@ -86,14 +86,17 @@ impl SharedRegion {
     }
 
     fn with_alloc_lock<T>(&self, f: impl FnOnce(&Region) -> Result<T, Error>) -> Result<T, Error> {
-        self.with_alloc_lock_as(lock::owner_is_dead, f)
+        let me = self.me;
+        self.with_alloc_lock_as(
+            |w| lock::write_lock(&w.state, &w.slots, me, lock::owner_is_dead),
+            f,
+        )
     }
 
-    /// [`with_alloc_lock`](Self::with_alloc_lock), taking the lock over from a holder that
-    /// `is_dead` calls dead.
+    /// [`with_alloc_lock`](Self::with_alloc_lock), with the lock taken by `take`.
     fn with_alloc_lock_as<T>(
         &self,
-        is_dead: impl Fn(u64) -> bool,
+        take: impl FnOnce(&LockWords) -> lock::Acquired,
         f: impl FnOnce(&Region) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let l = self.alloc_lock.load(Ordering::Acquire);
@@ -103,7 +106,7 @@ impl SharedRegion {
         }
         // SAFETY: `l` points to the lock words in the map header, inside the mapping.
         let words = unsafe { &*l };
-        let how = lock::write_lock(&words.state, &words.slots, self.me, is_dead);
+        let how = take(words);
         struct Unlock<'a>(&'a LockWords);
         impl Drop for Unlock<'_> {
             fn drop(&mut self) {
@@ -136,7 +139,7 @@ impl SharedRegion {
         if l.is_null() || !lock::is_held(unsafe { &(*l).state }, unsafe { &(*l).slots }) {
             return Ok(());
         }
-        self.with_alloc_lock_as(|_| true, |_| Ok(()))
+        self.with_alloc_lock_as(|w| lock::seize(&w.state, &w.slots, self.me), |_| Ok(()))
     }
 
     /// Checks the region's allocator under the allocator lock: other processes' allocations

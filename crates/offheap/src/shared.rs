@@ -649,7 +649,11 @@ impl SharedMap {
         for i in 0..self.nshards {
             let shard = self.shard(i);
             if lock::is_held(&shard.state, &shard.readers) {
-                self.write_as(i, |_| true, |_| Ok(()))?;
+                self.write_as(
+                    i,
+                    |s| lock::seize(&s.state, &s.readers, self.me),
+                    |_| Ok(()),
+                )?;
             }
         }
         Ok(())
@@ -751,19 +755,23 @@ impl SharedMap {
         i: usize,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        self.write_as(i, lock::owner_is_dead, f)
+        let me = self.me;
+        self.write_as(
+            i,
+            |s| lock::write_lock(&s.state, &s.readers, me, lock::owner_is_dead),
+            f,
+        )
     }
 
-    /// [`write`](Self::write), taking the lock over from a holder that `is_dead` calls
-    /// dead.
+    /// [`write`](Self::write), with the shard's lock taken by `take`.
     fn write_as<R>(
         &self,
         i: usize,
-        is_dead: impl Fn(u64) -> bool,
+        take: impl FnOnce(&Shard) -> Acquired,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         let shard = self.shard(i);
-        let how = lock::write_lock(&shard.state, &shard.readers, self.me, is_dead);
+        let how = take(shard);
         let _g = WriteGuard(shard);
         let mut c = self.ctx(shard, i);
         if how == Acquired::Recovered || shard.pending_op() != OP_NONE {
