@@ -732,6 +732,7 @@ fn a_shard_length_below_its_entries_never_hangs_a_rebuild() {
 
 /// The owner id (`pid << 32 | start time`, see `offheap::mmap::process::owner_id`) of the
 /// live process `pid`.
+#[cfg(target_os = "linux")]
 fn owner_id_of(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -744,6 +745,7 @@ fn owner_id_of(pid: u32) -> u64 {
 /// file alone (`Region::try_alone`) takes those locks over and repairs what their holders
 /// may have left; before, every operation on such a shard, and every allocation, waited
 /// for the named process to end (this test's own process, or its child).
+#[cfg(target_os = "linux")]
 #[cfg_attr(miri, ignore)]
 #[test]
 fn lock_words_of_live_processes_without_the_file_are_cleared_by_an_open_alone() {
