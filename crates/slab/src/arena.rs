@@ -271,13 +271,20 @@ impl<S: SlabSource> Arena<S> {
     ///
     /// Errors: [`Error::InvalidConfig`]; [`Error::OutOfMemory`] if the source has no room for
     /// the header.
-    pub fn create_in(mut source: S, config: Config) -> Result<Self, Error> {
+    pub fn create_in(source: S, config: Config) -> Result<Self, Error> {
+        Self::create_in_tagged(source, config, random_tag())
+    }
+
+    /// [`create_in`](Arena::create_in) with the tag that every handle of the arena carries
+    /// chosen by the caller instead of at random: the same operations then write the same
+    /// bytes (reproducible files, for tests and fuzzing). Two arenas of one source should
+    /// not share a tag: a handle of one then passes the other's tag check.
+    pub fn create_in_tagged(mut source: S, config: Config, tag: u32) -> Result<Self, Error> {
         let (classes, small) = derive(&config)?;
         let root = source
             .alloc(HEADER_SIZE, BLOCK_ALIGN)
             .ok_or(Error::OutOfMemory)?;
         let hdr = source.ptr(root) as *mut Header;
-        let tag = random_tag();
         let keep = config.release.keep();
         let start = config.start_chunk_size as u64;
         let slab = config.slab_size as u64;
