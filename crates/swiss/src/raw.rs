@@ -1230,10 +1230,20 @@ impl<K, V, M: TableMemory, H> RawTable<K, V, M, H> {
         };
         if std::process::id() == (registered.me >> 32) as u32 {
             self.store_len();
+            // The token goes with the claim, so that a closed table's file says nothing of
+            // the handle that had it (two files built alike are alike, see `normalize` in
+            // offheap-mmap). Under the list's lock, and before the owner word: a claim of
+            // this process that saw our owner id with no token of an open handle would take
+            // the table over while this close still holds it.
+            let list = open_here::lock();
+            // SAFETY: the header is valid while the table lives; only the claimant writes
+            // the token, and this handle is it.
+            unsafe { core::ptr::addr_of_mut!((*self.hdr.as_ptr()).token).write(0) };
             // SAFETY: the header is valid while the table lives, aligned to 64. Release:
-            // the length is written before the table reads as closed.
+            // the length and the token are written before the table reads as closed.
             let owner = unsafe { owner_word(self.hdr) };
             let _ = owner.compare_exchange(registered.me, CLOSED, Release, Relaxed);
+            drop(list);
         }
     }
 
