@@ -92,6 +92,7 @@ pub struct BytesMapOptions {
     growth_factor: f64,
     release: ReleasePolicy,
     hash_mask: u64,
+    seed: Option<u64>,
 }
 
 impl Default for BytesMapOptions {
@@ -104,6 +105,7 @@ impl Default for BytesMapOptions {
             growth_factor: 1.5,
             release: ReleasePolicy::KeepEmpty(1),
             hash_mask: u64::MAX,
+            seed: None,
         }
     }
 }
@@ -137,6 +139,22 @@ impl BytesMapOptions {
     /// When empty slabs go back to the region (and so, in bulk, to the OS).
     pub fn release(mut self, policy: ReleasePolicy) -> Self {
         self.release = policy;
+        self
+    }
+
+    /// The hash seeds of the map (for its long keys) and of its table: random per map by
+    /// default. A fixed seed makes the same operations lay the map out the same way
+    /// (reproducible files, for tests and fuzzing); keys chosen to collide under it
+    /// degrade the table.
+    ///
+    /// ```
+    /// use offheap::{BytesMap, BytesMapOptions};
+    /// let mut m = BytesMap::anonymous_with(&BytesMapOptions::new().seed(7))?;
+    /// m.insert(b"k", b"v")?;
+    /// # Ok::<(), offheap::Error>(())
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -342,8 +360,16 @@ impl BytesMap {
             return Err(Error::AlreadyExists);
         }
         let region = Rc::new(region);
-        let arena = Arena::create_in(RegionSource(region.clone()), config)?;
-        let table = SwissTable::create_in(region.clone(), TABLE_ROOT)?;
+        let arena = match opts.seed {
+            Some(s) => Arena::create_in_tagged(RegionSource(region.clone()), config, s as u32),
+            None => Arena::create_in(RegionSource(region.clone()), config),
+        }?;
+        let mut table_opts = offheap_swiss::TableOptions::new();
+        if let Some(s) = opts.seed {
+            // Derived, so that the table's seed differs from the map's own.
+            table_opts = table_opts.seed(s ^ 0x9E37_79B9_7F4A_7C15);
+        }
+        let table = SwissTable::create_in_with(region.clone(), TABLE_ROOT, table_opts)?;
         let off = region.alloc(std::mem::size_of::<Header>() as u64, 8)?;
         let hdr: NonNull<Header> = region
             .ptr(off, std::mem::size_of::<Header>() as u64)?
@@ -352,7 +378,7 @@ impl BytesMap {
             magic: MAGIC,
             version: VERSION,
             arena_root: arena.root(),
-            seed: offheap_swiss::random_seed(),
+            seed: opts.seed.unwrap_or_else(offheap_swiss::random_seed),
             hash_mask: opts.hash_mask,
             check: 0,
             len: 0,

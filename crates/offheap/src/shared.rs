@@ -169,6 +169,7 @@ pub struct SharedMapOptions {
     slab_size: usize,
     hash_mask: u64,
     capacity: usize,
+    seed: Option<u64>,
 }
 
 impl Default for SharedMapOptions {
@@ -179,6 +180,7 @@ impl Default for SharedMapOptions {
             slab_size: 64 << 10,
             hash_mask: u64::MAX,
             capacity: 0,
+            seed: None,
         }
     }
 }
@@ -217,6 +219,21 @@ impl SharedMapOptions {
     #[doc(hidden)]
     pub fn hash_mask(mut self, mask: u64) -> Self {
         self.hash_mask = mask;
+        self
+    }
+
+    /// The map's hash seed, stored in its header: random per map by default. A fixed seed
+    /// makes the same operations lay the map out the same way (reproducible files, for
+    /// tests and fuzzing); keys chosen to collide under it degrade its shards.
+    ///
+    /// ```
+    /// use offheap::{SharedMap, SharedMapOptions};
+    /// let m = SharedMap::anonymous_with(&SharedMapOptions::new().seed(7))?;
+    /// m.insert(b"k", b"v")?;
+    /// # Ok::<(), offheap::Error>(())
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -553,7 +570,13 @@ impl SharedMap {
             let cap = per_cap(i);
             let t = new_table(&r, cap)?;
             sh.table.store(table_desc(t, cap), Ordering::Relaxed);
-            let arena = Arena::create_in(ShardSource(r.clone()), config)?;
+            let arena = match opts.seed {
+                // A tag per shard: a handle of one shard's arena fails another's check.
+                Some(s) => {
+                    Arena::create_in_tagged(ShardSource(r.clone()), config, s as u32 ^ i as u32)
+                }
+                None => Arena::create_in(ShardSource(r.clone()), config),
+            }?;
             sh.arena_root.store(arena.root(), Ordering::Relaxed);
             arenas.push(Mutex::new(Some(arena)));
         }
@@ -563,7 +586,7 @@ impl SharedMap {
             h.magic = MAGIC;
             h.version = VERSION;
             h.nshards = n as u64;
-            h.seed = offheap_swiss::random_seed();
+            h.seed = opts.seed.unwrap_or_else(offheap_swiss::random_seed);
             h.hash_mask = opts.hash_mask;
             h.shards_off = soff;
             h.check = h.checksum();
