@@ -26,6 +26,7 @@ fn valid_image() -> &'static [u8] {
     IMAGE.get_or_init(|| {
         seed_file("seed.bytesmap", |path| {
             let opts = BytesMapOptions::new()
+                .seed(7)
                 .slab_size(4096)
                 .region(RegionOptions::new().initial_size(64 << 10));
             let mut m = BytesMap::create_with(path, &opts).expect("create seed map");

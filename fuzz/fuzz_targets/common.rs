@@ -73,7 +73,11 @@ pub fn seed_file<T>(what: &str, build: impl FnOnce(&std::path::Path) -> T) -> (T
     let path = scratch_path(what);
     let _ = std::fs::remove_file(&path);
     let out = build(&path);
-    (out, take_file(&path))
+    let mut image = take_file(&path);
+    // The same image in every run (no creation time, pid or pid namespace in it), so that
+    // a crash found on it reproduces.
+    offheap_mmap::__fuzz::normalize(&mut image);
+    (out, image)
 }
 
 /// Short keys (inline in a map's slot) and long ones (records in its arena): what the map

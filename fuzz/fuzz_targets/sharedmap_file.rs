@@ -26,6 +26,7 @@ fn valid_image() -> &'static [u8] {
     IMAGE.get_or_init(|| {
         seed_file("seed.map", |path| {
             let opts = SharedMapOptions::new()
+                .seed(7)
                 .shards(SHARDS)
                 .slab_size(4096)
                 .region(RegionOptions::new().initial_size(64 << 10));
