@@ -22,7 +22,8 @@
 //! time for that pid) is injected so that loom can model the protocol. A dead writer's
 //! `state` is taken over by CAS (dead id → me) and the caller is told ([`Acquired::Recovered`])
 //! so that it repairs the data the dead writer may have left half-changed. A dead reader's
-//! slot is simply cleared (readers change nothing).
+//! slot is simply cleared (readers change nothing), by a writer waiting for it or by a
+//! reader that finds no free slot.
 //!
 //! The functions are generic over [`Word`], implemented for `core`'s `AtomicU64` (the words in
 //! the mapped region) and, under `--cfg loom`, for loom's, which the tests at the bottom use.
@@ -262,7 +263,19 @@ pub(crate) fn read_lock<S: Word, W: Word>(
                 break;
             }
         }
-        w.wait();
+        if w.wait() {
+            // Every slot was taken (or the writer came back). A reader that died holding a
+            // slot never gives it back, and with every slot held by dead readers (killed
+            // ones, or the words of a corrupt file) no reader got in until a writer came
+            // and cleared them: a read-only workload waited forever (the fuzz target
+            // `sharedmap_file` hung in `contains_key`). Clear the dead ones, as a writer does.
+            for slot in slots {
+                let r = slot.load(Acquire);
+                if r != 0 && is_dead(r) {
+                    let _ = slot.cas(r, 0);
+                }
+            }
+        }
     }
 }
 
@@ -318,6 +331,28 @@ mod liveness_tests {
             Err(1 << 32),
             "a reader is sent to the write lock, which recovers it"
         );
+    }
+
+    /// A reader that finds every slot held by dead readers clears them and gets in; before,
+    /// it waited for a writer to clear them, forever in a read-only workload.
+    #[test]
+    fn a_reader_clears_slots_of_dead_readers() {
+        let me = checked_owner_id().unwrap();
+        let state: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        // Ids no process can have: pid 0, and pids above i32::MAX.
+        let slots: &'static [AtomicU64; 3] = Box::leak(Box::new([
+            AtomicU64::new(7),
+            AtomicU64::new(u64::MAX),
+            AtomicU64::new(1 << 63 | 5),
+        ]));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_lock(state, slots, me, 1, owner_is_dead)));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the reader waited for slots of dead readers");
+        let i = got.unwrap();
+        assert_eq!(slots[i].load(SeqCst), me);
+        read_unlock(slots, i);
     }
 
     /// `seize` takes a lock from a live holder (this process) at once, clears its readers,
@@ -431,6 +466,33 @@ mod loom_tests {
             l.data.with(|p| unsafe { *p });
             read_unlock(&l.slots, i);
             r.join().unwrap();
+        });
+    }
+
+    /// Every reader slot held by a dead reader: a reader clears them and gets in, beside a
+    /// writer that clears them too, and neither reads or writes while the other holds.
+    #[test]
+    fn loom_a_reader_clears_dead_readers_slots() {
+        loom::model(|| {
+            let l = lock();
+            l.slots[0].store(98, SeqCst);
+            l.slots[1].store(99, SeqCst);
+            let dead = |id: u64| id >= 98;
+            let w = {
+                let l = l.clone();
+                thread::spawn(move || {
+                    write_lock(&l.state, &l.slots, 1, dead);
+                    // SAFETY: loom checks that this write races with nothing.
+                    l.data.with_mut(|p| unsafe { *p += 1 });
+                    write_unlock(&l.state);
+                })
+            };
+            let i = read_lock(&l.state, &l.slots, 2, 0, dead).unwrap();
+            // SAFETY: loom checks this read races with no write.
+            let v = l.data.with(|p| unsafe { *p });
+            assert!(v <= 1);
+            read_unlock(&l.slots, i);
+            w.join().unwrap();
         });
     }
 
