@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{mixed_key as key, mutate_anywhere, open_image, seed_file, Input};
+use common::{image_seed, mixed_key as key, mutate_anywhere, open_image, seed_file, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{BytesMap, BytesMapOptions};
 use std::sync::OnceLock;
@@ -26,7 +26,7 @@ fn valid_image() -> &'static [u8] {
     IMAGE.get_or_init(|| {
         seed_file("seed.bytesmap", |path| {
             let opts = BytesMapOptions::new()
-                .seed(7)
+                .seed(image_seed())
                 .slab_size(4096)
                 .region(RegionOptions::new().initial_size(64 << 10));
             let mut m = BytesMap::create_with(path, &opts).expect("create seed map");

@@ -80,6 +80,16 @@ pub fn seed_file<T>(what: &str, build: impl FnOnce(&std::path::Path) -> T) -> (T
     (out, image)
 }
 
+/// The hash seed of the map targets' seed images: 7, or `FUZZ_SEED` from the environment,
+/// to replay an input on other images (an input that hangs or crashes on one seed only:
+/// `for s in $(seq 300); do FUZZ_SEED=$s target/.../sharedmap_file -timeout=3 INPUT; done`).
+pub fn image_seed() -> u64 {
+    std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7)
+}
+
 /// Short keys (inline in a map's slot) and long ones (records in its arena): what the map
 /// file targets store.
 pub fn mixed_key(i: u32) -> Vec<u8> {

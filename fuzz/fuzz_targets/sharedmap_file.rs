@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-use common::{mixed_key as key, mutate_anywhere, open_image, seed_file, Input};
+use common::{image_seed, mixed_key as key, mutate_anywhere, open_image, seed_file, Input};
 use offheap::mmap::RegionOptions;
 use offheap::{SharedMap, SharedMapOptions};
 use std::sync::OnceLock;
@@ -26,7 +26,7 @@ fn valid_image() -> &'static [u8] {
     IMAGE.get_or_init(|| {
         seed_file("seed.map", |path| {
             let opts = SharedMapOptions::new()
-                .seed(7)
+                .seed(image_seed())
                 .shards(SHARDS)
                 .slab_size(4096)
                 .region(RegionOptions::new().initial_size(64 << 10));
