@@ -410,27 +410,35 @@ mod loom_tests {
 
     /// Takes the write lock as owner `id`, adds one to the data, releases.
     fn increment(l: &Lock, id: u64) {
-        write_lock(&l.state, &l.slots, id, alive);
+        increment_as(l, id, alive);
+    }
+
+    /// [`increment`], asking `is_dead` about the words that block it.
+    fn increment_as(l: &Lock, id: u64, is_dead: fn(u64) -> bool) {
+        write_lock(&l.state, &l.slots, id, is_dead);
         // SAFETY: loom checks that this write races with nothing.
         l.data.with_mut(|p| unsafe { *p += 1 });
         write_unlock(&l.state);
     }
 
+    /// A writer (owner 1) that adds one to the data, beside a reader (owner 2) that reads
+    /// it: the reader sees 0 or 1, never a write in progress (loom checks the accesses).
+    fn writer_beside_reader(l: Arc<Lock>, is_dead: fn(u64) -> bool) {
+        let w = {
+            let l = l.clone();
+            thread::spawn(move || increment_as(&l, 1, is_dead))
+        };
+        let i = read_lock(&l.state, &l.slots, 2, 0, is_dead).unwrap();
+        // SAFETY: loom checks this read races with no write.
+        let v = l.data.with(|p| unsafe { *p });
+        assert!(v <= 1);
+        read_unlock(&l.slots, i);
+        w.join().unwrap();
+    }
+
     #[test]
     fn loom_writer_excludes_readers() {
-        loom::model(|| {
-            let l = lock();
-            let w = {
-                let l = l.clone();
-                thread::spawn(move || increment(&l, 1))
-            };
-            let i = read_lock(&l.state, &l.slots, 2, 0, alive).unwrap();
-            // SAFETY: loom checks this read races with no write.
-            let v = l.data.with(|p| unsafe { *p });
-            assert!(v <= 1);
-            read_unlock(&l.slots, i);
-            w.join().unwrap();
-        });
+        loom::model(|| writer_beside_reader(lock(), alive));
     }
 
     #[test]
@@ -477,22 +485,7 @@ mod loom_tests {
             let l = lock();
             l.slots[0].store(98, SeqCst);
             l.slots[1].store(99, SeqCst);
-            let dead = |id: u64| id >= 98;
-            let w = {
-                let l = l.clone();
-                thread::spawn(move || {
-                    write_lock(&l.state, &l.slots, 1, dead);
-                    // SAFETY: loom checks that this write races with nothing.
-                    l.data.with_mut(|p| unsafe { *p += 1 });
-                    write_unlock(&l.state);
-                })
-            };
-            let i = read_lock(&l.state, &l.slots, 2, 0, dead).unwrap();
-            // SAFETY: loom checks this read races with no write.
-            let v = l.data.with(|p| unsafe { *p });
-            assert!(v <= 1);
-            read_unlock(&l.slots, i);
-            w.join().unwrap();
+            writer_beside_reader(l, |id| id >= 98);
         });
     }
 
