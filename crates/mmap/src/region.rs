@@ -124,6 +124,7 @@ pub struct RegionOptions {
     /// `None`: the default (on for anonymous regions, off for files).
     huge_pages: Option<bool>,
     open_torn: bool,
+    hold_alone: bool,
 }
 
 /// Huge-page size and alignment of the reservation's base (x86_64's and aarch64's PMD size
@@ -141,6 +142,7 @@ impl Default for RegionOptions {
             release_threshold: 1 << 20,
             huge_pages: None,
             open_torn: false,
+            hold_alone: false,
         }
     }
 }
@@ -228,6 +230,41 @@ impl RegionOptions {
     /// ```
     pub fn open_torn(mut self, on: bool) -> Self {
         self.open_torn = on;
+        self
+    }
+
+    /// An open that finds nobody else with the file open keeps it that way: it holds the
+    /// file alone from that moment, and [`Region::try_alone`] hands over the guard that
+    /// holds it. Meanwhile others' opens of the file wait. Off by default.
+    ///
+    /// Without it, an open that finds the file unused lets the next opener in at once, so
+    /// a `try_alone` right after the open can find that opener there: two processes that
+    /// open a file at the same moment can both find it shared, and neither can clear what
+    /// a user that has gone left in it (a copy of a file in use names that user in its lock
+    /// words). With it, of any number of opens at the same moment, exactly one finds the
+    /// file alone, and the others get in after it drops the guard.
+    ///
+    /// Take the guard with `try_alone` soon, and drop it when done: until then the region
+    /// keeps it, and others' opens wait for as long as the region lives. No effect on
+    /// [`Region::create`], on anonymous regions, or where the filesystem has no record
+    /// locks.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), offheap_mmap::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("r.bin");
+    /// use offheap_mmap::{Region, RegionOptions};
+    /// # drop(Region::create(&path, &RegionOptions::new())?);
+    /// let region = Region::open_with(&path, &RegionOptions::new().hold_alone(true))?;
+    /// if let Some(alone) = region.try_alone() {
+    ///     // Nobody else has had the file open since this open: clear what users that
+    ///     // have gone left behind.
+    ///     drop(alone); // lets others in
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn hold_alone(mut self, on: bool) -> Self {
+        self.hold_alone = on;
         self
     }
 
@@ -401,6 +438,9 @@ pub struct Region {
     /// [`claim_pid_namespace`](Self::claim_pid_namespace)): [`try_alone`](Self::try_alone)
     /// can only tell that a file is alone from a handle that does.
     file_locked: Cell<bool>,
+    /// The guard of an open that found the file alone and kept it so
+    /// ([`RegionOptions::hold_alone`]), until [`try_alone`](Self::try_alone) hands it out.
+    held: Cell<Option<Alone>>,
     backing: Backing,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -519,6 +559,7 @@ impl Region {
             prefaulted: Cell::new(0),
             no_populate: Cell::new(cfg!(miri) || !cfg!(target_os = "linux")),
             file_locked: Cell::new(false),
+            held: Cell::new(None),
             backing,
             _not_sync: PhantomData,
         }
@@ -564,6 +605,8 @@ impl Region {
         let data = header_size(page);
         file.write_all_at(&((initial - data) | FREE).to_ne_bytes(), data + 8)?;
         std::fs::hard_link(&tmp, path)?;
+        // A file just made holds nothing of users gone: nothing to hold it alone for.
+        let opts = &opts.clone().hold_alone(false);
         Self::map_file(file, path.to_path_buf(), initial, page, max, opts)
     }
 
@@ -662,7 +705,7 @@ impl Region {
             huge,
             Backing::File { file, path },
         );
-        region.claim_pid_namespace()?;
+        region.claim_pid_namespace(opts.hold_alone)?;
         Ok(region)
     }
 
@@ -687,7 +730,10 @@ impl Region {
     /// are users of builds from before it, which hold no lock. The lock is taken wherever
     /// the filesystem has record locks, known namespace or not: [`try_alone`](Self::try_alone)
     /// counts on every handle holding it.
-    fn claim_pid_namespace(&self) -> Result<(), Error> {
+    ///
+    /// With `hold` ([`RegionOptions::hold_alone`]), an open that gets the lock exclusively
+    /// keeps it so, in a guard that [`try_alone`](Self::try_alone) hands out.
+    fn claim_pid_namespace(&self, hold: bool) -> Result<(), Error> {
         let Backing::File { file, .. } = &self.backing else {
             return Ok(());
         };
@@ -701,11 +747,18 @@ impl Region {
                     word.store(ours, SeqCst);
                 }
             }
-            // Back to shared, which cannot fail: no other description holds a lock. (Were
-            // it to fail, the lock would stay exclusive: other openers would wait, none
-            // would get in wrongly.)
-            let _ = os::ofd_lock(file, os::FileLock::Shared, false);
             self.file_locked.set(true);
+            // Kept exclusive in a guard on a duplicate of the descriptor (see `try_alone`),
+            // or back to shared, which cannot fail: no other description holds a lock.
+            // (Were it to fail, the lock would stay exclusive: other openers would wait,
+            // none would get in wrongly.)
+            if hold {
+                if let Ok(dup) = file.try_clone() {
+                    self.held.set(Some(Alone { file: dup }));
+                    return Ok(());
+                }
+            }
+            let _ = os::ofd_lock(file, os::FileLock::Shared, false);
             return Ok(());
         }
         if os::ofd_lock(file, os::FileLock::Shared, true).is_err() {
@@ -743,6 +796,10 @@ impl Region {
     /// forked from this process: it shares this handle's descriptor, and so its lock, so
     /// call this right after the open, before any fork.
     ///
+    /// Another process's open can get in between this handle's open and this call; a
+    /// region opened with [`RegionOptions::hold_alone`] that found the file alone has kept
+    /// it so since, and this hands over that guard.
+    ///
     /// ```
     /// use offheap_mmap::{Region, RegionOptions};
     /// let dir = tempfile::tempdir()?;
@@ -758,6 +815,9 @@ impl Region {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_alone(&self) -> Option<Alone> {
+        if let Some(held) = self.held.take() {
+            return Some(held);
+        }
         let Backing::File { file, .. } = &self.backing else {
             return None;
         };
@@ -2528,6 +2588,84 @@ mod alone_tests {
         drop(g);
         let b = Region::open(&path).unwrap();
         assert!(alone_soon(&b).is_some());
+    }
+
+    /// Whether `r` holds the guard of an open that found its file alone.
+    fn holds(r: &Region) -> bool {
+        let held = r.held.take();
+        let yes = held.is_some();
+        r.held.set(held);
+        yes
+    }
+
+    /// `Region::open_with(hold_alone)`, again for a while until the open finds the file
+    /// alone (see `alone_soon`).
+    fn open_holding(path: &Path) -> Region {
+        let opts = RegionOptions::new().hold_alone(true);
+        for _ in 0..100 {
+            let r = Region::open_with(path, &opts).unwrap();
+            if holds(&r) {
+                return r;
+            }
+            drop(r);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the file was never found alone");
+    }
+
+    /// Opens `path` in a thread; the receiver hears when the open has returned.
+    fn open_in_thread(
+        path: &Path,
+    ) -> (
+        std::sync::mpsc::Receiver<()>,
+        std::thread::JoinHandle<Region>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.to_path_buf();
+        let opener = std::thread::spawn(move || {
+            let r = Region::open(&p).unwrap();
+            tx.send(()).unwrap();
+            r
+        });
+        (rx, opener)
+    }
+
+    /// An open with `hold_alone` that finds its file alone keeps it so, from the open
+    /// until the guard that `try_alone` hands out is dropped: an open that comes in
+    /// between waits, instead of making the first open's `try_alone` find it there (two
+    /// opens at the same moment both found the file shared, and neither cleared what gone
+    /// users left in it). A region dropped with the guard still in it lets the others in.
+    #[test]
+    fn an_open_that_finds_its_file_alone_can_keep_it_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.region");
+        drop(Region::create(&path, &RegionOptions::new().hold_alone(true)).unwrap());
+        let a = open_holding(&path);
+        let (rx, opener) = open_in_thread(&path);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "an open went in between the open and its try_alone"
+        );
+        let g = a.try_alone().expect("the held guard");
+        assert!(!holds(&a), "handed out once");
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(g);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the open finished once the guard was dropped");
+        let b = opener.join().unwrap();
+        assert!(a.try_alone().is_none() && b.try_alone().is_none());
+        // An open beside another handle finds nothing to hold.
+        let c = Region::open_with(&path, &RegionOptions::new().hold_alone(true)).unwrap();
+        assert!(!holds(&c) && c.try_alone().is_none());
+        drop((a, b, c));
+        // Dropped with its guard: the waiting open gets in.
+        let d = open_holding(&path);
+        let (rx, opener) = open_in_thread(&path);
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        drop(d);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the open finished once the holding region was dropped");
+        drop(opener.join().unwrap());
     }
 }
 

@@ -330,7 +330,10 @@ impl BytesMap {
     /// it open (a copy of a file in use, taken while that process lived): the map is
     /// repaired as after that process's death (see `offheap_swiss::SwissTable::take_over_in`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::open_fresh(Region::open(path)?)
+        Self::open_fresh(Region::open_with(
+            path,
+            &RegionOptions::new().hold_alone(true),
+        )?)
     }
 
     /// Opens the map at `path`, or creates it (with default options) if the file does not
@@ -345,10 +348,12 @@ impl BytesMap {
         opts: &BytesMapOptions,
     ) -> Result<Self, Error> {
         opts.config()?;
-        let region = Region::open_or_create(path, &opts.region)?;
+        let region = Region::open_or_create(path, &opts.region.clone().hold_alone(true))?;
         if region.root(HDR_ROOT).is_some() {
             Self::open_fresh(region)
         } else {
+            // Lets others' opens in, if this open found the file alone and held it so.
+            drop(region.try_alone());
             Self::create_in(region, opts)
         }
     }

@@ -68,16 +68,18 @@ impl<K: Pod, V: Pod> Map<K, V> {
     /// it open (a copy of a file in use, taken while that process lived): the map is
     /// repaired as after that process's death (see `offheap_swiss::SwissTable::take_over_in`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let region = Region::open(path)?;
+        let region = Region::open_with(path, &RegionOptions::new().hold_alone(true))?;
         Self::open_in(region)
     }
 
     /// Opens the map at `path`, or creates it if the file does not exist.
     pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let region = Region::open_or_create(path, &region_options())?;
+        let region = Region::open_or_create(path, &region_options().hold_alone(true))?;
         if region.root(ROOT).is_some() {
             Self::open_in(region)
         } else {
+            // Lets others' opens in, if this open found the file alone and held it so.
+            drop(region.try_alone());
             Ok(Map {
                 table: SwissTable::create_in(region, ROOT)?,
             })

@@ -501,7 +501,7 @@ impl SharedMap {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::open_in(Region::open_with(
             path,
-            &RegionOptions::new().open_torn(true),
+            &RegionOptions::new().open_torn(true).hold_alone(true),
         )?)
     }
 
