@@ -410,12 +410,7 @@ impl BytesMap {
     /// that process does not use it (`open_in` cannot know that the region was not shared
     /// with a forked child since its open).
     fn open_fresh(region: Region) -> Result<Self, Error> {
-        // Others' opens wait while `alone` lives: none can claim the table meanwhile.
-        let alone = region.try_alone();
-        let take_over = alone.is_some();
-        let map = Self::open_as(region, take_over);
-        drop(alone);
-        map
+        crate::region::open_fresh(region, Self::open_as)
     }
 
     /// Opens the map stored in `region`, validating its header, arena and table.

@@ -93,14 +93,13 @@ impl<K: Pod, V: Pod> Map<K, V> {
         if region.root(ROOT).is_none() {
             return Err(Error::NotFound);
         }
-        // Others' opens wait while `alone` lives: none can claim the table meanwhile.
-        let alone = region.try_alone();
-        let table = if alone.is_some() {
-            SwissTable::take_over_in(region, ROOT)?
-        } else {
-            SwissTable::open_in(region, ROOT)?
-        };
-        drop(alone);
+        let table = crate::region::open_fresh(region, |region, take_over| {
+            if take_over {
+                SwissTable::take_over_in(region, ROOT)
+            } else {
+                SwissTable::open_in(region, ROOT)
+            }
+        })?;
         Ok(Map { table })
     }
 

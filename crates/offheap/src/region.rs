@@ -9,6 +9,20 @@ use offheap_slab::SlabSource;
 use crate::lock::{self, LockWords};
 use crate::Error;
 
+/// Runs `open(region, take_over)` for a region that this handle has just opened, with
+/// `take_over` set if nobody else has its file open ([`Region::try_alone`]): then no process
+/// that the file's records name uses it, live or not, and `open` may take over what they
+/// hold. Others' opens of the file wait until `open` returns, so none can claim anything
+/// meanwhile. (A region opened earlier could have been shared with a forked child since.)
+pub(crate) fn open_fresh<T>(region: Region, open: impl FnOnce(Region, bool) -> T) -> T {
+    // The guard holds a duplicate of the region's descriptor: it outlives the move.
+    let alone = region.try_alone();
+    let take_over = alone.is_some();
+    let out = open(region, take_over);
+    drop(alone);
+    out
+}
+
 /// A [`Region`] usable from many threads: every call into the region (which is `Send` but
 /// not `Sync`: it keeps its view length in a `Cell`) is made under a process-local mutex,
 /// except address translation inside the known view, which is `base + offset` from an
