@@ -5,6 +5,11 @@
 //! * `insert_empty/{1000,1000000}`: insert N distinct random keys into an empty table
 //!   (no `with_capacity`: growth is part of the cost).
 //! * `lookup_hit/N`, `lookup_miss/N`: look up N present / N absent keys in a table of N.
+//! * `lookup_hit/1000000` and `lookup_miss/1000000` also time `hashbrown_seg`
+//!   (`offheap_testkit::SegHashbrown`): hashbrown's own probe behind a directory of 256
+//!   hashbrown tables, found as ours finds a segment. Its time over hashbrown's is what the
+//!   directory step alone costs; no table split into segments can do better than that step
+//!   allows, so it is the floor for ours' ratio on these rows.
 //! * `remove/N`: remove all N keys from a full table (setup not timed).
 //! * `get_many/N` (ours only; compare with `lookup_hit/N`): batched lookup of the N present
 //!   keys, 1024 at a time.
@@ -29,6 +34,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use hashbrown::HashMap;
 use offheap_mmap::Region;
 use offheap_swiss::{SwissTable, TableOptions, Xxh3BuildHasher};
+use offheap_testkit::SegHashbrown;
 
 const SEED: u64 = 0x5EED;
 
@@ -172,6 +178,23 @@ fn lookups(c: &mut Criterion) {
                     black_box(s)
                 })
             });
+            if n > 10_000 {
+                let mut sb = SegHashbrown::new(n, Xxh3BuildHasher::with_seed(SEED));
+                for &k in &keys {
+                    sb.insert(k, k);
+                }
+                g.bench_function(BenchmarkId::new("hashbrown_seg", n), |bch| {
+                    bch.iter(|| {
+                        let mut s = 0u64;
+                        for &k in &probe {
+                            if let Some(v) = sb.get(k) {
+                                s = s.wrapping_add(v);
+                            }
+                        }
+                        black_box(s)
+                    })
+                });
+            }
             if offset == 0 {
                 let mut out = vec![None; 1024];
                 g.bench_function(BenchmarkId::new("offheap_get_many", n), |bch| {

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p offheap-swiss --example ops_profile
 //! valgrind --tool=callgrind --collect-atstart=no --toggle-collect=ops_profile::measured \
-//!     target/release/examples/ops_profile <ours|hb> <insert|hit|miss|remove|many> <n>
+//!     target/release/examples/ops_profile <ours|hb|hbseg> <insert|hit|miss|remove|many> <n>
 //! ```
 //!
 //! Only `measured_*` (the timed phase) is counted; divide the instruction count by `n`.
@@ -28,7 +28,10 @@
 //!   again; hashbrown keeps its capacity).
 //!
 //! Each row is the best of 7 timings of about 20M operations, in two rounds, so that a
-//! disturbed round shows. `--huge` puts ours in a region with huge pages.
+//! disturbed round shows. `--huge` puts ours in a region with huge pages. `--hbseg` adds a
+//! third table to each row, `hbseg` ([`SegHashbrown`]: hashbrown's own probe behind a
+//! directory of hashbrown tables), with its time over hashbrown's: the cost of the directory
+//! step alone. `hbseg` is also a table for the `<which>` argument.
 
 mod common;
 
@@ -36,7 +39,7 @@ use common::{key, region_options, table_options};
 use hashbrown::HashMap;
 use offheap_mmap::Region;
 use offheap_swiss::{SwissTable, TableMemory, TableOptions, Xxh3BuildHasher};
-use offheap_testkit::thread_cpu_ns;
+use offheap_testkit::{thread_cpu_ns, SegHashbrown};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -106,6 +109,36 @@ impl Map for HashMap<u64, u64, Xxh3BuildHasher> {
     }
 }
 
+/// hashbrown behind a directory ([`SegHashbrown`]): what a directory step costs hashbrown's
+/// own probe, the floor for a table split into segments.
+type HbSeg = SegHashbrown<Xxh3BuildHasher>;
+
+impl Map for HbSeg {
+    #[inline(always)]
+    fn upd(&mut self, k: u64) {
+        if let Some(v) = self.get_mut(k) {
+            *v += 1;
+        }
+    }
+    #[inline(always)]
+    fn ins(&mut self, k: u64) {
+        self.insert(k, k);
+    }
+    #[inline(always)]
+    fn get(&self, k: u64) -> u64 {
+        SegHashbrown::get(self, k).unwrap_or(0)
+    }
+    #[inline(always)]
+    fn rm(&mut self, k: u64) -> u64 {
+        self.remove(k).unwrap_or(0)
+    }
+    fn many(&self, keys: &[u64]) -> u64 {
+        keys.iter()
+            .map(|&k| Map::get(self, k))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
 /// Removes every key, then inserts them all again; returns the removed values' sum.
 #[inline(always)]
 fn refill<T: Map>(t: &mut T, keys: &[u64]) -> u64 {
@@ -143,9 +176,37 @@ fn measured_hb(t: &mut HashMap<u64, u64, Xxh3BuildHasher>, op: &str, keys: &[u64
     measured(t, op, keys)
 }
 
+#[inline(never)]
+fn measured_hbseg(t: &mut HbSeg, op: &str, keys: &[u64]) -> u64 {
+    measured(t, op, keys)
+}
+
 fn setup<T: Map>(t: &mut T, op: &str, keys: &[u64]) {
     if op != "insert" {
         keys.iter().for_each(|&k| t.ins(k));
+    }
+}
+
+/// Runs `measured` on `t` `reps` times; prints the wall time per operation and, for more
+/// than one repeat, the best repeat's CPU time.
+fn timed<T>(
+    t: &mut T,
+    measured: fn(&mut T, &str, &[u64]) -> u64,
+    op: &str,
+    keys: &[u64],
+    reps: usize,
+) {
+    let n = keys.len() as u64;
+    let t0 = std::time::Instant::now();
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let c1 = thread_cpu_ns();
+        black_box(measured(t, op, keys));
+        best = best.min((thread_cpu_ns() - c1) as f64 / n as f64);
+    }
+    report(t0, n, reps);
+    if reps > 1 {
+        println!("best of {reps}, CPU time: {best:.2} ns/op");
     }
 }
 
@@ -169,7 +230,7 @@ fn time(reps: usize, n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// The `ratio` mode: a same-process A/B of every row, ours / hashbrown (see the module doc).
-fn ratio(n: usize, huge: bool) {
+fn ratio(n: usize, huge: bool, with_seg: bool) {
     let reps = (20_000_000 / n).max(1);
     let keys: Vec<u64> = (0..n as u64).map(key).collect();
     let absent: Vec<u64> = (0..n as u64).map(|i| key(i + (1 << 40))).collect();
@@ -182,11 +243,14 @@ fn ratio(n: usize, huge: bool) {
     let theirs = || -> HashMap<u64, u64, Xxh3BuildHasher> {
         HashMap::with_hasher(Xxh3BuildHasher::with_seed(SEED))
     };
+    let seg = || HbSeg::new(n, Xxh3BuildHasher::with_seed(SEED));
     let mut a = ours();
     let mut b = theirs();
+    let mut c = seg();
     for &k in &keys {
         a.insert(k, k);
         b.insert(k, k);
+        c.ins(k);
     }
 
     println!("n={n} ours/hashbrown, ns per key (ratio); ours with huge pages: {huge}");
@@ -196,7 +260,15 @@ fn ratio(n: usize, huge: bool) {
             .map(|row| {
                 let o = ratio_row(row, &mut a, &ours, &keys, &absent, reps);
                 let t = ratio_row(row, &mut b, &theirs, &keys, &absent, reps);
-                format!("{row} {o:.2}/{t:.2} ({:.3})", o / t)
+                if !with_seg {
+                    return format!("{row} {o:.2}/{t:.2} ({:.3})", o / t);
+                }
+                let g = ratio_row(row, &mut c, &seg, &keys, &absent, reps);
+                format!(
+                    "{row} {o:.2}/{t:.2} ({:.3}) hbseg {g:.2} ({:.3})",
+                    o / t,
+                    g / t
+                )
             })
             .collect();
         println!("round {round}: {}", line.join("  "));
@@ -240,7 +312,11 @@ fn main() {
         let n = a
             .get(2)
             .map_or(1000, |s| s.parse().expect("n: a number of keys"));
-        return ratio(n, a.iter().any(|s| s == "--huge"));
+        return ratio(
+            n,
+            a.iter().any(|s| s == "--huge"),
+            a.iter().any(|s| s == "--hbseg"),
+        );
     }
     let (which, op) = (a[1].as_str(), a[2].as_str());
     let n: u64 = a[3].parse().expect("n");
@@ -296,17 +372,7 @@ fn main() {
             if std::env::var_os("RESERVE").is_some() {
                 t.reserve(keys.len());
             }
-            let t0 = std::time::Instant::now();
-            let mut best = f64::MAX;
-            for _ in 0..reps {
-                let c1 = thread_cpu_ns();
-                black_box(measured_ours(&mut t, op, &keys));
-                best = best.min((thread_cpu_ns() - c1) as f64 / n as f64);
-            }
-            report(t0, n, reps);
-            if reps > 1 {
-                println!("best of {reps}, CPU time: {best:.2} ns/op");
-            }
+            timed(&mut t, measured_ours, op, &keys, reps);
             let st = t.stats();
             println!(
                 "segments {} global depth {} (directory mirror {} KiB)",
@@ -322,19 +388,16 @@ fn main() {
             if std::env::var_os("RESERVE").is_some() {
                 t.reserve(keys.len());
             }
-            let t0 = std::time::Instant::now();
-            let mut best = f64::MAX;
-            for _ in 0..reps {
-                let c1 = thread_cpu_ns();
-                black_box(measured_hb(&mut t, op, &keys));
-                best = best.min((thread_cpu_ns() - c1) as f64 / n as f64);
-            }
-            report(t0, n, reps);
-            if reps > 1 {
-                println!("best of {reps}, CPU time: {best:.2} ns/op");
-            }
+            timed(&mut t, measured_hb, op, &keys, reps);
             black_box(&t);
         }
-        _ => panic!("ours|hb"),
+        "hbseg" => {
+            let mut t = HbSeg::new(n as usize, Xxh3BuildHasher::with_seed(SEED));
+            setup(&mut t, op, &keys);
+            timed(&mut t, measured_hbseg, op, &keys, reps);
+            println!("hashbrown tables {}", t.tables());
+            black_box(&t);
+        }
+        _ => panic!("ours|hb|hbseg"),
     }
 }

@@ -1,4 +1,5 @@
-//! Test support shared by the offheap crates' integration tests and benchmarks.
+//! Test support shared by the offheap crates' integration tests and benchmarks, and
+//! [`SegHashbrown`], the benchmarks' "hashbrown behind a directory".
 //!
 //! A test that needs another process runs one of its own binary's tests as the child: an
 //! `#[ignore]`d test (the child's entry point) that does nothing unless an environment
@@ -14,6 +15,9 @@
 //! std::thread::sleep(std::time::Duration::from_micros(rng.below(20_000)));
 //! c.kill();
 //! ```
+
+mod seg_hashbrown;
+pub use seg_hashbrown::SegHashbrown;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
