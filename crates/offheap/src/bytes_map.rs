@@ -952,12 +952,53 @@ impl BytesMap {
         self.table.shrink_to_fit();
     }
 
-    /// Checks the arena and the region; returns an error describing the first
-    /// inconsistency.
+    /// Checks the arena, the region and every entry; returns an error describing the first
+    /// inconsistency. Every pair is read (O(entries + bytes stored)): a long key's record
+    /// must hold a key whose key word is the slot's, every value must be readable, a
+    /// record list may not run past the map's length, and the pairs must number
+    /// [`len`](Self::len).
+    ///
+    /// ```
+    /// let mut m = offheap::BytesMap::anonymous()?;
+    /// m.insert(b"a key longer than seven bytes", b"v")?;
+    /// m.check()?;
+    /// # Ok::<(), offheap::Error>(())
+    /// ```
     pub fn check(&self) -> Result<(), Error> {
         self.arena.check()?;
         self.region.check()?;
-        Ok(())
+        let len = self.len();
+        let mut pairs = 0usize;
+        for (&kw, w) in self.table.iter() {
+            if kw & LONG_KEY == 0 {
+                short_key(kw)?;
+                self.with_word(w, |_| ())?;
+                pairs += 1;
+                continue;
+            }
+            let mut cur = *w;
+            loop {
+                if pairs >= len {
+                    return Err(Error::Corrupt("more pairs than the map's length"));
+                }
+                let h = self.word_handle(&cur)?;
+                let (next, val) = self.rec_header(h)?;
+                if self.key_word(&self.rec_key(h)?) != kw {
+                    return Err(Error::Corrupt("a record's key does not belong to its slot"));
+                }
+                self.with_word(&val, |_| ())?;
+                pairs += 1;
+                if next[3] == NONE_MARK {
+                    break;
+                }
+                cur = next;
+            }
+        }
+        match pairs.cmp(&len) {
+            std::cmp::Ordering::Less => Err(Error::Corrupt("fewer pairs than the map's length")),
+            std::cmp::Ordering::Greater => Err(Error::Corrupt("more pairs than the map's length")),
+            std::cmp::Ordering::Equal => Ok(()),
+        }
     }
 }
 
@@ -1012,7 +1053,37 @@ impl Iterator for Iter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::pack7;
+    use super::{pack7, BytesMap, Error};
+
+    #[test]
+    fn check_reads_every_pair() {
+        let mut m = BytesMap::anonymous().unwrap();
+        let long = |i: u32| format!("a key longer than seven bytes, {i}").into_bytes();
+        for i in 0..40u32 {
+            m.insert(&long(i), &[i as u8; 30]).unwrap();
+            m.insert(&i.to_le_bytes(), b"short").unwrap();
+        }
+        m.check().unwrap();
+
+        // A length the pairs do not add up to, either way.
+        let len = m.len() as u64;
+        m.set_len(len + 1);
+        assert!(matches!(m.check(), Err(Error::Corrupt(w)) if w.contains("fewer")));
+        m.set_len(len - 1);
+        assert!(matches!(m.check(), Err(Error::Corrupt(w)) if w.contains("more")));
+        m.set_len(len);
+        m.check().unwrap();
+
+        // Two long keys' slots holding each other's records.
+        let (a, b) = (m.key_word(&long(1)), m.key_word(&long(2)));
+        let wa = *m.table.get(&a).unwrap();
+        let wb = std::mem::replace(m.table.get_mut(&b).unwrap(), wa);
+        *m.table.get_mut(&a).unwrap() = wb;
+        assert!(matches!(m.check(), Err(Error::Corrupt(w)) if w.contains("belong")));
+        *m.table.get_mut(&a).unwrap() = wa;
+        *m.table.get_mut(&b).unwrap() = wb;
+        m.check().unwrap();
+    }
 
     /// The word layout pack7 must produce: the bytes little-endian, the length in the top
     /// byte.
