@@ -1,13 +1,14 @@
 //! `offheap`: run the SharedHashFile workload on a SharedMap file, and put, get, delete,
-//! inspect, check, dump and load map files. See the crate's README.
+//! inspect, check, dump and load map files (`SharedMap` and `BytesMap`). See the crate's
+//! README.
 
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use offheap::{SharedMap, SharedMapOptions};
+use offheap::{BytesMap, SharedMap, SharedMapOptions};
 use offheap_cli::codec;
 use offheap_cli::workload::{self, Config, Report, Tick, PHASES, SHF_BYTES_PER_PAIR, SHF_MOPS};
 
@@ -15,7 +16,7 @@ use offheap_cli::workload::{self, Config, Report, Tick, PHASES, SHF_BYTES_PER_PA
 #[command(
     name = "offheap",
     version,
-    about = "SharedMap files: the SharedHashFile workload benchmark, and tools to put, get, inspect, check, dump and load them"
+    about = "Map files (SharedMap and BytesMap): the SharedHashFile workload benchmark, and tools to put, get, inspect, check, dump and load them"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,9 +37,8 @@ enum Cmd {
         value: String,
         #[command(flatten)]
         enc: Encoding,
-        /// Shards of a new file (a power of two).
-        #[arg(long, default_value_t = 256)]
-        shards: usize,
+        #[command(flatten)]
+        new: NewMap,
     },
     /// Print the value of a key (exit status 1 if it is absent).
     Get {
@@ -93,9 +93,8 @@ enum Cmd {
         /// Read from this file instead of stdin.
         #[arg(long, short)]
         input: Option<PathBuf>,
-        /// Shards of a new file (a power of two).
-        #[arg(long, default_value_t = 256)]
-        shards: usize,
+        #[command(flatten)]
+        new: NewMap,
     },
     /// Draw the PNG plots of docs/performance.md.
     #[command(hide = true, subcommand)]
@@ -108,6 +107,36 @@ enum Cmd {
         #[arg(num_args = 7)]
         shape: Vec<String>,
     },
+}
+
+/// The kinds of map file the tools read and write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum Kind {
+    /// `offheap::SharedMap`: many processes at once, sharded locks.
+    Shared,
+    /// `offheap::BytesMap`: one user at a time.
+    Bytes,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Shared => "SharedMap",
+            Kind::Bytes => "BytesMap",
+        }
+    }
+}
+
+/// What a command that may create its file makes.
+#[derive(Args)]
+struct NewMap {
+    /// The kind of map a new file holds (default: shared). If the file exists, it must
+    /// hold this kind.
+    #[arg(long, value_enum)]
+    kind: Option<Kind>,
+    /// Shards of a new SharedMap file (a power of two; default 256).
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 #[derive(Args)]
@@ -215,8 +244,76 @@ fn map_err(file: &Path) -> impl Fn(offheap::Error) -> Fail + '_ {
     move |e| msg(format!("{}: {e}", file.display()))
 }
 
-/// Opens an existing map file, with a clear message for a missing or foreign file.
-fn open(file: &Path) -> Res<SharedMap> {
+/// An open map file of a kind the tools read: the same operations on either.
+enum MapFile {
+    Shared(SharedMap),
+    Bytes(Box<BytesMap>),
+}
+
+impl MapFile {
+    fn kind(&self) -> Kind {
+        match self {
+            MapFile::Shared(_) => Kind::Shared,
+            MapFile::Bytes(_) => Kind::Bytes,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            MapFile::Shared(m) => m.len(),
+            MapFile::Bytes(m) => m.len(),
+        }
+    }
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, offheap::Error> {
+        match self {
+            MapFile::Shared(m) => m.get(k),
+            MapFile::Bytes(m) => m.get(k),
+        }
+    }
+    fn put(&mut self, k: &[u8], v: &[u8]) -> Result<bool, offheap::Error> {
+        match self {
+            MapFile::Shared(m) => m.put(k, v),
+            MapFile::Bytes(m) => m.put(k, v),
+        }
+    }
+    fn delete(&mut self, k: &[u8]) -> Result<bool, offheap::Error> {
+        match self {
+            MapFile::Shared(m) => m.delete(k),
+            MapFile::Bytes(m) => m.delete(k),
+        }
+    }
+    fn for_each(&self, f: impl FnMut(&[u8], &[u8])) -> Result<(), offheap::Error> {
+        match self {
+            MapFile::Shared(m) => m.for_each(f),
+            MapFile::Bytes(m) => m.for_each(f),
+        }
+    }
+    fn check(&self) -> Result<(), offheap::Error> {
+        match self {
+            MapFile::Shared(m) => m.check(),
+            MapFile::Bytes(m) => m.check(),
+        }
+    }
+    fn flush(&self) -> Result<(), offheap::Error> {
+        match self {
+            MapFile::Shared(m) => m.flush(),
+            MapFile::Bytes(m) => m.flush(),
+        }
+    }
+    fn region_stats(&self) -> offheap::mmap::RegionStats {
+        match self {
+            MapFile::Shared(m) => m.region_stats(),
+            MapFile::Bytes(m) => m.region().stats(),
+        }
+    }
+}
+
+/// The root name under which `offheap::Map` stores its table.
+const TYPED_MAP_ROOT: &str = "offheap.map";
+
+/// Opens an existing map file of either kind, with a clear message for a missing or foreign
+/// file, or for a typed `offheap::Map` file (whose keys and values have Rust types this
+/// command does not know).
+fn open(file: &Path) -> Res<MapFile> {
     match std::fs::metadata(file) {
         Err(e) => return Err(msg(format!("{}: {e}", file.display()))),
         Ok(md) if !md.is_file() => {
@@ -224,20 +321,66 @@ fn open(file: &Path) -> Res<SharedMap> {
         }
         Ok(_) => {}
     }
-    SharedMap::open(file).map_err(|e| {
+    let cannot = |e: offheap::Error| {
         msg(format!(
             "{}: cannot open as an offheap map file: {e}",
             file.display()
         ))
-    })
+    };
+    match SharedMap::open(file) {
+        Ok(m) => return Ok(MapFile::Shared(m)),
+        Err(offheap::Error::NotFound) => {}
+        Err(e) => return Err(cannot(e)),
+    }
+    match BytesMap::open(file) {
+        Ok(m) => return Ok(MapFile::Bytes(Box::new(m))),
+        Err(offheap::Error::NotFound) => {}
+        Err(e) => return Err(cannot(e)),
+    }
+    let typed = offheap::mmap::Region::open(file)
+        .ok()
+        .is_some_and(|r| r.root(TYPED_MAP_ROOT).is_some());
+    Err(msg(if typed {
+        format!(
+            "{}: a typed offheap::Map file: its keys and values are Rust types this command \
+             does not know (it reads SharedMap and BytesMap files); open it with offheap::Map",
+            file.display()
+        )
+    } else {
+        format!(
+            "{}: cannot open as an offheap map file: the region holds no SharedMap or BytesMap",
+            file.display()
+        )
+    }))
 }
 
-fn open_or_create(file: &Path, shards: usize) -> Res<SharedMap> {
-    if file.exists() {
-        return open(file);
+/// Opens `file`, or creates it as `new` says if it does not exist.
+fn open_or_create(file: &Path, new: &NewMap) -> Res<MapFile> {
+    if new.kind == Some(Kind::Bytes) && new.shards.is_some() {
+        return Err(msg("--shards applies to SharedMap files (--kind shared)"));
     }
-    SharedMap::create_with(file, &SharedMapOptions::new().shards(shards))
-        .map_err(|e| msg(format!("{}: cannot create: {e}", file.display())))
+    if file.exists() {
+        let m = open(file)?;
+        if let Some(k) = new.kind {
+            if k != m.kind() {
+                return Err(msg(format!(
+                    "{}: holds a {}, not a {} (--kind)",
+                    file.display(),
+                    m.kind().name(),
+                    k.name()
+                )));
+            }
+        }
+        return Ok(m);
+    }
+    let created = match new.kind.unwrap_or(Kind::Shared) {
+        Kind::Shared => {
+            let opts = SharedMapOptions::new().shards(new.shards.unwrap_or(256));
+            SharedMap::create_with(file, &opts).map(MapFile::Shared)
+        }
+        Kind::Bytes => BytesMap::create(file).map(|m| MapFile::Bytes(Box::new(m))),
+    };
+    created.map_err(|e| msg(format!("{}: cannot create: {e}", file.display())))
 }
 
 fn arg_bytes(s: &str, enc: &Encoding, what: &str) -> Res<Vec<u8>> {
@@ -319,13 +462,13 @@ fn run(cli: Cli) -> Res<()> {
             key,
             value,
             enc,
-            shards,
+            new,
         } => {
             let (k, v) = (
                 arg_bytes(&key, &enc, "key")?,
                 arg_bytes(&value, &enc, "value")?,
             );
-            let m = open_or_create(&file, shards)?;
+            let mut m = open_or_create(&file, &new)?;
             m.put(&k, &v).map_err(map_err(&file))?;
             Ok(())
         }
@@ -348,7 +491,7 @@ fn run(cli: Cli) -> Res<()> {
         }
         Cmd::Del { file, key, enc } => {
             let k = arg_bytes(&key, &enc, "key")?;
-            let m = open(&file)?;
+            let mut m = open(&file)?;
             if m.delete(&k).map_err(map_err(&file))? {
                 Ok(())
             } else {
@@ -360,12 +503,19 @@ fn run(cli: Cli) -> Res<()> {
             let m = open(&file)?;
             m.check()
                 .map_err(|e| msg(format!("{}: check failed: {e}", file.display())))?;
-            println!(
-                "{}: ok ({} entries in {} shards; every shard and the region checked)",
-                file.display(),
-                m.len(),
-                m.shards()
-            );
+            match &m {
+                MapFile::Shared(s) => println!(
+                    "{}: ok ({} entries in {} shards; every shard and the region checked)",
+                    file.display(),
+                    s.len(),
+                    s.shards()
+                ),
+                MapFile::Bytes(b) => println!(
+                    "{}: ok ({} entries in a BytesMap; every pair, the arena and the region checked)",
+                    file.display(),
+                    b.len()
+                ),
+            }
             Ok(())
         }
         Cmd::Dump { file, json, output } => dump(&file, json, output.as_deref()),
@@ -373,8 +523,8 @@ fn run(cli: Cli) -> Res<()> {
             file,
             json,
             input,
-            shards,
-        } => load(&file, json, input.as_deref(), shards),
+            new,
+        } => load(&file, json, input.as_deref(), &new),
         Cmd::Plot(p) => plot(p),
         Cmd::Worker { file, id, shape } => {
             let cfg = Config::from_worker_args(&shape).map_err(msg)?;
@@ -401,11 +551,16 @@ fn stats(file: &Path, json: bool) -> Res<()> {
             Some(b as f64 / entries as f64)
         }
     };
+    let (shards, recoveries) = match &m {
+        MapFile::Shared(s) => (Some(s.shards()), Some(s.recoveries())),
+        MapFile::Bytes(_) => (None, None),
+    };
     if json {
         let v = serde_json::json!({
             "file": file.display().to_string(),
+            "kind": match m.kind() { Kind::Shared => "shared", Kind::Bytes => "bytes" },
             "entries": entries,
-            "shards": m.shards(),
+            "shards": shards,
             "file_bytes": st.size,
             "disk_bytes": st.file_bytes,
             "in_use_bytes": st.in_use,
@@ -416,7 +571,7 @@ fn stats(file: &Path, json: bool) -> Res<()> {
             "fragmentation": frag,
             "file_bytes_per_entry": per(st.size),
             "in_use_bytes_per_entry": per(st.in_use),
-            "recoveries": m.recoveries(),
+            "recoveries": recoveries,
         });
         println!("{v}");
         return Ok(());
@@ -425,8 +580,11 @@ fn stats(file: &Path, json: bool) -> Res<()> {
     let fmt_per = |b: u64| per(b).map_or("-".to_string(), |x| format!("{x:.1}"));
     let mut o = String::new();
     o += &format!("file             {}\n", file.display());
+    o += &format!("map              {}\n", m.kind().name());
     o += &format!("entries          {entries}\n");
-    o += &format!("shards           {}\n", m.shards());
+    if let Some(n) = shards {
+        o += &format!("shards           {n}\n");
+    }
     o += &format!(
         "file size        {} bytes ({:.1} MiB)\n",
         st.size,
@@ -454,7 +612,9 @@ fn stats(file: &Path, json: bool) -> Res<()> {
         fmt_per(st.size),
         fmt_per(st.in_use)
     );
-    o += &format!("recoveries       {} (by this command)\n", m.recoveries());
+    if let Some(r) = recoveries {
+        o += &format!("recoveries       {r} (by this command)\n");
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(o.as_bytes()).map_err(out_err)?;
     out.flush().map_err(out_err)
@@ -496,7 +656,7 @@ fn dump(file: &Path, json: bool, output: Option<&Path>) -> Res<()> {
     w.flush().map_err(io_err(dest))
 }
 
-fn load(file: &Path, json: bool, input: Option<&Path>, shards: usize) -> Res<()> {
+fn load(file: &Path, json: bool, input: Option<&Path>, new: &NewMap) -> Res<()> {
     let (src, len): (Box<dyn BufRead>, Option<u64>) = match input {
         Some(p) => {
             let f = std::fs::File::open(p).map_err(io_err(p))?;
@@ -506,7 +666,7 @@ fn load(file: &Path, json: bool, input: Option<&Path>, shards: usize) -> Res<()>
         None => (Box::new(std::io::stdin().lock()), None),
     };
     let src_name = input.unwrap_or(Path::new("stdin"));
-    let m = open_or_create(file, shards)?;
+    let mut m = open_or_create(file, new)?;
     let pb = progress(len, true);
     let (mut pairs, mut bytes) = (0u64, 0u64);
     for (i, line) in src.lines().enumerate() {

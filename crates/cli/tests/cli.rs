@@ -174,6 +174,31 @@ fn dump_load_round_trip() {
     assert!(err.contains("stdin: line 2: no tab"), "{err}");
 }
 
+/// Writes a copy of the map file `bytes` into `dir` for each 8-aligned u64 in it equal to
+/// the count `n`, with `n + 1` there, and runs `check` on each: the errors of those that
+/// failed, each required to be one "corrupt" line.
+fn failed_checks_of_changed_counts(dir: &Path, bytes: &[u8], n: u64) -> Vec<String> {
+    let at = find_u64(bytes, n);
+    assert!(!at.is_empty(), "no u64 {n} in the file");
+    let mut errors = Vec::new();
+    for i in at {
+        let mut b = bytes.to_vec();
+        b[i..i + 8].copy_from_slice(&(n + 1).to_le_bytes());
+        let f = dir.join(format!("len{i}.map"));
+        std::fs::write(&f, &b).unwrap();
+        let o = offheap(&["check", s(&f)], None);
+        if !o.status.success() {
+            let err = String::from_utf8(o.stderr).unwrap();
+            assert!(
+                err.starts_with("offheap: error: ") && err.contains("corrupt"),
+                "{err}"
+            );
+            errors.push(err);
+        }
+    }
+    errors
+}
+
 /// Offsets of every 8-aligned little-endian u64 equal to `n` in `b`.
 fn find_u64(b: &[u8], n: u64) -> Vec<usize> {
     (0..b.len() / 8)
@@ -204,28 +229,8 @@ fn check_catches_corruption() {
 
     // 2. The shard's entry count changed (found as the u64 777 in the file, wherever the
     //    layout puts it): the file opens, check finds that the table disagrees.
-    let at = find_u64(&bytes, n);
-    assert!(!at.is_empty(), "no u64 {n} in the file");
-    let mut caught = 0;
-    for &i in &at {
-        let mut b = bytes.clone();
-        b[i..i + 8].copy_from_slice(&(n + 1).to_le_bytes());
-        let f = d.path().join(format!("len{i}.map"));
-        std::fs::write(&f, &b).unwrap();
-        let o = offheap(&["check", s(&f)], None);
-        if !o.status.success() {
-            let err = String::from_utf8(o.stderr).unwrap();
-            assert!(
-                err.starts_with("offheap: error: ") && err.contains("corrupt"),
-                "{err}"
-            );
-            caught += 1;
-        }
-    }
-    assert!(
-        caught > 0,
-        "no corrupted count was caught (candidates at {at:?})"
-    );
+    let caught = failed_checks_of_changed_counts(d.path(), &bytes, n);
+    assert!(!caught.is_empty(), "no corrupted count was caught");
 
     // 3. A truncated file.
     let cut = d.path().join("cut.map");
@@ -336,4 +341,123 @@ fn bench_json(batch: usize) {
     // A bad shape is refused before anything starts.
     let e = fails(&["bench", "--keys", "70000", "--key-size", "2"]);
     assert!(e.contains("do not fit"), "{e}");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn bytes_map_files() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("b.map");
+    let f = s(&f);
+    ok(&["put", "--kind", "bytes", f, "hello", "world"]);
+    ok(&["put", f, "a key longer than seven bytes", &"v".repeat(3000)]);
+    ok(&["put", "--kind", "bytes", "--hex", f, "00ff", "0a0b0c"]);
+    assert_eq!(ok(&["get", f, "hello"]), "world\n");
+    assert_eq!(ok(&["get", "--hex", f, "00ff"]), "0a0b0c\n");
+    assert_eq!(
+        ok(&["get", f, "a key longer than seven bytes"]),
+        "v".repeat(3000) + "\n"
+    );
+    let stats = ok(&["stats", f]);
+    assert!(stats.contains("map              BytesMap\n"), "{stats}");
+    assert!(stats.contains("entries          3\n"), "{stats}");
+    assert!(
+        !stats.contains("shards") && !stats.contains("recoveries"),
+        "{stats}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&ok(&["stats", "--json", f])).unwrap();
+    assert_eq!(
+        (j["kind"].as_str(), j["entries"].as_u64()),
+        (Some("bytes"), Some(3))
+    );
+    assert!(j["shards"].is_null() && j["recoveries"].is_null(), "{j}");
+    assert!(ok(&["check", f]).contains("ok (3 entries in a BytesMap"));
+    ok(&["del", f, "hello"]);
+    fails(&["del", f, "hello"]);
+    let e = fails(&["get", f, "hello"]);
+    assert!(e.contains("key not found"), "{e}");
+
+    // The kind asked for must be the file's; --shards is for SharedMap files.
+    let e = fails(&["put", "--kind", "shared", f, "k", "v"]);
+    assert!(e.contains("holds a BytesMap, not a SharedMap"), "{e}");
+    let shared = d.path().join("s.map");
+    ok(&["put", s(&shared), "k", "v"]);
+    assert!(ok(&["stats", s(&shared)]).contains("map              SharedMap\n"));
+    let e = fails(&["put", "--kind", "bytes", s(&shared), "k", "v"]);
+    assert!(e.contains("holds a SharedMap, not a BytesMap"), "{e}");
+    let e = fails(&[
+        "put",
+        "--kind",
+        "bytes",
+        "--shards",
+        "4",
+        s(&d.path().join("x.map")),
+        "k",
+        "v",
+    ]);
+    assert!(e.contains("--shards applies to SharedMap files"), "{e}");
+    assert!(!d.path().join("x.map").exists());
+
+    // Every tricky pair through a BytesMap: load, dump, and the same lines as a SharedMap's.
+    let pairs = tricky_pairs();
+    let mut text = String::new();
+    for (k, v) in &pairs {
+        text += &offheap_cli::codec::format_line(k, v);
+        text.push('\n');
+    }
+    let (bm, sm) = (d.path().join("lb.map"), d.path().join("ls.map"));
+    for (m, kind) in [(&bm, "bytes"), (&sm, "shared")] {
+        let o = offheap(&["load", "--kind", kind, s(m)], Some(text.as_bytes()));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(sorted_dump(s(&bm), false), sorted_dump(s(&sm), false));
+    assert_eq!(sorted_dump(s(&bm), true), sorted_dump(s(&sm), true));
+    ok(&["check", s(&bm)]);
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn check_catches_a_bytes_map_whose_length_is_wrong() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good.map");
+    let n = 777u64;
+    let text: String = (0..n)
+        .map(|i| format!("key number {i}\tvalue{i}\n"))
+        .collect();
+    let o = offheap(
+        &["load", "--kind", "bytes", s(&good)],
+        Some(text.as_bytes()),
+    );
+    assert!(o.status.success());
+    ok(&["check", s(&good)]);
+    let bytes = std::fs::read(&good).unwrap();
+    // The map's length changed (found as the u64 777, wherever the layout puts it): the
+    // file opens, and check finds that the pairs do not add up to it.
+    let caught = failed_checks_of_changed_counts(d.path(), &bytes, n);
+    assert!(
+        caught
+            .iter()
+            .any(|e| e.contains("fewer pairs than the map's length")),
+        "no changed length was caught as one: {caught:?}"
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn a_typed_map_file_is_named_as_one() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("typed.map");
+    let mut m = offheap::Map::<u64, u64>::create(&f).unwrap();
+    m.insert(1, 2).unwrap();
+    drop(m);
+    for cmd in [
+        &["stats", s(&f)][..],
+        &["check", s(&f)],
+        &["get", s(&f), "k"],
+    ] {
+        let e = fails(cmd);
+        assert!(e.contains("a typed offheap::Map file"), "{e}");
+    }
+    let e = fails(&["put", s(&f), "k", "v"]);
+    assert!(e.contains("a typed offheap::Map file"), "{e}");
 }
