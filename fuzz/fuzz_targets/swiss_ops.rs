@@ -130,6 +130,7 @@ fuzz_target!(|input: Input| {
         }
         assert_eq!(t.len(), m.len());
     }
+    t.check().unwrap();
     assert_eq!(t.iter().count(), m.len());
     for (k, v) in t.iter() {
         assert_eq!(m.get(k), Some(v));

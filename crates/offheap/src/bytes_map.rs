@@ -952,8 +952,9 @@ impl BytesMap {
         self.table.shrink_to_fit();
     }
 
-    /// Checks the arena, the region and every entry; returns an error describing the first
-    /// inconsistency. Every pair is read (O(entries + bytes stored)): a long key's record
+    /// Checks the index table (`offheap_swiss::SwissTable::check`), the arena, the region
+    /// and every entry; returns an error describing the first inconsistency. Every pair is
+    /// read (O(capacity + bytes stored)): a long key's record
     /// must hold a key whose key word is the slot's, every value must be readable, a
     /// record list may not run past the map's length, and the pairs must number
     /// [`len`](Self::len).
@@ -965,6 +966,7 @@ impl BytesMap {
     /// # Ok::<(), offheap::Error>(())
     /// ```
     pub fn check(&self) -> Result<(), Error> {
+        self.table.check()?;
         self.arena.check()?;
         self.region.check()?;
         let len = self.len();

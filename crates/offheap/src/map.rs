@@ -140,6 +140,22 @@ impl<K: Pod, V: Pod> Map<K, V> {
         self.table.remove(key)
     }
 
+    /// Checks every entry against the table's structure (`SwissTable::check`), then the
+    /// region's blocks (`offheap_mmap::Region::check`); returns the first inconsistency.
+    /// O(capacity + blocks): for a file from an untrusted source, before using it.
+    ///
+    /// ```
+    /// let mut m = offheap::Map::<u64, u64>::anonymous()?;
+    /// m.insert(1, 10)?;
+    /// m.check()?;
+    /// # Ok::<(), offheap::Error>(())
+    /// ```
+    pub fn check(&self) -> Result<(), Error> {
+        self.table.check()?;
+        self.table.memory().check()?;
+        Ok(())
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.table.len()

@@ -149,6 +149,7 @@ proptest! {
         }
         let got: HashMap<u16, u64> = m.iter().map(|(k, v)| (*k, *v)).collect();
         prop_assert_eq!(got, model);
+        m.check().unwrap();
     }
 
     #[test]

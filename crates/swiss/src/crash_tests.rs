@@ -165,6 +165,8 @@ fn check_reopened(path: &Path, setup: &[Op], ops: &[Op], done: usize, k: u64) ->
         after.len()
     );
     assert_eq!(t.len(), got.len(), "step {k}");
+    t.check()
+        .unwrap_or_else(|e| panic!("step {k}: the repaired table: {e}"));
     r.check().unwrap();
     let extra = extra_blocks(&r, &t);
     assert_eq!(extra, 0, "step {k}: blocks leaked ({rep:?})");

@@ -3016,6 +3016,68 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> RawTable<K, V, M, H> {
         Ok(())
     }
 
+    /// Checks every entry against the structure (see `SwissTable::check`). O(capacity):
+    /// reads every control byte, and hashes and probes for every full slot's key.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let (n, mut i, mut total) = (self.dir.len(), 0, 0usize);
+        while i < n {
+            let seg = self.dir[i];
+            let span = self.span(self.checked_depth(&seg)?);
+            if i % span != 0
+                || self.dir[i..i + span]
+                    .iter()
+                    .any(|e| (e.base, e.pmask) != (seg.base, seg.pmask))
+            {
+                return Err(Error::Corrupt(
+                    "a directory range does not name one segment",
+                ));
+            }
+            let (mut full, mut deleted) = (0u64, 0u64);
+            for s in 0..seg.capacity() {
+                // SAFETY: s < capacity.
+                let c = unsafe { *seg.ctrl_at(s) };
+                if c == DELETED {
+                    deleted += 1;
+                    continue;
+                }
+                if !is_full(c) {
+                    if c != EMPTY {
+                        return Err(Error::Corrupt("a control byte that no slot state has"));
+                    }
+                    continue;
+                }
+                full += 1;
+                // SAFETY: s < capacity, a full slot.
+                let key = unsafe { &(*seg.slot(s)).key };
+                let h = self.hash(key);
+                if tag(h) != c {
+                    return Err(Error::Corrupt("a control byte is not its key's tag"));
+                }
+                if !(i..i + span).contains(&self.dir_index(h)) {
+                    return Err(Error::Corrupt("an entry in another segment's range"));
+                }
+                if find_in(&seg, h, key).map(|x| x.i) != Some(s) {
+                    return Err(Error::Corrupt(
+                        "an entry that its probe does not reach first (a duplicate key, or an empty slot before it)",
+                    ));
+                }
+            }
+            // SAFETY: the header is valid while the table lives.
+            let (len, del) = unsafe { ((*seg.hdr()).len, (*seg.hdr()).deleted) };
+            if (len, del) != (full, deleted) {
+                return Err(Error::Corrupt(
+                    "segment counters disagree with its control bytes",
+                ));
+            }
+            total += full as usize;
+            i += span;
+        }
+        if total != self.len() {
+            return Err(Error::Corrupt("the length disagrees with the entries"));
+        }
+        Ok(())
+    }
+
     /// Statistics: (segments, slots, tombstones, bytes of segments + directory + header).
     pub(crate) fn stats(&self) -> (usize, usize, usize, usize) {
         let (mut segs, mut slots, mut tomb, mut bytes) = (0, 0, 0, 0);

@@ -384,6 +384,37 @@ impl<K: Pod, V: Pod, M: TableMemory, H: SeededHash> SwissTable<K, V, M, H> {
         self.stats().slots / 8 * 7
     }
 
+    /// Checks every entry against the table's structure, and returns the first
+    /// inconsistency as [`Error::Corrupt`]. O(capacity): every control byte is read, and
+    /// every key hashed and looked up.
+    ///
+    /// What it requires, beyond what [`open_in`](Self::open_in) checks (the header, the
+    /// directory and each segment's header, no entry):
+    /// - each directory range names one segment;
+    /// - a full slot's control byte is its key's tag, the key belongs to its segment's range
+    ///   of the directory, and a lookup of the key finds this slot (no duplicate key, and no
+    ///   empty slot that would end the probe before it);
+    /// - every control byte is empty, a tombstone or a tag, and each segment's counters of
+    ///   entries and tombstones are what its control bytes hold;
+    /// - the entries number [`len`](Self::len).
+    ///
+    /// A table that only this crate's operations have touched always passes: the tests run
+    /// it after every sequence of operations. A file from an untrusted source can be opened
+    /// and checked before use (with `offheap_mmap::Region::check` for its region).
+    ///
+    /// ```
+    /// use offheap_swiss::SwissTable;
+    ///
+    /// let mut t = SwissTable::<u64, u64>::new();
+    /// t.extend((0..10_000).map(|i| (i, i)));
+    /// t.retain(|k, _| k % 3 != 0);
+    /// t.check()?;
+    /// # Ok::<(), offheap_swiss::Error>(())
+    /// ```
+    pub fn check(&self) -> Result<(), Error> {
+        self.raw.check()
+    }
+
     /// Sizes of the table's parts. O(segments).
     pub fn stats(&self) -> TableStats {
         let (segments, slots, tombstones, bytes) = self.raw.stats();
@@ -1315,5 +1346,115 @@ impl<K: Pod + fmt::Debug, V: Pod + fmt::Debug, M: TableMemory, H: SeededHash> fm
                 .finish(),
             Entry::Vacant(v) => f.debug_struct("Vacant").field("key", v.key()).finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::{SwissTable, TableOptions};
+    use crate::group::{is_full, EMPTY};
+    use crate::raw::SegRef;
+    use crate::{Error, Heap};
+
+    type T = SwissTable<u64, u64, Heap>;
+
+    /// A table of several small segments, with tombstones.
+    fn table() -> T {
+        let opts = TableOptions::new().segment_slots(64).seed(7);
+        let mut t = T::with_options_in(opts, Heap::new()).unwrap();
+        let n = if cfg!(miri) { 300 } else { 2000 };
+        t.extend((0..n).map(|i| (i, i * 10)));
+        t.retain(|k, _| k % 5 != 0);
+        assert!(t.stats().segments > 4);
+        t.check().unwrap();
+        t
+    }
+
+    /// The distinct segments, each with its first full slot and first empty slot.
+    fn segments(t: &T) -> Vec<(SegRef<u64, u64>, usize, usize)> {
+        let mut out: Vec<(SegRef<u64, u64>, usize, usize)> = Vec::new();
+        for seg in &t.raw.dir {
+            if out.iter().any(|(s, _, _)| s.hdr() == seg.hdr()) {
+                continue;
+            }
+            // SAFETY: every index is below the capacity.
+            let ctrl = |i| unsafe { *seg.ctrl_at(i) };
+            let full = (0..seg.capacity()).find(|&i| is_full(ctrl(i))).unwrap();
+            let empty = (0..seg.capacity()).find(|&i| ctrl(i) == EMPTY).unwrap();
+            out.push((*seg, full, empty));
+        }
+        out
+    }
+
+    fn corrupt(t: &T) -> &'static str {
+        match t.check() {
+            Err(Error::Corrupt(why)) => why,
+            other => panic!("check passed a corrupt table: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_tag_is_found() {
+        let t = table();
+        let (seg, full, _) = segments(&t)[1];
+        // SAFETY: `full` is below the capacity; the table is not in use meanwhile.
+        unsafe { *seg.ctrl_at(full) ^= 1 };
+        assert!(corrupt(&t).contains("tag"));
+    }
+
+    #[test]
+    fn a_control_byte_of_no_state_is_found() {
+        let t = table();
+        let (seg, _, empty) = segments(&t)[0];
+        // SAFETY: as above.
+        unsafe { *seg.ctrl_at(empty) = 0xC3 };
+        assert!(corrupt(&t).contains("no slot state"));
+    }
+
+    #[test]
+    fn an_entry_moved_to_another_segment_is_found() {
+        let t = table();
+        let segs = segments(&t);
+        let ((a, full, _), (b, _, empty)) = (segs[0], segs[1]);
+        // The entry, its tag and the counters move together: only its place is wrong.
+        // SAFETY: indices below the capacities; headers valid; the table is not in use.
+        unsafe {
+            b.slot(empty).write(a.slot(full).read());
+            *b.ctrl_at(empty) = *a.ctrl_at(full);
+            *a.ctrl_at(full) = EMPTY;
+            (*a.hdr()).len -= 1;
+            (*b.hdr()).len += 1;
+        }
+        assert!(corrupt(&t).contains("another segment"));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_found() {
+        let mut t = table();
+        let (seg, full, empty) = segments(&t)[2];
+        // SAFETY: as above.
+        unsafe {
+            seg.slot(empty).write(seg.slot(full).read());
+            *seg.ctrl_at(empty) = *seg.ctrl_at(full);
+            (*seg.hdr()).len += 1;
+        }
+        t.raw.add_len(1);
+        assert!(corrupt(&t).contains("probe"));
+    }
+
+    #[test]
+    fn counters_and_length_that_disagree_are_found() {
+        let mut t = table();
+        let (seg, _, _) = segments(&t)[0];
+        // SAFETY: the header is valid; the table is not in use.
+        unsafe { (*seg.hdr()).deleted += 1 };
+        assert!(corrupt(&t).contains("counters"));
+        // SAFETY: as above.
+        unsafe { (*seg.hdr()).deleted -= 1 };
+        t.check().unwrap();
+        t.raw.add_len(-1);
+        assert!(corrupt(&t).contains("length"));
+        t.raw.add_len(1);
+        t.check().unwrap();
     }
 }

@@ -52,6 +52,7 @@ fn op(keys: u32) -> impl Strategy<Value = Op> {
 type T<M> = SwissTable<u32, u64, M>;
 
 fn check_all<M: TableMemory>(t: &T<M>, m: &HashMap<u32, u64>) {
+    t.check().unwrap();
     assert_eq!(t.len(), m.len());
     assert_eq!(t.iter().count(), m.len());
     for (k, v) in t.iter() {
