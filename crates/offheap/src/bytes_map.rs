@@ -956,8 +956,9 @@ impl BytesMap {
     /// and every entry; returns an error describing the first inconsistency. Every pair is
     /// read (O(capacity + bytes stored)): a long key's record
     /// must hold a key whose key word is the slot's, every value must be readable, a
-    /// record list may not run past the map's length, and the pairs must number
-    /// [`len`](Self::len).
+    /// record list may not run past the map's length, the pairs must number
+    /// [`len`](Self::len), and the chunks of their records and values must be exactly the
+    /// arena's chunks in use (none leaked, none shared).
     ///
     /// ```
     /// let mut m = offheap::BytesMap::anonymous()?;
@@ -967,14 +968,15 @@ impl BytesMap {
     /// ```
     pub fn check(&self) -> Result<(), Error> {
         self.table.check()?;
-        self.arena.check()?;
+        let in_use = self.arena.check()?.chunks_in_use;
         self.region.check()?;
         let len = self.len();
-        let mut pairs = 0usize;
+        let (mut pairs, mut chunks) = (0usize, std::collections::HashSet::new());
         for (&kw, w) in self.table.iter() {
             if kw & LONG_KEY == 0 {
                 short_key(kw)?;
                 self.with_word(w, |_| ())?;
+                self.count_chunks(w, in_use, &mut chunks)?;
                 pairs += 1;
                 continue;
             }
@@ -989,6 +991,8 @@ impl BytesMap {
                     return Err(Error::Corrupt("a record's key does not belong to its slot"));
                 }
                 self.with_word(&val, |_| ())?;
+                self.count_chunks(&cur, in_use, &mut chunks)?;
+                self.count_chunks(&val, in_use, &mut chunks)?;
                 pairs += 1;
                 if next[3] == NONE_MARK {
                     break;
@@ -999,8 +1003,38 @@ impl BytesMap {
         match pairs.cmp(&len) {
             std::cmp::Ordering::Less => Err(Error::Corrupt("fewer pairs than the map's length")),
             std::cmp::Ordering::Greater => Err(Error::Corrupt("more pairs than the map's length")),
+            std::cmp::Ordering::Equal if chunks.len() != in_use => Err(Error::Corrupt(
+                "arena chunks in use that no pair references",
+            )),
             std::cmp::Ordering::Equal => Ok(()),
         }
+    }
+
+    /// Adds the chunks of the blob (or record) a word names, if it names one, to `seen`; an
+    /// error for a chunk already there (a chain shared by two words, or a cycle), or once
+    /// they exceed `in_use`, the arena's chunks in use.
+    fn count_chunks(
+        &self,
+        w: &Word,
+        in_use: usize,
+        seen: &mut std::collections::HashSet<u128>,
+    ) -> Result<(), Error> {
+        if w[3] != HANDLE_MARK {
+            return Ok(());
+        }
+        let mut next = Some(self.word_handle(w)?);
+        while let Some(h) = next {
+            if !seen.insert(h.to_bits()) {
+                return Err(Error::Corrupt(
+                    "an arena chunk referenced twice (a shared or cyclic chain)",
+                ));
+            }
+            if seen.len() > in_use {
+                return Err(Error::Corrupt("more arena chunks referenced than in use"));
+            }
+            next = self.arena.peek_next(h)?;
+        }
+        Ok(())
     }
 }
 
@@ -1084,6 +1118,27 @@ mod tests {
         assert!(matches!(m.check(), Err(Error::Corrupt(w)) if w.contains("belong")));
         *m.table.get_mut(&a).unwrap() = wa;
         *m.table.get_mut(&b).unwrap() = wb;
+        m.check().unwrap();
+
+        // A chunk that no pair references: leaked.
+        let leaked = m.arena.alloc(40).unwrap();
+        assert!(matches!(m.check(), Err(Error::Corrupt(w)) if w.contains("no pair references")));
+        m.arena.dec_ref(leaked).unwrap();
+        m.check().unwrap();
+
+        // One value's blob named by a second pair too: shared.
+        let (c, d) = (m.key_word(&long(3)), m.key_word(&long(4)));
+        let rec = |m: &BytesMap, kw| m.word_handle(m.table.get(&kw).unwrap()).unwrap();
+        let (rc, rd) = (rec(&m, c), rec(&m, d));
+        let (_, vc) = m.rec_header(rc).unwrap();
+        let (_, vd) = m.rec_header(rd).unwrap();
+        let set_val = |m: &mut BytesMap, r, v: super::Word| {
+            m.arena.bytes_mut(r).unwrap()[super::BLOB_PREFIX + 16..][..16]
+                .copy_from_slice(bytemuck::bytes_of(&v));
+        };
+        set_val(&mut m, rd, vc);
+        assert!(matches!(m.check(), Err(Error::Corrupt(w)) if w.contains("referenced twice")));
+        set_val(&mut m, rd, vd);
         m.check().unwrap();
     }
 
