@@ -511,7 +511,7 @@ fn run(cli: Cli) -> Res<()> {
                     s.shards()
                 ),
                 MapFile::Bytes(b) => println!(
-                    "{}: ok ({} entries in a BytesMap; every pair, the arena and the region checked)",
+                    "{}: ok ({} entries in a BytesMap; its index table, every pair, the arena and the region checked)",
                     file.display(),
                     b.len()
                 ),
