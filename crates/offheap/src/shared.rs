@@ -1098,7 +1098,12 @@ impl SharedMap {
         Ok(v)
     }
 
-    /// Checks every shard (under its read lock: table counts, load, arena) and the region.
+    /// Checks every shard (under its read lock: table counts, load, where each entry is,
+    /// arena) and the region; returns the first inconsistency. Each entry's key is read and
+    /// hashed: its key word must be its key's, the key must belong to the shard, and the
+    /// lookup of the key must reach its slot first (no duplicate key, no empty slot before
+    /// it on the probe). The arena's chunks in use must be exactly those the table names.
+    /// O(entries + bytes stored).
     pub fn check(&self) -> Result<(), Error> {
         for i in 0..self.nshards {
             self.read(i, |c| c.check())?;
@@ -1877,6 +1882,43 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Every entry is where its own lookup finds it: its key word is its key's, its key
+    /// belongs to this shard, and the probe from its home slot reaches it before any other
+    /// slot with the same key and before an empty slot.
+    fn check_placement(&self) -> Result<(), Error> {
+        for (i, s) in self.table()?.iter().enumerate() {
+            let k = s.kw.load(Ordering::Relaxed);
+            if k == EMPTY || k == TOMB {
+                continue;
+            }
+            let key = if k & LONG_KEY == 0 {
+                let (b, n) = unpack7(k).ok_or(Error::Corrupt("short key length"))?;
+                b[..n].to_vec()
+            } else {
+                let mut key = Vec::new();
+                let h = self.word_handle(s.vw.load(Ordering::Relaxed))?;
+                blob_pieces(self.arena()?, h, REC_HDR, |p| {
+                    key.extend_from_slice(p);
+                    true
+                })?;
+                key
+            };
+            let h = self.map.hash(&key);
+            if self.map.key_word(&key, h) != k {
+                return Err(Error::Corrupt("a slot's key word is not its key's"));
+            }
+            if self.map.shard_of(h) != self.idx {
+                return Err(Error::Corrupt("a key in another shard's table"));
+            }
+            if !matches!(self.find(k, &key)?, Found::At(j, ..) if j == i) {
+                return Err(Error::Corrupt(
+                    "an entry that its lookup does not reach first (a duplicate key, or an empty slot before it)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), Error> {
         let cap = self.table()?.len() as u64;
         let (len, used) = self.count()?;
@@ -1891,6 +1933,7 @@ impl Ctx<'_> {
         if used * 1000 > cap * MAX_LOAD {
             return Err(Error::Corrupt("shard table fuller than its maximum load"));
         }
+        self.check_placement()?;
         let arena = self.arena()?;
         let report = arena.check()?;
         // Every chunk in use belongs to a blob that the table names (blobs share no chunks):

@@ -838,3 +838,43 @@ fn lock_words_of_live_processes_without_the_file_are_cleared_by_an_open_alone() 
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A key copied into a second slot of its shard, with the shard's counters raised to
+/// match: the counts agree, but the lookup of that key reaches only one of its slots, so
+/// `check` reports the other (it passed before it checked where entries are).
+#[cfg_attr(miri, ignore)]
+#[test]
+fn check_finds_a_duplicate_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dup.map");
+    map_file_of(&path, 1, 100);
+    {
+        let r = offheap::mmap::Region::open(&path).unwrap();
+        // SAFETY: 8 bytes of the mapping, no other user.
+        let desc = unsafe { shard_word(&r, 0, 2).read() };
+        let (off, cap) = ((desc & ((1 << 36) - 1)) * 64, desc >> 36);
+        let at = offheap::mmap::Offset::new(off).unwrap();
+        let slots = r.ptr(at, cap * 16).unwrap().as_ptr() as *mut [u64; 2];
+        // SAFETY: `cap` 16-byte slots of the mapping (key word, value word), no other user.
+        let slot = |i: u64| unsafe { slots.add(i as usize) };
+        let (empty, tomb) = (0x10u64 << 56, 0x11u64 << 56);
+        // SAFETY: as above.
+        let kw = |i: u64| unsafe { (*slot(i))[0] };
+        let full = (0..cap).find(|&i| kw(i) != empty && kw(i) != tomb).unwrap();
+        let free = (0..cap).find(|&i| kw(i) == empty).unwrap();
+        // SAFETY: as above; the shard's `len` and `used` are its words 3 and 4.
+        unsafe {
+            slot(free).write(slot(full).read());
+            for w in [3, 4] {
+                let p = shard_word(&r, 0, w);
+                p.write(p.read() + 1);
+            }
+        }
+        r.flush().unwrap();
+    }
+    let m = SharedMap::open(&path).unwrap();
+    match m.check() {
+        Err(offheap::Error::Corrupt(why)) => assert!(why.contains("does not reach"), "{why}"),
+        other => panic!("check passed a duplicate key: {other:?}"),
+    }
+}
