@@ -1292,6 +1292,16 @@ impl Ctx<'_> {
         Ok(u64::from_le_bytes(s.try_into().unwrap_or([0xFF; 8])))
     }
 
+    /// The key bytes of the record that word `rec` names.
+    fn rec_key(&self, rec: u64) -> Result<Vec<u8>, Error> {
+        let mut key = Vec::new();
+        blob_pieces(self.arena()?, self.word_handle(rec)?, REC_HDR, |p| {
+            key.extend_from_slice(p);
+            true
+        })?;
+        Ok(key)
+    }
+
     fn rec_key_eq(&self, rec: u64, key: &[u8]) -> Result<bool, Error> {
         let h = self.word_handle(rec)?;
         let mut pos = 0usize;
@@ -1869,12 +1879,7 @@ impl Ctx<'_> {
                 let (b, n) = unpack7(k).ok_or(Error::Corrupt("short key length"))?;
                 self.with_word(vw, |v| f(&b[..n], v))?;
             } else {
-                let h = self.word_handle(vw)?;
-                let mut key = Vec::new();
-                blob_pieces(self.arena()?, h, REC_HDR, |p| {
-                    key.extend_from_slice(p);
-                    true
-                })?;
+                let key = self.rec_key(vw)?;
                 let v = self.rec_value(vw)?;
                 self.with_word(v, |v| f(&key, v))?;
             }
@@ -1895,13 +1900,7 @@ impl Ctx<'_> {
                 let (b, n) = unpack7(k).ok_or(Error::Corrupt("short key length"))?;
                 b[..n].to_vec()
             } else {
-                let mut key = Vec::new();
-                let h = self.word_handle(s.vw.load(Ordering::Relaxed))?;
-                blob_pieces(self.arena()?, h, REC_HDR, |p| {
-                    key.extend_from_slice(p);
-                    true
-                })?;
-                key
+                self.rec_key(s.vw.load(Ordering::Relaxed))?
             };
             let h = self.map.hash(&key);
             if self.map.key_word(&key, h) != k {
