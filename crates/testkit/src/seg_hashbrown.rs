@@ -82,8 +82,16 @@ impl<S: BuildHasher> SegHashbrown<S> {
     #[inline(always)]
     fn table_mut(&mut self, h: u64) -> &mut HashTable<(u64, u64)> {
         let off = self.offset(h);
-        // SAFETY: as in `table`; `&mut self` makes the borrow unique.
-        unsafe { &mut *self.tables.as_mut_ptr().cast::<u8>().add(off).cast() }
+        Self::at_mut(&mut self.tables, off)
+    }
+
+    /// The table at byte offset `off` (from [`offset`](Self::offset)) of `tables`; a
+    /// function of the field alone, so that `insert` can borrow the hasher beside it.
+    #[inline(always)]
+    fn at_mut(tables: &mut [HashTable<(u64, u64)>], off: usize) -> &mut HashTable<(u64, u64)> {
+        debug_assert!(off / size_of::<HashTable<(u64, u64)>>() < tables.len());
+        // SAFETY: as in `table`; the `&mut` borrow of `tables` makes this one unique.
+        unsafe { &mut *tables.as_mut_ptr().cast::<u8>().add(off).cast() }
     }
 
     /// The value of `k`.
@@ -107,11 +115,8 @@ impl<S: BuildHasher> SegHashbrown<S> {
     pub fn insert(&mut self, k: u64, v: u64) -> Option<u64> {
         let h = self.hasher.hash_one(k);
         let off = self.offset(h);
-        let (tables, hasher) = (&mut self.tables, &self.hasher);
-        // SAFETY: as in `table`.
-        let t: &mut HashTable<(u64, u64)> =
-            unsafe { &mut *tables.as_mut_ptr().cast::<u8>().add(off).cast() };
-        match t.entry(h, |e| e.0 == k, |e| hasher.hash_one(e.0)) {
+        let hasher = &self.hasher;
+        match Self::at_mut(&mut self.tables, off).entry(h, |e| e.0 == k, |e| hasher.hash_one(e.0)) {
             Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, v)),
             Entry::Vacant(e) => {
                 e.insert((k, v));
